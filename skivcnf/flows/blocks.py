@@ -1,0 +1,162 @@
+"""The two transforms a residual flow is made of: residual blocks and ActNorm.
+
+Both map in the data -> latent direction (``g``). Each exposes ``forward``, ``inverse``
+and what its log-determinant needs.
+"""
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .lipschitz import LipschitzLinear, make_activation
+
+__all__ = ["ResidualBlock", "ActNorm", "BlockInverse"]
+
+
+class BlockInverse(NamedTuple):
+    """Result of inverting one block by fixed-point iteration.
+
+    Attributes
+    ----------
+    solution : Tensor (batch, d)
+        The block's input ``z`` with ``z + h(z) = x``.
+    converged : BoolTensor (batch,)
+        Whether the row's last step was at most ``tol``.
+    n_iter : int
+        Iterations run (the slowest row's).
+    residual : Tensor (batch,)
+        Max-norm of the last step; the residual ``|z + h(z) - x|`` is at most ``c`` times it.
+    """
+
+    solution: torch.Tensor
+    converged: torch.Tensor
+    n_iter: int
+    residual: torch.Tensor
+
+
+class ResidualBlock(nn.Module):
+    """``z -> z + h(z)`` with ``h`` an MLP whose Lipschitz constant is at most ``lipschitz_coeff``.
+
+    Every linear layer of ``h`` has spectral norm at most ``lipschitz_coeff ** (1 / L)``
+    (``L`` linear layers) and the activations are 1-Lipschitz, so
+    ``Lip(h) <= lipschitz_coeff < 1`` and the block is a bi-Lipschitz bijection, inverted
+    by the fixed point ``z <- x - h(z)``.
+
+    Parameters
+    ----------
+    features : int
+        Dimension ``d`` of the input.
+    hidden_features : tuple of int
+        Widths of ``h``'s hidden layers. An empty tuple makes ``h`` affine (a Gaussian
+        flow, used as an oracle in the tests).
+    lipschitz_coeff : float
+        Bound ``c`` on ``Lip(h)``, in ``(0, 1)``.
+    activation : {"lipswish", "elu"}
+        1-Lipschitz activation between linear layers.
+    generator : torch.Generator, optional
+        Source of randomness for the initial weights.
+    """
+
+    def __init__(self, features, hidden_features=(64, 64), lipschitz_coeff=0.9,
+                 activation="lipswish", generator=None):
+        super().__init__()
+        if not 0 < lipschitz_coeff < 1:
+            raise ValueError(f"lipschitz_coeff must lie in (0, 1), got {lipschitz_coeff!r}.")
+        dims = [features, *hidden_features, features]
+        n_linear = len(dims) - 1
+        per_layer = lipschitz_coeff ** (1.0 / n_linear)
+        layers = []
+        for i, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(LipschitzLinear(n_in, n_out, per_layer, generator=generator))
+            if i < n_linear - 1:
+                layers.append(make_activation(activation))
+        self.features = features
+        self.lipschitz_coeff = lipschitz_coeff
+        self.net = nn.Sequential(*layers)
+
+    def residual(self, z):
+        """The residual branch ``h(z)``."""
+        return self.net(z)
+
+    def forward(self, z):
+        return z + self.net(z)
+
+    def lipschitz_bound(self):
+        """Exact upper bound on ``Lip(h)``: the product of the layers' spectral norms."""
+        bound = 1.0
+        for layer in self.net:
+            if isinstance(layer, LipschitzLinear):
+                bound *= layer.spectral_norm()
+        return bound
+
+    @torch.no_grad()
+    def inverse(self, x, tol, max_iter):
+        """Solve ``z + h(z) = x`` for ``z`` by the fixed point ``z <- x - h(z)``.
+
+        The map is a contraction of rate ``Lip(h) <= c``, so the iteration converges for
+        every row; rows stop updating once their step is at most ``tol``.
+
+        Parameters
+        ----------
+        x : Tensor (batch, d)
+        tol : float
+            Max-norm step below which a row has converged.
+        max_iter : int
+            Iteration cap.
+
+        Returns
+        -------
+        BlockInverse
+        """
+        z = x - self.net(x)
+        step = torch.full(x.shape[:1], float("inf"), dtype=x.dtype, device=x.device)
+        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        n_iter = 0
+        while n_iter < max_iter and bool(active.any()):
+            n_iter += 1
+            idx = active.nonzero().squeeze(1)
+            z_new = x[idx] - self.net(z[idx])
+            step_idx = (z_new - z[idx]).abs().amax(dim=1)
+            z[idx] = z_new
+            step[idx] = step_idx
+            # A NaN step compares False: such a row stops and is reported unconverged.
+            active[idx] = step_idx > tol
+        return BlockInverse(z, step <= tol, n_iter, step)
+
+
+class ActNorm(nn.Module):
+    """Per-feature affine map ``z -> (z + bias) * exp(log_scale)``.
+
+    Initialised from data by :meth:`initialize` so that its output has zero mean and unit
+    variance on the first batch (Glow). Its log-determinant is ``sum(log_scale)`` for
+    every row.
+
+    Parameters
+    ----------
+    features : int
+        Dimension ``d``.
+    """
+
+    def __init__(self, features):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.log_scale = nn.Parameter(torch.zeros(features))
+
+    @torch.no_grad()
+    def initialize(self, z, eps=1e-6):
+        """Set ``bias`` and ``log_scale`` so that ``forward(z)`` is standardised per feature."""
+        mean = z.mean(dim=0)
+        std = z.std(dim=0, unbiased=False) if z.shape[0] > 1 else torch.ones_like(mean)
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(-torch.log(std.clamp_min(eps)))
+
+    def forward(self, z):
+        return (z + self.bias) * torch.exp(self.log_scale)
+
+    def inverse(self, x):
+        return x * torch.exp(-self.log_scale) - self.bias
+
+    def logdet(self):
+        """Log-determinant of the Jacobian, the same for every row (a scalar)."""
+        return self.log_scale.sum()

@@ -1,0 +1,150 @@
+import warnings
+
+import pytest
+import torch
+
+from skivcnf.exceptions import InversionWarning
+from skivcnf.flows import EXACT_LOGDET_MAX_FEATURES, ActNorm, ResidualBlock, ResidualFlow
+
+from .helpers import make_flow
+
+LOG_2PI = torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64))
+
+
+def test_inverse_recovers_data_on_untrained_flow(generator):
+    flow = make_flow(5, generator, n_blocks=4, hidden_features=(32, 32))
+    flow.initialize(torch.randn(200, 5, generator=generator, dtype=torch.float64))
+    y = 2 * torch.randn(300, 5, generator=generator, dtype=torch.float64)
+    result = flow.invert(flow(y))
+    assert bool(result.converged.all())
+    assert result.residual.max().item() < 1e-10
+    assert (result.solution - y).abs().max().item() < 1e-8
+
+
+def test_log_prob_matches_autograd_jacobian(generator):
+    flow = make_flow(4, generator, n_blocks=3, hidden_features=(16,))
+    flow.initialize(torch.randn(100, 4, generator=generator, dtype=torch.float64))
+    y = torch.randn(10, 4, generator=generator, dtype=torch.float64)
+    jac = torch.stack([torch.autograd.functional.jacobian(lambda r: flow(r[None])[0], row) for row in y])
+    expected = -0.5 * (flow(y).pow(2).sum(1) + 4 * LOG_2PI) + torch.linalg.slogdet(jac).logabsdet
+    torch.testing.assert_close(flow.log_prob(y), expected, atol=1e-8, rtol=0)
+    torch.testing.assert_close(flow.jacobian(y), jac, atol=1e-12, rtol=0)
+
+
+def test_jvp_and_vjp_agree_with_jacobian(generator):
+    flow = make_flow(4, generator, n_blocks=2, hidden_features=(8,))
+    y, v = torch.randn(2, 6, 4, generator=generator, dtype=torch.float64)
+    jac = flow.jacobian(y)
+    x, jv = flow.jvp(y, v)
+    torch.testing.assert_close(x, flow(y))
+    torch.testing.assert_close(jv, torch.einsum("bij,bj->bi", jac, v))
+    x, vj = flow.vjp(y, v)
+    torch.testing.assert_close(vj, torch.einsum("bi,bij->bj", v, jac))
+
+
+def affine_map(flow):
+    """``A, b`` with ``g(y) = A y + b`` for a flow whose blocks are affine, from its weights."""
+    d = flow.features
+    a = torch.eye(d, dtype=torch.float64)
+    for layer in flow.layers:
+        if isinstance(layer, ActNorm):
+            a = torch.diag(layer.log_scale.exp()) @ a
+        else:
+            (linear,) = layer.net
+            a = (torch.eye(d, dtype=torch.float64) + linear.weight) @ a
+    b = flow(torch.zeros(1, d, dtype=torch.float64))[0]
+    return a.detach(), b.detach()
+
+
+def test_affine_flow_is_the_closed_form_gaussian(generator):
+    flow = make_flow(3, generator, n_blocks=3, hidden_features=())
+    with torch.no_grad():
+        for layer in flow.layers:
+            if isinstance(layer, ActNorm):
+                layer.log_scale.normal_(generator=generator)
+                layer.bias.normal_(generator=generator)
+    a, b = affine_map(flow)
+    gaussian = torch.distributions.MultivariateNormal(
+        loc=-torch.linalg.solve(a, b), precision_matrix=a.T @ a
+    )
+    y = 3 * torch.randn(50, 3, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(flow.log_prob(y), gaussian.log_prob(y), atol=1e-10, rtol=0)
+    # Samples (fixed-point inverse) have the Gaussian's moments; 4 standard errors.
+    samples = flow.sample(20000, generator=generator)
+    cov = gaussian.covariance_matrix
+    se_mean = (cov.diagonal() / 20000).sqrt()
+    assert bool(((samples.mean(0) - gaussian.mean).abs() < 4 * se_mean).all())
+    se_cov = ((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov**2) / 20000).sqrt()
+    assert bool(((samples.T.cov() - cov).abs() < 4 * se_cov).all())
+
+
+def test_stochastic_log_prob_agrees_with_exact_on_average(generator):
+    flow = make_flow(3, generator, n_blocks=2, hidden_features=(8,), lipschitz_coeff=0.6)
+    y = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    exact = flow.log_prob(y).detach()
+    flow.logdet = "stochastic"
+    with torch.no_grad():
+        draws = torch.stack([flow.log_prob(y, generator) for _ in range(2000)])
+    se = draws.std(0) / 2000**0.5
+    assert bool(((draws.mean(0) - exact).abs() < 3 * se + 1e-12).all())
+
+
+def test_auto_logdet_threshold():
+    assert ResidualFlow(EXACT_LOGDET_MAX_FEATURES, n_blocks=1).use_exact_logdet()
+    assert not ResidualFlow(EXACT_LOGDET_MAX_FEATURES + 1, n_blocks=1).use_exact_logdet()
+    assert ResidualFlow(500, n_blocks=1, logdet="exact").use_exact_logdet()
+
+
+def test_unconverged_inverse_warns_and_flags(generator):
+    flow = make_flow(4, generator, n_blocks=2)
+    x = flow(torch.randn(8, 4, generator=generator, dtype=torch.float64))
+    result = flow.invert(x, max_iter=2)
+    assert not bool(result.converged.any())
+    with pytest.warns(InversionWarning, match="8 of 8 rows"):
+        flow.inverse(x, max_iter=2)
+
+
+def test_non_finite_latent_is_flagged(generator):
+    flow = make_flow(3, generator, n_blocks=2)
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    x[0, 0] = float("inf")
+    assert flow.invert(x).converged.tolist() == [False, True]
+
+
+def test_construction_is_seeded_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    flows = [ResidualFlow(3, n_blocks=2, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for p, q in zip(flows[0].parameters(), flows[1].parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"logdet": "hutch"}, "logdet"), ({"n_blocks": 0}, "positive"), ({"activation": "relu"}, "activation"),
+     ({"lipschitz_coeff": 1.5}, "lipschitz_coeff")],
+)
+def test_bad_parameters_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResidualFlow(3, **kwargs)
+
+
+def test_wrong_shape_raises():
+    flow = ResidualFlow(3, n_blocks=1)
+    with pytest.raises(ValueError, match=r"\(batch, 3\)"):
+        flow.log_prob(torch.zeros(4, 2))
+
+
+def test_float32_flow_runs_in_float32(generator):
+    flow = ResidualFlow(3, n_blocks=2, generator=generator)
+    y = torch.randn(5, 3, generator=generator)
+    assert flow.log_prob(y).dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (flow.inverse(flow(y)) - y).abs().max().item() < 1e-4
+
+
+def test_blocks_and_bounds_listed(generator):
+    flow = make_flow(3, generator, n_blocks=3, lipschitz_coeff=0.7)
+    assert len(flow.blocks) == 3 and all(isinstance(b, ResidualBlock) for b in flow.blocks)
+    assert all(0.7 - 1e-9 < bound <= 0.7 + 1e-12 for bound in flow.lipschitz_bounds())
