@@ -4,6 +4,7 @@ import torch
 
 from skivcnf.flows import LipschitzLinear, ResidualFlow
 
+
 def saturate(module, generator, scale=10.0):
     """Blow up every raw weight so the spectral bounds are active (``Lip(h)`` at ``c``).
 

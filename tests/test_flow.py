@@ -115,7 +115,7 @@ def test_construction_is_seeded_and_leaves_global_rng_alone():
     state = torch.random.get_rng_state()
     flows = [ResidualFlow(3, n_blocks=2, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
     assert torch.equal(torch.random.get_rng_state(), state)
-    for p, q in zip(flows[0].parameters(), flows[1].parameters()):
+    for p, q in zip(flows[0].parameters(), flows[1].parameters(), strict=True):
         assert torch.equal(p, q)
 
 

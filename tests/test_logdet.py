@@ -48,7 +48,7 @@ def test_stochastic_logdet_gradient_is_unbiased(block, generator):
 
     def projected_gradients(logdet):
         grads = torch.autograd.grad(logdet.sum(), [z, *params], allow_unused=True)
-        along = sum((g * d).sum() for g, d in zip(grads[1:], direction) if g is not None)
+        along = sum((g * d).sum() for g, d in zip(grads[1:], direction, strict=True) if g is not None)
         return torch.cat([grads[0].flatten(), along.reshape(1)])
 
     exact = projected_gradients(exact_block_logdet(block, z)[1])

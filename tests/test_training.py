@@ -57,7 +57,8 @@ def test_trained_flow_inverts_to_1e_8(moons, trained_moons):
     _, test = moons
     flow, _ = trained_moons
     y = torch.tensor(test)
-    y = torch.cat([y, 3 * torch.randn(100, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))])
+    far = 3 * torch.randn(100, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.cat([y, far])
     result = flow.invert(flow(y).detach())
     assert bool(result.converged.all())
     assert (result.solution - y).abs().max().item() < 1e-8
@@ -141,8 +142,8 @@ def test_non_finite_steps_are_skipped_and_reported(moons, monkeypatch):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"lr": 0}, "lr"), ({"batch_size": 0}, "batch_size"), ({"validation_fraction": 1.0}, "validation_fraction"),
-     ({"max_epochs": -1}, "max_epochs")],
+    [({"lr": 0}, "lr"), ({"batch_size": 0}, "batch_size"),
+     ({"validation_fraction": 1.0}, "validation_fraction"), ({"max_epochs": -1}, "max_epochs")],
 )
 def test_bad_arguments_raise(kwargs, match):
     flow = ResidualFlow(2, n_blocks=1)

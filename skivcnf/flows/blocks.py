@@ -67,7 +67,7 @@ class ResidualBlock(nn.Module):
         n_linear = len(dims) - 1
         per_layer = lipschitz_coeff ** (1.0 / n_linear)
         layers = []
-        for i, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             layers.append(LipschitzLinear(n_in, n_out, per_layer, generator=generator))
             if i < n_linear - 1:
                 layers.append(make_activation(activation))

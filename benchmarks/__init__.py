@@ -1,0 +1,1 @@
+"""Re-runnable benchmarks of skivcnf (install with the ``bench`` extra)."""
