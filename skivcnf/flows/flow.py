@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.func import jacfwd, jvp, vjp, vmap
+from torch.func import jacrev, jvp, vjp, vmap
 from torch.nn.utils import parametrize
 
 from ..exceptions import InversionWarning
@@ -168,7 +168,7 @@ class ResidualFlow(nn.Module):
             z = layer(z)
         return z
 
-    def forward_and_logdet(self, y, generator=None):
+    def forward_and_logdet(self, y, generator=None, method=None):
         """Latent ``x = g(y)`` and ``log|det dg/dy|`` per row.
 
         Parameters
@@ -176,6 +176,8 @@ class ResidualFlow(nn.Module):
         y : Tensor (batch, d)
         generator : torch.Generator, optional
             Used only by the stochastic estimator.
+        method : {None, "exact", "stochastic"}
+            Overrides the flow's ``logdet`` setting for this call.
 
         Returns
         -------
@@ -183,7 +185,9 @@ class ResidualFlow(nn.Module):
         logdet : Tensor (batch,)
         """
         y = self._as_input(y)
-        exact = self.use_exact_logdet()
+        if method not in (None, "exact", "stochastic"):
+            raise ValueError(f"method must be None, 'exact' or 'stochastic', got {method!r}.")
+        exact = self.use_exact_logdet() if method is None else method == "exact"
         z = y
         logdet = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
         for layer in self.layers:
@@ -199,9 +203,12 @@ class ResidualFlow(nn.Module):
                 logdet = logdet + block_logdet
         return z, logdet
 
-    def log_prob(self, y, generator=None):
-        """``log p(y)`` per row, ``Tensor (batch,)`` (an unbiased estimate if stochastic)."""
-        x, logdet = self.forward_and_logdet(y, generator)
+    def log_prob(self, y, generator=None, method=None):
+        """``log p(y)`` per row, ``Tensor (batch,)`` (an unbiased estimate if stochastic).
+
+        ``method`` overrides the flow's ``logdet`` setting (see :meth:`forward_and_logdet`).
+        """
+        x, logdet = self.forward_and_logdet(y, generator, method)
         return -0.5 * (x.pow(2).sum(dim=1) + self.features * _LOG_2PI) + logdet
 
     def invert(self, x, tol=None, max_iter=None):
@@ -274,7 +281,60 @@ class ResidualFlow(nn.Module):
 
     def jacobian(self, y):
         """Per-row Jacobian ``G(y) = dg/dy``, ``Tensor (batch, d, d)``; meant for small ``d``."""
-        return vmap(jacfwd(self))(self._as_input(y))
+        return vmap(jacrev(self))(self._as_input(y))
+
+    def _layer_inputs(self, y):
+        """Input of every layer along the forward pass of ``y`` (no graph)."""
+        inputs, z = [], y
+        with torch.no_grad():
+            for layer in self.layers:
+                inputs.append(z)
+                z = layer(z)
+        return inputs
+
+    def _block_inverse_product(self, block, z, v, transpose, n_terms, tol):
+        """``(I + dh)^{-1} v`` (or its transpose) at ``z`` by the Neumann series."""
+        total, term = v, v
+        for _ in range(n_terms):
+            if transpose:
+                term = -vjp(block.residual, z)[1](term)[0]
+            else:
+                term = -jvp(block.residual, (z,), (term,))[1]
+            total = total + term
+            if tol is not None and float(term.abs().max()) <= tol:
+                break
+        return total
+
+    def inverse_jvp(self, y, v, n_terms=1000, tol=None):
+        """``J(y) v = G(y)^{-1} v`` per row, by a Neumann series in each block.
+
+        Each block's series ``sum_j (-dh)^j v`` converges at rate ``Lip(h) <= c``; with a
+        small ``n_terms`` and ``tol=None`` it is a fixed, cheap approximation of ``J``
+        (a preconditioner). ``y, v : Tensor (batch, d)``; no graph is built.
+        """
+        y = self._as_input(y)
+        tol = default_tolerance(y.dtype) if tol is None and n_terms >= 1000 else tol
+        u = v
+        with torch.no_grad():
+            for layer, z in zip(reversed(self.layers), reversed(self._layer_inputs(y)), strict=True):
+                if isinstance(layer, ActNorm):
+                    u = u * torch.exp(-layer.log_scale)
+                else:
+                    u = self._block_inverse_product(layer, z, u, False, n_terms, tol)
+        return u
+
+    def inverse_vjp(self, y, u, n_terms=1000, tol=None):
+        """``u^T J(y) = u^T G(y)^{-1}`` per row (see :meth:`inverse_jvp`)."""
+        y = self._as_input(y)
+        tol = default_tolerance(y.dtype) if tol is None and n_terms >= 1000 else tol
+        w = u
+        with torch.no_grad():
+            for layer, z in zip(self.layers, self._layer_inputs(y), strict=True):
+                if isinstance(layer, ActNorm):
+                    w = w * torch.exp(-layer.log_scale)
+                else:
+                    w = self._block_inverse_product(layer, z, w, True, n_terms, tol)
+        return w
 
     # ------------------------------------------------------------------ set-up and checks
     @torch.no_grad()

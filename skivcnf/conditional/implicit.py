@@ -1,0 +1,83 @@
+"""Implicit-function-theorem gradients through the constraint solution (paper 3.3).
+
+At a solution, ``F(y^H; x^H, y^O, theta) = g^H([y^O, y^H]) - x^H = 0``, so
+
+    ``d y^H = -(G^HH)^{-1} (dF/dx^H dx^H + dF/dy^O dy^O + dF/dtheta dtheta)``.
+
+The solver runs without a graph; then one evaluation of ``r = F`` at the solution, with a
+graph to ``x^H``, ``y^O`` and the weights but with ``y^H`` detached, is passed through
+:class:`_ImplicitCorrection`, whose value is zero and whose backward multiplies by
+``-(G^HH)^{-T}``. Autograd does the rest. The solver's iterations never enter the graph
+(as in deep-equilibrium models).
+"""
+
+import torch
+from torch.func import vjp
+
+from ..flows import EXACT_LOGDET_MAX_FEATURES
+from .linalg import gmres, masked_operator
+from .solvers import _from_compact, _to_compact, hidden_jacobian
+
+__all__ = ["attach_implicit_gradients"]
+
+
+def _solve_transposed(flow, y, hidden, rhs, method, rtol):
+    """``(G^HH)^{-T} rhs`` per row, zero on observed entries."""
+    with torch.no_grad():
+        if method == "exact":
+            block, order, valid = hidden_jacobian(flow, y, hidden)
+            sol = torch.linalg.solve(block.transpose(-1, -2), _to_compact(rhs, order, valid).unsqueeze(-1))
+            return _from_compact(sol.squeeze(-1), order, valid, y.shape[1])
+        operator = masked_operator(lambda u: vjp(flow, y)[1](u)[0], hidden)
+        result = gmres(operator, torch.where(hidden, rhs, 0.0), rtol=rtol, restart=20, max_restarts=20)
+        return torch.where(hidden, result.solution, 0.0)
+
+
+class _ImplicitCorrection(torch.autograd.Function):
+    """Zero in value; backward maps ``w`` to ``-(G^HH)^{-T} w``."""
+
+    @staticmethod
+    def forward(ctx, residual, y, hidden, flow, method, rtol):
+        ctx.save_for_backward(y, hidden)
+        ctx.flow, ctx.method, ctx.rtol = flow, method, rtol
+        return torch.zeros_like(residual)
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, hidden = ctx.saved_tensors
+        mu = _solve_transposed(ctx.flow, y, hidden, torch.where(hidden, grad, 0.0), ctx.method, ctx.rtol)
+        return -mu, None, None, None, None, None
+
+
+def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto", rtol=1e-10):
+    """Rows equal to ``solution`` whose gradients follow the implicit function theorem.
+
+    Parameters
+    ----------
+    flow : ResidualFlow
+    solution : Tensor (batch, d)
+        A solved constraint (e.g. ``solve_constraint(...).solution``), no graph needed.
+    y : Tensor (batch, d)
+        Observed entries (may require grad); hidden entries are ignored.
+    hidden : BoolTensor (batch, d)
+    x_target : Tensor (batch, d)
+        Latent values on hidden entries (may require grad).
+    method : {"auto", "exact", "gmres"}
+        How the backward pass solves with ``G^HH``: the exact compact block, or GMRES on
+        vector-Jacobian products; ``"auto"`` picks exact up to ``EXACT_LOGDET_MAX_FEATURES``.
+    rtol : float
+        Relative tolerance of the backward GMRES.
+
+    Returns
+    -------
+    Tensor (batch, d)
+        Equal to ``solution`` on hidden entries and to ``y`` on observed ones; gradients
+        reach ``y^O``, ``x^H`` and the flow's weights.
+    """
+    if method == "auto":
+        method = "exact" if y.shape[1] <= EXACT_LOGDET_MAX_FEATURES else "gmres"
+    if method not in ("exact", "gmres"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'gmres', got {method!r}.")
+    base = torch.where(hidden, solution.detach(), y)
+    residual = torch.where(hidden, flow(base) - x_target, 0.0)
+    return base + _ImplicitCorrection.apply(residual, solution.detach(), hidden, flow, method, rtol)

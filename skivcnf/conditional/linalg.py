@@ -1,0 +1,141 @@
+"""Batched linear algebra on hidden blocks: the masking trick and a restarted GMRES.
+
+Rows of a batch hide different entries. The hidden block ``A^HH`` of a matrix ``A`` has
+the same determinant and solves as ``M = diag(h) A diag(h) + diag(1 - h)`` (``h`` the
+hidden indicator), so one batched ``slogdet`` / ``solve`` / GMRES serves every mask, with
+observed entries of the right-hand side and the solution held at zero.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["masked_block", "masked_operator", "gmres", "GMRESResult"]
+
+
+def masked_block(matrix, hidden):
+    """``diag(h) A diag(h) + diag(1 - h)`` per row.
+
+    Parameters
+    ----------
+    matrix : Tensor (batch, d, d)
+    hidden : BoolTensor (batch, d)
+
+    Returns
+    -------
+    Tensor (batch, d, d)
+    """
+    h = hidden.to(matrix.dtype)
+    return h.unsqueeze(-1) * matrix * h.unsqueeze(-2) + torch.diag_embed(1.0 - h)
+
+
+def masked_operator(matvec, hidden):
+    """The operator ``v -> h * A(h * v) + (1 - h) * v`` for a batched ``matvec``."""
+
+    def apply(v):
+        return torch.where(hidden, matvec(torch.where(hidden, v, 0.0)), v)
+
+    return apply
+
+
+class GMRESResult(NamedTuple):
+    """Result of :func:`gmres`.
+
+    Attributes
+    ----------
+    solution : Tensor (batch, n)
+    converged : BoolTensor (batch,)
+        ``||b - A x|| <= rtol * ||b|| + atol`` for the row.
+    n_iter : int
+        Matrix-vector products with ``A`` (the batch shares them).
+    residual : Tensor (batch,)
+        Final ``||b - A x||_2``, recomputed.
+    """
+
+    solution: torch.Tensor
+    converged: torch.Tensor
+    n_iter: int
+    residual: torch.Tensor
+
+
+def _breakdown_tolerance(dtype):
+    return torch.finfo(dtype).eps * 10
+
+
+def gmres(matvec, b, *, preconditioner=None, x0=None, rtol=1e-8, atol=0.0, restart=20,
+          max_restarts=20):
+    """Solve ``A_i x_i = b_i`` for every row ``i`` by restarted, right-preconditioned GMRES.
+
+    Every row has its own Krylov space; the rows share the matrix-vector products, so
+    the cost is that of the slowest row. Rows whose Krylov space is exhausted early
+    (a "happy breakdown") keep their exact solution.
+
+    Parameters
+    ----------
+    matvec : callable
+        ``Tensor (batch, n) -> Tensor (batch, n)``, row ``i`` multiplied by ``A_i``.
+    b : Tensor (batch, n)
+    preconditioner : callable, optional
+        ``v -> M^{-1} v``, an approximate inverse (right preconditioning: the residual
+        that is minimised is the true one).
+    x0 : Tensor (batch, n), optional
+        Initial guess (warm start); zeros by default.
+    rtol, atol : float
+        Per-row stopping rule ``||b - A x|| <= rtol * ||b|| + atol``.
+    restart : int
+        Krylov vectors per cycle.
+    max_restarts : int
+        Cycles at most.
+
+    Returns
+    -------
+    GMRESResult
+    """
+    precondition = preconditioner if preconditioner is not None else (lambda v: v)
+    batch, n = b.shape
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    target = rtol * b.norm(dim=1) + atol
+    tiny = _breakdown_tolerance(b.dtype)
+    n_matvec = 0
+    r = b - matvec(x) if x0 is not None else b.clone()
+    n_matvec += x0 is not None
+    beta = r.norm(dim=1)
+    for _ in range(max_restarts):
+        if bool((beta <= target).all()):
+            break
+        m = restart
+        basis = b.new_zeros(batch, m + 1, n)
+        hess = b.new_zeros(batch, m + 1, m)
+        basis[:, 0] = r / beta.clamp_min(tiny).unsqueeze(1)
+        rhs = b.new_zeros(batch, m + 1)
+        rhs[:, 0] = beta
+        done = beta <= target
+        dead = torch.zeros_like(done)  # rows whose Krylov space is exhausted
+        for k in range(m):
+            w = matvec(precondition(basis[:, k]))
+            n_matvec += 1
+            # Modified Gram-Schmidt, twice for stability in float32.
+            for _ in range(2):
+                coeff = torch.einsum("bjn,bn->bj", basis[:, : k + 1], w)
+                w = w - torch.einsum("bj,bjn->bn", coeff, basis[:, : k + 1])
+                hess[:, : k + 1, k] += coeff
+            norm = w.norm(dim=1)
+            broke = ~dead & (norm <= tiny * hess[:, : k + 1, k].norm(dim=1).clamp_min(1.0))
+            # A row that broke down earlier has a zero basis vector here: a unit pivot in a
+            # row of its own keeps the least-squares problem full rank with coefficient 0.
+            hess[:, k + 1, k] = torch.where(dead, torch.ones_like(norm), norm)
+            basis[:, k + 1] = torch.where((dead | broke).unsqueeze(1), 0.0,
+                                          w / norm.clamp_min(tiny).unsqueeze(1))
+            dead = dead | broke
+            k_used = k + 1
+            coef = torch.linalg.lstsq(hess[:, : k + 2, :k_used], rhs[:, : k + 2].unsqueeze(-1)).solution
+            lsq_residual = (rhs[:, : k + 2] - (hess[:, : k + 2, :k_used] @ coef).squeeze(-1)).norm(dim=1)
+            done = done | dead | (lsq_residual <= target)
+            if bool(done.all()):
+                break
+        update = torch.einsum("bj,bjn->bn", coef.squeeze(-1), basis[:, :k_used])
+        x = x + precondition(update)
+        r = b - matvec(x)
+        n_matvec += 1
+        beta = r.norm(dim=1)
+    return GMRESResult(x, beta <= target, n_matvec, beta)
