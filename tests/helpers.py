@@ -43,3 +43,35 @@ def aligned(block, generator, noise=0.1):
                 raw.add_(noise * torch.randn(raw.shape, generator=generator, dtype=raw.dtype))
                 layer.bias.zero_()
     return block
+
+
+def affine_gaussian(flow):
+    """Mean and covariance of the Gaussian that an affine flow (``hidden_features=()``) defines.
+
+    Computed from the weights, independently of the flow's Jacobian code: ``g(y) = A y + b``
+    so ``y ~ N(-A^{-1} b, (A^T A)^{-1})``.
+    """
+    from skivcnf.flows import ActNorm
+
+    d = flow.features
+    eye = torch.eye(d, dtype=torch.float64)
+    a = eye.clone()
+    for layer in flow.layers:
+        if isinstance(layer, ActNorm):
+            a = torch.diag(layer.log_scale.exp()) @ a
+        else:
+            (linear,) = layer.net
+            a = (eye + linear.weight) @ a
+    a = a.detach()
+    b = flow(torch.zeros(1, d, dtype=torch.float64))[0].detach()
+    return -torch.linalg.solve(a, b), torch.linalg.inv(a.T @ a)
+
+
+def gaussian_conditional(mean, cov, y, hidden_row):
+    """Mean and covariance of ``y^H | y^O`` and ``log p(y^O)`` for one row."""
+    h, o = hidden_row, ~hidden_row
+    gain = cov[h][:, o] @ torch.linalg.inv(cov[o][:, o])
+    cond_mean = mean[h] + gain @ (y[o] - mean[o])
+    cond_cov = cov[h][:, h] - gain @ cov[o][:, h]
+    marginal = torch.distributions.MultivariateNormal(mean[o], cov[o][:, o]).log_prob(y[o])
+    return cond_mean, cond_cov, marginal.item()

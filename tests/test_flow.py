@@ -6,7 +6,7 @@ import torch
 from skivcnf.exceptions import InversionWarning
 from skivcnf.flows import EXACT_LOGDET_MAX_FEATURES, ActNorm, ResidualBlock, ResidualFlow
 
-from .helpers import make_flow
+from .helpers import affine_gaussian, make_flow
 
 LOG_2PI = torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64))
 
@@ -42,20 +42,6 @@ def test_jvp_and_vjp_agree_with_jacobian(generator):
     torch.testing.assert_close(vj, torch.einsum("bi,bij->bj", v, jac))
 
 
-def affine_map(flow):
-    """``A, b`` with ``g(y) = A y + b`` for a flow whose blocks are affine, from its weights."""
-    d = flow.features
-    a = torch.eye(d, dtype=torch.float64)
-    for layer in flow.layers:
-        if isinstance(layer, ActNorm):
-            a = torch.diag(layer.log_scale.exp()) @ a
-        else:
-            (linear,) = layer.net
-            a = (torch.eye(d, dtype=torch.float64) + linear.weight) @ a
-    b = flow(torch.zeros(1, d, dtype=torch.float64))[0]
-    return a.detach(), b.detach()
-
-
 def test_affine_flow_is_the_closed_form_gaussian(generator):
     flow = make_flow(3, generator, n_blocks=3, hidden_features=())
     with torch.no_grad():
@@ -63,10 +49,8 @@ def test_affine_flow_is_the_closed_form_gaussian(generator):
             if isinstance(layer, ActNorm):
                 layer.log_scale.normal_(generator=generator)
                 layer.bias.normal_(generator=generator)
-    a, b = affine_map(flow)
-    gaussian = torch.distributions.MultivariateNormal(
-        loc=-torch.linalg.solve(a, b), precision_matrix=a.T @ a
-    )
+    mean, cov = affine_gaussian(flow)
+    gaussian = torch.distributions.MultivariateNormal(mean, cov)
     y = 3 * torch.randn(50, 3, generator=generator, dtype=torch.float64)
     torch.testing.assert_close(flow.log_prob(y), gaussian.log_prob(y), atol=1e-10, rtol=0)
     # Samples (fixed-point inverse) have the Gaussian's moments; 4 standard errors.

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from skivcnf.conditional import SolverOptions, solve_constraint
+from skivcnf.conditional.bound import bound_integrand, elbo, importance_weighted_bound
+from skivcnf.conditional.posteriors import GaussianPosterior, prior_parameters
+
+from .helpers import affine_gaussian, gaussian_conditional, make_flow
+
+HIDDEN = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
+
+
+def test_exact_integrand_gradcheck(generator):
+    flow = make_flow(4, generator, n_blocks=2, hidden_features=(8,))
+    y = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    x_hidden = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+
+    def integrand(x, yy):
+        return bound_integrand(flow, yy, HIDDEN, x, torch.zeros(3, dtype=torch.float64),
+                               options=SolverOptions(tol=1e-13))[0]
+
+    inputs = (x_hidden.requires_grad_(), y.requires_grad_())
+    assert torch.autograd.gradcheck(integrand, inputs, atol=1e-6)
+
+
+def test_integrand_is_log_marginal_under_the_exact_posterior(generator):
+    """For an affine flow, log w = log p(y^O) for every draw of the exact latent conditional."""
+    flow = make_flow(4, generator, n_blocks=2, hidden_features=())
+    mean, cov = affine_gaussian(flow)
+    y = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    for row in range(3):
+        h = HIDDEN[row]
+        cond_mean, cond_cov, log_marginal = gaussian_conditional(mean, cov, y[row], h)
+        draws = torch.distributions.MultivariateNormal(cond_mean, cond_cov).sample((5,))
+        completed = y[row].repeat(5, 1)
+        completed[:, h] = draws
+        latent = flow(completed).detach()
+        # q(x^H) = the latent conditional: the image of N(cond_mean, cond_cov) under g^H.
+        block = flow.jacobian(completed[:1])[0][h][:, h].detach()
+        q = torch.distributions.MultivariateNormal(latent[0, h] - block @ (draws[0] - cond_mean),
+                                                   block @ cond_cov @ block.T)
+        x_hidden = torch.zeros(5, 4, dtype=torch.float64)
+        x_hidden[:, h] = latent[:, h]
+        log_w, _ = bound_integrand(flow, y[row].repeat(5, 1), h.repeat(5, 1), x_hidden, q.log_prob(latent[:, h]))
+        torch.testing.assert_close(log_w.detach(), torch.full((5,), log_marginal, dtype=torch.float64),
+                                   atol=1e-9, rtol=0)
+
+
+def _projected_gradients(flow, y, x_hidden, logdet, generator, warm, direction):
+    x = x_hidden.clone().requires_grad_()
+    params = list(flow.parameters())
+    log_w, _ = bound_integrand(flow, y, HIDDEN, x, torch.zeros(3, dtype=torch.float64), logdet,
+                               options=SolverOptions(tol=1e-12), warm_start=warm, generator=generator)
+    grads = torch.autograd.grad(log_w.sum(), [x, *params], allow_unused=True)
+    along = sum((g * d).sum() for g, d in zip(grads[1:], direction, strict=True) if g is not None)
+    return torch.cat([grads[0][HIDDEN], along.reshape(1)])
+
+
+@pytest.mark.parametrize("logdet", ["clade", "nlade"])
+def test_stochastic_gradients_match_exact_in_expectation(generator, logdet):
+    # c = 0.6: the roulette estimator of log|det G| has finite variance (see logdet.py).
+    flow = make_flow(4, generator, n_blocks=2, hidden_features=(8,), lipschitz_coeff=0.6)
+    y = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    x_hidden = torch.where(HIDDEN, torch.randn(3, 4, generator=generator, dtype=torch.float64), 0.0)
+    warm = solve_constraint(flow, y, HIDDEN, x_hidden, options=SolverOptions(tol=1e-12)).solution
+    direction = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in flow.parameters()]
+    exact = _projected_gradients(flow, y, x_hidden, "exact", generator, warm, direction)
+    n = 400 if logdet == "clade" else 200  # NLADE's Neumann series make each draw dearer
+    draws = torch.stack([_projected_gradients(flow, y, x_hidden, logdet, generator, warm, direction)
+                         for _ in range(n)])
+    z = (draws.mean(0) - exact) / (draws.std(0) / n**0.5)
+    assert bool((z.abs() < 3.5).all()), z  # 7 statistics at once: 3.5 standard errors
+
+
+def test_importance_weighted_bound_is_tighter_than_elbo(generator):
+    flow = make_flow(4, generator, n_blocks=2, hidden_features=(8,))
+    y = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        estimate = elbo(flow, y, HIDDEN, prior_parameters(3, 4, torch.float64), n_samples=64, generator=generator)
+    assert bool((importance_weighted_bound(estimate.log_weight) >= estimate.log_weight.mean(0)).all())
+    assert estimate.samples.shape == (64, 3, 4) and bool(estimate.converged.all())
+
+
+def test_elbo_is_differentiable_in_posterior_parameters(generator):
+    flow = make_flow(4, generator, n_blocks=2, hidden_features=(8,))
+    y = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    posterior = GaussianPosterior(3, 4, n_reflections=2, generator=generator).double()
+    estimate = elbo(flow, y, HIDDEN, posterior(), n_samples=4, generator=generator)
+    estimate.log_weight.mean().backward()
+    assert posterior.mean.grad[HIDDEN].abs().sum() > 0
+    assert bool((posterior.mean.grad[~HIDDEN] == 0).all())  # observed coordinates play no part
+
+
+def test_unknown_logdet_raises(generator):
+    flow = make_flow(4, generator, n_blocks=1, hidden_features=(8,))
+    y = torch.zeros(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="logdet"):
+        bound_integrand(flow, y, HIDDEN, y, torch.zeros(3), logdet="hutchinson")

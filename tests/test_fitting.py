@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from skivcnf.conditional.fitting import fit_inference_network, fit_posterior
+from skivcnf.conditional.posteriors import GaussianPosterior, InferenceNetwork, prior_parameters
+from skivcnf.conditional.sampling import sample_conditional
+from skivcnf.exceptions import NumericalWarning
+
+from .helpers import make_flow
+
+
+def correlated_rows(generator, n=256):
+    flow = make_flow(4, generator, n_blocks=2, hidden_features=())
+    y = flow.sample(n, generator=generator)
+    hidden = torch.rand(n, 4, generator=generator) < 0.4
+    hidden[hidden.all(1), 0] = False
+    return flow, y, hidden
+
+
+def mean_bound(flow, y, hidden, params, generator):
+    draws = sample_conditional(flow, y, hidden, params, n_samples=32, generator=generator)
+    return draws.log_weight.mean().item()
+
+
+def test_inference_network_learns_a_better_posterior_than_the_prior(generator):
+    flow, y, hidden = correlated_rows(generator)
+    net = InferenceNetwork(4, hidden_features=(32, 32), generator=generator).double()
+    history = fit_inference_network(flow, torch.where(hidden, float("nan"), y), hidden, net, max_epochs=15,
+                                    batch_size=64, lr=3e-3, n_samples=4, generator=generator)
+    assert len(history.elbo) == 15 and history.elbo[-1] > history.elbo[0]
+    with torch.no_grad():
+        amortised = mean_bound(flow, y, hidden, net(y, hidden), generator)
+    prior = mean_bound(flow, y, hidden, prior_parameters(len(y), 4, torch.float64), generator)
+    assert amortised > prior + 0.05
+    assert all(p.grad is None or p.requires_grad for p in flow.parameters())
+
+
+def test_joint_training_moves_the_flow(generator):
+    flow, y, hidden = correlated_rows(generator, n=128)
+    before = [p.detach().clone() for p in flow.parameters()]
+    net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
+    fit_inference_network(flow, y, hidden, net, max_epochs=2, batch_size=64, n_samples=2, train_flow=True,
+                          generator=generator)
+    assert any(not torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
+    net_only = [p.detach().clone() for p in flow.parameters()]
+    fit_inference_network(flow, y, hidden, net, max_epochs=1, batch_size=64, n_samples=2, generator=generator)
+    assert all(torch.equal(a, b) for a, b in zip(net_only, flow.parameters(), strict=True))
+
+
+def test_fit_posterior_improves_the_bound_and_restores_flow_gradients(generator):
+    flow, y, hidden = correlated_rows(generator, n=16)
+    posterior = GaussianPosterior(16, 4).double()
+    history = fit_posterior(flow, y, hidden, posterior, max_steps=100, generator=generator)
+    assert history.elbo[-1] > history.elbo[0]
+    assert all(p.requires_grad for p in flow.parameters())
+
+
+def test_non_finite_bound_steps_are_skipped(generator, monkeypatch):
+    import skivcnf.conditional.fitting as fitting
+
+    flow, y, hidden = correlated_rows(generator, n=8)
+    real, calls = fitting.elbo, []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        estimate = real(*args, **kwargs)
+        if len(calls) % 2:
+            return estimate._replace(log_weight=estimate.log_weight * float("nan"))
+        return estimate
+
+    monkeypatch.setattr(fitting, "elbo", broken)
+    posterior = GaussianPosterior(8, 4).double()
+    with pytest.warns(NumericalWarning, match="skipped"):
+        history = fit_posterior(flow, y, hidden, posterior, max_steps=6, generator=generator)
+    assert history.n_skipped_steps == 3
+    assert bool(torch.isfinite(posterior.mean).all())

@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from skivcnf.conditional import SolverOptions, solve_constraint
+from skivcnf.conditional.implicit import attach_implicit_gradients
+
+from .helpers import make_flow
+
+HIDDEN = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+OPTIONS = SolverOptions(tol=1e-13)
+
+
+@pytest.fixture
+def setting(generator):
+    flow = make_flow(4, generator, n_blocks=2, hidden_features=(8,))
+    y = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    x_target = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    return flow, y, x_target
+
+
+def solve_with_gradients(flow, y, x_target, method):
+    solution = solve_constraint(flow, y.detach(), HIDDEN, x_target.detach(), options=OPTIONS).solution
+    return attach_implicit_gradients(flow, solution, y, HIDDEN, x_target, method=method)
+
+
+@pytest.mark.parametrize("method", ["exact", "gmres"])
+def test_gradcheck_with_respect_to_observed_and_latent(setting, method):
+    flow, y, x_target = setting
+    inputs = (y.clone().requires_grad_(), x_target.clone().requires_grad_())
+    # Finite differences re-solve to 1e-13, so 1e-6 absolute is ample and still tight.
+    assert torch.autograd.gradcheck(lambda a, b: solve_with_gradients(flow, a, b, method), inputs, atol=1e-6)
+
+
+def test_weight_gradient_matches_finite_differences(setting):
+    flow, y, x_target = setting
+    bias = flow.blocks[0].net[0].bias
+
+    def loss():
+        return solve_with_gradients(flow, y, x_target, "exact").pow(2).sum()
+
+    (analytic,) = torch.autograd.grad(loss(), bias)
+    step, numeric = 1e-6, torch.zeros_like(bias)
+    with torch.no_grad():
+        for i in range(bias.numel()):
+            bias[i] += step
+            plus = loss().item()
+            bias[i] -= 2 * step
+            minus = loss().item()
+            bias[i] += step
+            numeric[i] = (plus - minus) / (2 * step)
+    torch.testing.assert_close(analytic, numeric, atol=1e-6, rtol=1e-6)
+
+
+def test_values_are_the_solution_and_observed_entries(setting):
+    flow, y, x_target = setting
+    out = solve_with_gradients(flow, y.requires_grad_(), x_target, "exact")
+    assert torch.equal(out.detach()[~HIDDEN], y.detach()[~HIDDEN])
+    assert (flow(out.detach()) - x_target).abs()[HIDDEN].max().item() < 1e-12
+
+
+def test_unknown_method_raises(setting):
+    flow, y, x_target = setting
+    with pytest.raises(ValueError, match="method"):
+        attach_implicit_gradients(flow, y, y, HIDDEN, x_target, method="lu")

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+
+from skivcnf.conditional.posteriors import (
+    GaussianPosterior,
+    InferenceNetwork,
+    log_density,
+    prior_parameters,
+    rsample,
+)
+
+HIDDEN = torch.tensor([[True, False, True, True], [False, False, True, False]])
+
+
+def test_diagonal_draws_have_the_right_moments_and_density(generator):
+    posterior = GaussianPosterior(2, 4).double()
+    with torch.no_grad():
+        posterior.mean.normal_(generator=generator)
+        posterior.log_scale.normal_(generator=generator).mul_(0.3)
+    x, log_q = rsample(posterior(), HIDDEN, 20000, generator)
+    assert bool((x[:, ~HIDDEN] == 0).all())
+    sd = posterior.log_scale.exp().detach()
+    se = sd / 20000**0.5
+    assert bool(((x.mean(0) - posterior.mean.detach()).abs()[HIDDEN] < 4 * se[HIDDEN]).all())
+    expected = torch.distributions.Normal(posterior.mean, sd).log_prob(x)
+    torch.testing.assert_close(log_q, (expected * HIDDEN).sum(-1))
+
+
+def test_householder_covariance_and_volume(generator):
+    posterior = GaussianPosterior(2, 4, n_reflections=3, generator=generator).double()
+    with torch.no_grad():
+        posterior.log_scale.copy_(torch.tensor([0.5, 0.0, -0.5, 0.2]))
+    params = posterior()
+    x, log_q = rsample(params, HIDDEN, 40000, generator)
+    h = HIDDEN[0]
+    xs = x[:, 0][:, h]
+    # Reflections are orthogonal: the covariance is Q diag(sigma^2) Q^T, its determinant prod sigma^2.
+    cov = xs.T.cov()
+    sigma2 = (2 * posterior.log_scale.detach()[0, h]).exp()
+    assert torch.linalg.det(cov).item() == pytest.approx(sigma2.prod().item(), rel=0.05)
+    assert (cov - torch.diag(cov.diagonal())).abs().max().item() > 0.05  # not diagonal any more
+    torch.testing.assert_close(log_density(params, HIDDEN, x), log_q.detach(), atol=1e-10, rtol=0)
+    assert bool((x[:, ~HIDDEN] == 0).all())
+
+
+def test_stick_the_landing_keeps_the_value(generator):
+    posterior = GaussianPosterior(2, 4, n_reflections=2, generator=generator).double()
+    state = generator.get_state()
+    x1, log_q1 = rsample(posterior(), HIDDEN, 5, generator)
+    generator.set_state(state)
+    x2, log_q2 = rsample(posterior(), HIDDEN, 5, generator, stick_the_landing=True)
+    torch.testing.assert_close(x1, x2)
+    torch.testing.assert_close(log_q1, log_q2)
+
+
+def test_prior_parameters_are_standard_normal():
+    params = prior_parameters(2, 4, torch.float64)
+    x = torch.zeros(1, 2, 4, dtype=torch.float64)
+    expected = -0.5 * math.log(2 * math.pi) * HIDDEN.sum(1).to(torch.float64)
+    torch.testing.assert_close(log_density(params, HIDDEN, x)[0], expected)
+
+
+def test_inference_network_handles_any_mask_and_starts_near_the_prior(generator):
+    net = InferenceNetwork(4, hidden_features=(16,), n_reflections=2, generator=generator).double()
+    y = torch.randn(2, 4, generator=generator, dtype=torch.float64)
+    y[HIDDEN] = float("nan")
+    params = net(y, HIDDEN)
+    assert params.mean.shape == (2, 4) and params.reflections.shape == (2, 2, 4)
+    assert bool(torch.isfinite(params.mean).all())
+    assert params.mean.abs().max().item() < 0.1 and params.log_scale.abs().max().item() < 0.1
+    # Hidden values do not leak: changing them leaves the output alone.
+    y2 = y.clone()
+    y2[HIDDEN] = 123.0
+    torch.testing.assert_close(net(y2, HIDDEN).mean, params.mean)
+
+
+def test_construction_leaves_global_rng_alone(generator):
+    state = torch.random.get_rng_state()
+    InferenceNetwork(4, generator=generator)
+    GaussianPosterior(3, 4, n_reflections=2, generator=generator)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_negative_reflections_raise():
+    with pytest.raises(ValueError, match="n_reflections"):
+        GaussianPosterior(1, 3, n_reflections=-1)

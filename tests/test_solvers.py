@@ -1,0 +1,130 @@
+import pytest
+import torch
+
+from skivcnf.conditional import SOLVERS, SolverOptions, hidden_jacobian, masked_block, solve_constraint
+from skivcnf.conditional.solvers import resolve_chain
+from skivcnf.exceptions import ConstraintWarning
+
+
+@pytest.fixture
+def problem(trained_flow):
+    flow, data = trained_flow
+    gen = torch.Generator().manual_seed(5)
+    y = data[:120].clone()
+    hidden = torch.rand(y.shape, generator=gen) < 0.4
+    hidden[0] = False
+    hidden[1] = True  # an entirely hidden row: the constraint is the inverse of the flow
+    x_target = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    return flow, y, hidden, x_target
+
+
+def test_hidden_jacobian_is_the_hidden_block(problem):
+    flow, y, hidden, _ = problem
+    block, order, valid = hidden_jacobian(flow, y[:10], hidden[:10])
+    full = masked_block(flow.jacobian(y[:10]), hidden[:10])
+    torch.testing.assert_close(torch.linalg.slogdet(block).logabsdet,
+                               torch.linalg.slogdet(full).logabsdet, atol=1e-12, rtol=0)
+    assert block.shape[1] == int(hidden[:10].sum(1).max())
+    assert torch.equal(valid.sum(1), hidden[:10].sum(1))
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_every_solver_meets_the_tolerance_and_keeps_observed_values(problem, solver):
+    flow, y, hidden, x_target = problem
+    options = SolverOptions(tol=1e-10)
+    result = solve_constraint(flow, y, hidden, x_target, solver=solver, options=options)
+    assert bool(result.converged.all())
+    assert torch.equal(result.solution[~hidden], y[~hidden])
+    check = (flow(result.solution) - x_target).abs()[hidden]
+    assert check.max().item() <= 1e-10
+    assert result.residual.max().item() <= 1e-10
+    assert bool((result.method == SOLVERS.index(solver)).all())
+    assert result.n_iter[0].item() == 0  # nothing hidden, nothing to do
+
+
+def test_solvers_agree(problem):
+    flow, y, hidden, x_target = problem
+    options = SolverOptions(tol=1e-11)
+    solutions = [solve_constraint(flow, y, hidden, x_target, solver=s, options=options).solution for s in SOLVERS]
+    for other in solutions[1:]:
+        # G^{-1} is bounded by the flow's bi-Lipschitz constant: (1 / 0.1)^4 blocks, ActNorm aside.
+        torch.testing.assert_close(other, solutions[0], atol=1e-7, rtol=0)
+
+
+def test_fully_hidden_row_is_the_inverse(problem):
+    flow, y, hidden, x_target = problem
+    result = solve_constraint(flow, y[1:2], hidden[1:2], x_target[1:2])
+    torch.testing.assert_close(result.solution, flow.inverse(x_target[1:2]), atol=1e-8, rtol=0)
+
+
+def test_stalled_rows_warn_and_are_flagged(problem):
+    flow, y, hidden, x_target = problem
+    options = SolverOptions(max_iter=1, fixed_point_max_iter=1)
+    with pytest.warns(ConstraintWarning, match="not solved"):
+        result = solve_constraint(flow, y, hidden, x_target, options=options)
+    stalled = ~result.converged
+    assert bool(stalled.any())
+    tol = options.tolerance(torch.float64)
+    assert bool((result.residual[stalled] > tol).all())
+    assert bool((result.residual[~stalled] <= tol).all())
+    assert torch.equal(result.solution[~hidden], y[~hidden])
+
+
+def test_non_finite_target_is_flagged_not_returned_as_solved(problem):
+    flow, y, hidden, x_target = problem
+    row = int(hidden.sum(1).argmax())
+    x_bad = x_target.clone()
+    x_bad[row, hidden[row]] = float("nan")
+    with pytest.warns(ConstraintWarning, match="1 of 120"):
+        result = solve_constraint(flow, y, hidden, x_bad)
+    assert result.converged.tolist().count(False) == 1 and not bool(result.converged[row])
+
+
+def test_paper_schedule_stalls_where_fixed_mixing_converges(problem):
+    flow, y, hidden, x_target = problem
+    paper = SolverOptions(tol=1e-10, decay=0.95)
+    with pytest.warns(ConstraintWarning):
+        stalled = solve_constraint(flow, y, hidden, x_target, solver="fixed_point", options=paper)
+    fixed = solve_constraint(flow, y, hidden, x_target, solver="fixed_point", options=SolverOptions(tol=1e-10))
+    assert stalled.converged.float().mean() < fixed.converged.float().mean() == 1.0
+
+
+def test_fallback_chain_finishes_what_the_first_solver_leaves(problem):
+    flow, y, hidden, x_target = problem
+    options = SolverOptions(tol=1e-10, max_iter=2)
+    result = solve_constraint(flow, y, hidden, x_target, solver=("newton", "fixed_point"), options=options)
+    assert bool(result.converged.all())
+    used = set(result.method[hidden.any(1)].tolist())
+    assert used == {SOLVERS.index("newton"), SOLVERS.index("fixed_point")}
+
+
+def test_warm_start_at_the_solution_costs_no_iteration(problem):
+    flow, y, hidden, x_target = problem
+    first = solve_constraint(flow, y, hidden, x_target)
+    again = solve_constraint(flow, first.solution, hidden, x_target)
+    assert int(again.n_iter.max()) == 0
+
+
+def test_auto_chain():
+    assert resolve_chain("auto", 30) == ("newton", "fixed_point")
+    assert resolve_chain("auto", 784) == ("newton_krylov", "fixed_point")
+    with pytest.raises(ValueError, match="solver"):
+        resolve_chain("broyden", 3)
+
+
+@pytest.mark.parametrize(("field", "value"), [("alpha", 0.0), ("decay", 1.5), ("max_iter", 0),
+                                              ("preconditioner", "ilu"), ("tol", -1.0)])
+def test_bad_options_raise(field, value):
+    with pytest.raises(ValueError, match=field):
+        SolverOptions(**{field: value})
+
+
+def test_unknown_option_raises():
+    with pytest.raises(TypeError):
+        SolverOptions(tolerance=1e-3)
+
+
+def test_shape_mismatch_raises(problem):
+    flow, y, hidden, x_target = problem
+    with pytest.raises(ValueError, match="shape"):
+        solve_constraint(flow, y, hidden[:5], x_target)
