@@ -132,3 +132,32 @@ def test_blocks_and_bounds_listed(generator):
     flow = make_flow(3, generator, n_blocks=3, lipschitz_coeff=0.7)
     assert len(flow.blocks) == 3 and all(isinstance(b, ResidualBlock) for b in flow.blocks)
     assert all(0.7 - 1e-9 < bound <= 0.7 + 1e-12 for bound in flow.lipschitz_bounds())
+
+
+def test_linearization_products_match_the_jacobian(generator):
+    flow = make_flow(4, generator, n_blocks=3, hidden_features=(8,))
+    y, v = torch.randn(2, 6, 4, generator=generator, dtype=torch.float64)
+    stack = torch.randn(5, 6, 4, generator=generator, dtype=torch.float64)
+    jac = flow.jacobian(y).detach()
+    lin = flow.linearize(y)
+    torch.testing.assert_close(lin.value, flow(y).detach())
+    torch.testing.assert_close(lin.jvp(v), torch.einsum("bij,bj->bi", jac, v))
+    torch.testing.assert_close(lin.vjp(v), torch.einsum("bi,bij->bj", v, jac))
+    torch.testing.assert_close(lin.jvp(stack), torch.einsum("bij,kbj->kbi", jac, stack))
+    assert not lin.jvp(v).requires_grad
+
+
+def test_inverse_linearization_is_the_inverse_jacobian(generator):
+    flow = make_flow(4, generator, n_blocks=3, hidden_features=(8,))
+    with torch.no_grad():
+        for layer in flow.layers:
+            if isinstance(layer, ActNorm):
+                layer.log_scale.normal_(generator=generator)
+    y, v = torch.randn(2, 6, 4, generator=generator, dtype=torch.float64)
+    inverse_jac = torch.linalg.inv(flow.jacobian(y).detach())
+    exact = flow.linearize_inverse(y)
+    torch.testing.assert_close(exact.jvp(v), torch.einsum("bij,bj->bi", inverse_jac, v), atol=1e-10, rtol=0)
+    torch.testing.assert_close(exact.vjp(v), torch.einsum("bi,bij->bj", v, inverse_jac), atol=1e-10, rtol=0)
+    # Truncated after one term per block: an approximation, not the inverse.
+    rough = flow.linearize_inverse(y, n_terms=1).jvp(v)
+    assert (rough - exact.jvp(v)).abs().max().item() > 1e-3

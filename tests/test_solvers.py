@@ -18,12 +18,20 @@ def problem(trained_flow):
     return flow, y, hidden, x_target
 
 
-def test_hidden_jacobian_is_the_hidden_block(problem):
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_hidden_jacobian_is_the_hidden_block(problem, differentiable):
     flow, y, hidden, _ = problem
-    block, order, valid = hidden_jacobian(flow, y[:10], hidden[:10])
-    full = masked_block(flow.jacobian(y[:10]), hidden[:10])
+    y = y[:10].clone().requires_grad_(differentiable)
+    with torch.set_grad_enabled(differentiable):
+        block, order, valid = hidden_jacobian(flow, y, hidden[:10])
+    assert block.requires_grad == differentiable
+    full = masked_block(flow.jacobian(y), hidden[:10])
     torch.testing.assert_close(torch.linalg.slogdet(block).logabsdet,
                                torch.linalg.slogdet(full).logabsdet, atol=1e-12, rtol=0)
+    for row in range(10):
+        h = hidden[row]
+        compact = block[row][valid[row]][:, valid[row]]
+        torch.testing.assert_close(compact, flow.jacobian(y[row:row + 1])[0][h][:, h], atol=1e-12, rtol=0)
     assert block.shape[1] == int(hidden[:10].sum(1).max())
     assert torch.equal(valid.sum(1), hidden[:10].sum(1))
 

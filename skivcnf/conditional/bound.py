@@ -30,7 +30,7 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch.func import jvp, vjp
+from torch.func import jvp
 
 from .implicit import _solve_transposed, attach_implicit_gradients
 from .posteriors import rsample
@@ -88,13 +88,14 @@ def _nlade_observed_surrogate(flow, y, hidden, generator, rtol):
     probe = _hutchinson_probe(y.shape, observed, generator, y.dtype, y.device)
     y0 = y.detach()
     with torch.no_grad():
-        pullback = vjp(flow, y0)[1]
-        t = pullback(probe)[0]  # G^T v: (G^OO)^T v on O, (G^OH)^T v on H
+        forward = flow.linearize(y0)
+        t = forward.vjp(probe)  # G^T v: (G^OO)^T v on O, (G^OH)^T v on H
         mu = _solve_transposed(flow, y0, hidden, torch.where(hidden, t, 0.0), "gmres", rtol)
-        correction = pullback(torch.where(hidden, mu, 0.0))[0]
+        correction = forward.vjp(torch.where(hidden, mu, 0.0))
         w = torch.where(observed, t - correction, 0.0)  # (J^OO)^{-T} v, by Eq. 5
-        a = flow.inverse_jvp(y0, probe)  # J P_O v
-        c = flow.inverse_vjp(y0, w)  # J^T P_O w
+        inverse = flow.linearize_inverse(y0)
+        a = inverse.jvp(probe)  # J P_O v
+        c = inverse.vjp(w)  # J^T P_O w
     surrogate = (c * jvp(flow, (y,), (a,))[1]).sum(dim=-1)
     return surrogate - surrogate.detach()
 

@@ -12,7 +12,6 @@ graph to ``x^H``, ``y^O`` and the weights but with ``y^H`` detached, is passed t
 """
 
 import torch
-from torch.func import vjp
 
 from ..flows import EXACT_LOGDET_MAX_FEATURES
 from .linalg import gmres, masked_operator
@@ -28,7 +27,7 @@ def _solve_transposed(flow, y, hidden, rhs, method, rtol):
             block, order, valid = hidden_jacobian(flow, y, hidden)
             sol = torch.linalg.solve(block.transpose(-1, -2), _to_compact(rhs, order, valid).unsqueeze(-1))
             return _from_compact(sol.squeeze(-1), order, valid, y.shape[1])
-        operator = masked_operator(lambda u: vjp(flow, y)[1](u)[0], hidden)
+        operator = masked_operator(flow.linearize(y).vjp, hidden)
         result = gmres(operator, torch.where(hidden, rhs, 0.0), rtol=rtol, restart=20, max_restarts=20)
         return torch.where(hidden, result.solution, 0.0)
 

@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 from ..exceptions import InversionWarning
 from .blocks import ActNorm, ResidualBlock
+from .linearize import InverseLinearization, Linearization
 from .logdet import exact_block_logdet, stochastic_block_logdet
 
 __all__ = ["ResidualFlow", "FlowInverse", "EXACT_LOGDET_MAX_FEATURES"]
@@ -283,58 +284,25 @@ class ResidualFlow(nn.Module):
         """Per-row Jacobian ``G(y) = dg/dy``, ``Tensor (batch, d, d)``; meant for small ``d``."""
         return vmap(jacrev(self))(self._as_input(y))
 
-    def _layer_inputs(self, y):
-        """Input of every layer along the forward pass of ``y`` (no graph)."""
-        inputs, z = [], y
-        with torch.no_grad():
-            for layer in self.layers:
-                inputs.append(z)
-                z = layer(z)
-        return inputs
+    def linearize(self, y):
+        """Products with ``G(y)`` that reuse one graph (for solvers; no graph is returned).
 
-    def _block_inverse_product(self, block, z, v, transpose, n_terms, tol):
-        """``(I + dh)^{-1} v`` (or its transpose) at ``z`` by the Neumann series."""
-        total, term = v, v
-        for _ in range(n_terms):
-            if transpose:
-                term = -vjp(block.residual, z)[1](term)[0]
-            else:
-                term = -jvp(block.residual, (z,), (term,))[1]
-            total = total + term
-            if tol is not None and float(term.abs().max()) <= tol:
-                break
-        return total
+        Returns a :class:`~skivcnf.flows.linearize.Linearization` whose ``value`` is
+        ``g(y)`` and whose ``jvp``/``vjp`` take ``(batch, d)`` or stacked ``(k, batch, d)``.
+        """
+        return Linearization(self, self._as_input(y))
 
-    def inverse_jvp(self, y, v, n_terms=1000, tol=None):
-        """``J(y) v = G(y)^{-1} v`` per row, by a Neumann series in each block.
+    def linearize_inverse(self, y, n_terms=1000, tol=None):
+        """Products with ``J(y) = G(y)^{-1}`` by a Neumann series in each block.
 
-        Each block's series ``sum_j (-dh)^j v`` converges at rate ``Lip(h) <= c``; with a
-        small ``n_terms`` and ``tol=None`` it is a fixed, cheap approximation of ``J``
-        (a preconditioner). ``y, v : Tensor (batch, d)``; no graph is built.
+        ``tol=None`` with the default ``n_terms`` sums each series to ``eps ** 0.75`` of
+        the dtype (exact products); a small ``n_terms`` with ``tol=None`` gives a fixed,
+        cheap approximation. Returns an :class:`~skivcnf.flows.linearize.InverseLinearization`.
         """
         y = self._as_input(y)
-        tol = default_tolerance(y.dtype) if tol is None and n_terms >= 1000 else tol
-        u = v
-        with torch.no_grad():
-            for layer, z in zip(reversed(self.layers), reversed(self._layer_inputs(y)), strict=True):
-                if isinstance(layer, ActNorm):
-                    u = u * torch.exp(-layer.log_scale)
-                else:
-                    u = self._block_inverse_product(layer, z, u, False, n_terms, tol)
-        return u
-
-    def inverse_vjp(self, y, u, n_terms=1000, tol=None):
-        """``u^T J(y) = u^T G(y)^{-1}`` per row (see :meth:`inverse_jvp`)."""
-        y = self._as_input(y)
-        tol = default_tolerance(y.dtype) if tol is None and n_terms >= 1000 else tol
-        w = u
-        with torch.no_grad():
-            for layer, z in zip(self.layers, self._layer_inputs(y), strict=True):
-                if isinstance(layer, ActNorm):
-                    w = w * torch.exp(-layer.log_scale)
-                else:
-                    w = self._block_inverse_product(layer, z, w, True, n_terms, tol)
-        return w
+        if tol is None and n_terms >= 1000:
+            tol = default_tolerance(y.dtype)
+        return InverseLinearization(self, y, n_terms, tol)
 
     # ------------------------------------------------------------------ set-up and checks
     @torch.no_grad()
