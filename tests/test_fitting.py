@@ -74,3 +74,35 @@ def test_non_finite_bound_steps_are_skipped(generator, monkeypatch):
         history = fit_posterior(flow, y, hidden, posterior, max_steps=6, generator=generator)
     assert history.n_skipped_steps == 3
     assert bool(torch.isfinite(posterior.mean).all())
+
+
+def test_iwae_objective_is_at_least_the_elbo(generator):
+    from skivcnf.conditional.bound import elbo
+    from skivcnf.conditional.fitting import masked_elbo_loss
+
+    flow, y, hidden = correlated_rows(generator, n=32)
+    with torch.no_grad():
+        estimate = elbo(flow, y, hidden, prior_parameters(32, 4, torch.float64), n_samples=16, generator=generator)
+    elbo_loss, _ = masked_elbo_loss(estimate, "elbo")
+    iwae_loss, _ = masked_elbo_loss(estimate, "iwae")
+    assert iwae_loss.item() <= elbo_loss.item()
+    # An unconverged draw is left out of both.
+    estimate = estimate._replace(converged=estimate.converged.clone())
+    estimate.converged[0, 0] = False
+    assert masked_elbo_loss(estimate, "iwae")[1] == 1
+
+
+def test_iwae_trains_an_inference_network(generator):
+    flow, y, hidden = correlated_rows(generator, n=128)
+    net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
+    history = fit_inference_network(flow, y, hidden, net, max_epochs=4, batch_size=64, lr=3e-3, n_samples=4,
+                                    objective="iwae", generator=generator)
+    assert history.elbo[-1] > history.elbo[0]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"objective": "kl"}, "objective"),
+                                               ({"objective": "iwae", "logdet": "clade"}, "exact")])
+def test_bad_objectives_raise(generator, kwargs, match):
+    flow, y, hidden = correlated_rows(generator, n=8)
+    with pytest.raises(ValueError, match=match):
+        fit_inference_network(flow, y, hidden, InferenceNetwork(4).double(), **kwargs)

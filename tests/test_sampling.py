@@ -24,6 +24,7 @@ def test_importance_weighted_mean_converges_to_the_conditional_mean(generator):
     assert torch.equal(draws.samples[:, ~HIDDEN], y[~HIDDEN].expand(4000, -1))
     weighted, ess = conditional_mean(draws)
     plain, _ = conditional_mean(draws, weighted=False)
+    assert torch.equal(weighted[~HIDDEN], y[~HIDDEN]) and torch.equal(plain[~HIDDEN], y[~HIDDEN])
     for row in range(3):
         cond_mean, cond_cov, _ = gaussian_conditional(mean, cov, y[row], HIDDEN[row])
         se = (cond_cov.diagonal() / ess[row]).sqrt()

@@ -65,6 +65,21 @@ def sample_conditional(flow, y, hidden, params=None, n_samples=1, generator=None
     Returns
     -------
     ConditionalDraws
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> from skivcnf.conditional import conditional_mean, sample_conditional
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> flow = ResidualFlow(3, n_blocks=2, generator=gen).double()
+    >>> y = torch.tensor([[0.5, float("nan"), -1.0]], dtype=torch.float64)
+    >>> draws = sample_conditional(flow, y, torch.isnan(y), n_samples=16, generator=gen)
+    >>> bool(draws.converged.all()), draws.samples.shape
+    (True, torch.Size([16, 1, 3]))
+    >>> point, ess = conditional_mean(draws)
+    >>> point[0, 0].item(), 1 <= ess.item() <= 16
+    (0.5, True)
     """
     y = flow._as_input(y)
     hidden = torch.as_tensor(hidden, dtype=torch.bool, device=y.device)
@@ -126,6 +141,7 @@ def conditional_mean(draws, weighted=True):
     Returns
     -------
     mean : Tensor (batch, d)
+        Observed entries (where all draws agree) are returned exactly.
     ess : Tensor (batch,)
         Effective sample size (the number of converged draws when unweighted).
     """
@@ -138,4 +154,8 @@ def conditional_mean(draws, weighted=True):
         count = ok.sum(dim=0)
         weights = torch.where(count > 0, ok / count.clamp_min(1), torch.full_like(ok, 1.0 / ok.shape[0]))
         ess = count
-    return (weights.unsqueeze(-1) * draws.samples).sum(dim=0), ess
+    mean = (weights.unsqueeze(-1) * draws.samples).sum(dim=0)
+    # Where every draw agrees (observed entries above all) the weighted sum may round off
+    # the last bit; return the common value exactly.
+    first = draws.samples[0]
+    return torch.where((draws.samples == first).all(dim=0), first, mean), ess

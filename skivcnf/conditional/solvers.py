@@ -23,7 +23,7 @@ warns about rows that no solver brought under tolerance.
 """
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -40,6 +40,7 @@ __all__ = [
     "solve_constraint",
     "hidden_jacobian",
     "default_constraint_tolerance",
+    "resolve_chain",
 ]
 
 #: Solver names, in the order of the codes stored in ``ConstraintSolution.method``.
@@ -404,7 +405,3 @@ def solve_constraint(flow, y, hidden, x_target, solver="auto", options=None, war
         )
     return ConstraintSolution(solution, latent, converged, n_iter, residual, method)
 
-
-def with_options(options, **changes):
-    """A copy of ``options`` (or of the defaults) with ``changes``; unknown names raise."""
-    return replace(options if options is not None else SolverOptions(), **changes)
