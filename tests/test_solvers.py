@@ -54,6 +54,9 @@ def test_solvers_agree(problem):
     flow, y, hidden, x_target = problem
     options = SolverOptions(tol=1e-11)
     solutions = [solve_constraint(flow, y, hidden, x_target, solver=s, options=options).solution for s in SOLVERS]
+    preconditioned = SolverOptions(tol=1e-11, preconditioner="inverse_jacobian", preconditioner_terms=2)
+    solutions.append(solve_constraint(flow, y, hidden, x_target, solver="newton_krylov",
+                                      options=preconditioned).solution)
     for other in solutions[1:]:
         # G^{-1} is bounded by the flow's bi-Lipschitz constant: (1 / 0.1)^4 blocks, ActNorm aside.
         torch.testing.assert_close(other, solutions[0], atol=1e-7, rtol=0)

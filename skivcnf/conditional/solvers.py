@@ -69,9 +69,11 @@ class SolverOptions:
         Krylov vectors per GMRES cycle.
     krylov_max_restarts : int, default=10
         GMRES cycles per Newton step.
-    preconditioner : {"inverse_jacobian", None}, default="inverse_jacobian"
+    preconditioner : {"inverse_jacobian", None}, default=None
         Right preconditioner of the Newton-Krylov solves: ``J^HH`` by a truncated
-        Neumann series, or none.
+        Neumann series, or none. Measured on trained flows (``benchmarks/solvers.py``),
+        it cuts GMRES products by 1.3-2.3x (more at higher missing rates) but costs
+        more wall time than it saves at d <= 64, hence off by default.
     preconditioner_terms : int, default=1
         Neumann terms per block in the preconditioner (1 was fastest in
         ``benchmarks/solvers.py``: more terms cut few GMRES iterations and cost more).
@@ -95,7 +97,7 @@ class SolverOptions:
     max_backtracks: int = 8
     krylov_restart: int = 20
     krylov_max_restarts: int = 10
-    preconditioner: str | None = "inverse_jacobian"
+    preconditioner: str | None = None
     preconditioner_terms: int = 1
     alpha: float = 0.5
     beta: float = 0.5
