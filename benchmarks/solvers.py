@@ -59,8 +59,8 @@ def trained_flow(data, epochs, seed=0):
 
 def solver_cases():
     yield "newton", "newton", SolverOptions()
-    yield "newton_krylov (no preconditioner)", "newton_krylov", SolverOptions()
-    yield "newton_krylov (J^HH preconditioner)", "newton_krylov", SolverOptions(preconditioner="inverse_jacobian")
+    yield "newton_krylov (no preconditioner)", "newton_krylov", SolverOptions(preconditioner=None)
+    yield "newton_krylov (J^HH preconditioner)", "newton_krylov", SolverOptions()
     yield "fixed point, alpha=beta=0.5", "fixed_point", SolverOptions()
     yield "fixed point, alpha=beta=1", "fixed_point", SolverOptions(alpha=1.0, beta=1.0)
     yield "fixed point, paper (0.5, decay 0.95)", "fixed_point", SolverOptions(decay=0.95)

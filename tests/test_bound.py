@@ -96,3 +96,13 @@ def test_unknown_logdet_raises(generator):
     y = torch.zeros(3, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="logdet"):
         bound_integrand(flow, y, HIDDEN, y, torch.zeros(3), logdet="hutchinson")
+
+
+def test_a_batch_with_nothing_hidden_is_the_exact_likelihood(generator):
+    flow = make_flow(4, generator, n_blocks=2, hidden_features=(8,))
+    y = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    nothing = torch.zeros(3, 4, dtype=torch.bool)
+    estimate = elbo(flow, y, nothing, prior_parameters(3, 4, torch.float64), n_samples=2, generator=generator)
+    torch.testing.assert_close(estimate.log_weight, flow.log_prob(y).expand(2, 3))
+    estimate.log_weight.sum().backward()  # gradients flow to the weights as in maximum likelihood
+    assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)

@@ -106,3 +106,14 @@ def test_bad_objectives_raise(generator, kwargs, match):
     flow, y, hidden = correlated_rows(generator, n=8)
     with pytest.raises(ValueError, match=match):
         fit_inference_network(flow, y, hidden, InferenceNetwork(4).double(), **kwargs)
+
+
+def test_validation_split_early_stops_and_restores_the_best(generator):
+    flow, y, hidden = correlated_rows(generator, n=128)
+    net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
+    history = fit_inference_network(flow, y, hidden, net, max_epochs=40, batch_size=32, lr=0.05, n_samples=2,
+                                    train_flow=True, validation_fraction=0.25, patience=2, generator=generator)
+    assert len(history.validation) == len(history.elbo)
+    assert history.validation[history.best_epoch] == max(history.validation)
+    if history.converged:
+        assert len(history.validation) - 1 - history.best_epoch == 2

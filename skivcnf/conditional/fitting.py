@@ -1,5 +1,6 @@
 """Fitting posteriors on the bound: per row (paper 4.2.2) and amortised (paper 4.2.1)."""
 
+import copy
 import math
 import time
 import warnings
@@ -22,9 +23,14 @@ class PosteriorFitHistory:
     ----------
     elbo : list of float
         Mean bound per row at each step (or epoch), over the converged draws.
+    validation : list of float
+        Mean bound per held-out row after each epoch (amortised fitting with a
+        validation split).
+    best_epoch : int
+        Epoch whose weights were kept (amortised fitting).
     n_steps : int
     converged : bool
-        Whether the stopping rule fired before the step cap.
+        Whether the stopping rule (convergence or early stopping) fired before the cap.
     n_unsolved_draws : int
         Draws whose constraint did not converge (left out of the loss).
     n_skipped_steps : int
@@ -33,6 +39,8 @@ class PosteriorFitHistory:
     """
 
     elbo: list = field(default_factory=list)
+    validation: list = field(default_factory=list)
+    best_epoch: int = -1
     n_steps: int = 0
     converged: bool = False
     n_unsolved_draws: int = 0
@@ -96,6 +104,18 @@ def _warn_skipped(history):
     if history.n_skipped_steps:
         warnings.warn(f"{history.n_skipped_steps} steps had a non-finite bound or gradient and were skipped.",
                       NumericalWarning, stacklevel=3)
+
+
+def _held_out_bound(flow, y, hidden, network, n_samples, logdet, solver, options, objective, batch_size,
+                    generator):
+    """Mean bound per row on held-out rows (no graph)."""
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, y.shape[0], batch_size):
+            y_b, h_b = y[start:start + batch_size], hidden[start:start + batch_size]
+            estimate = elbo(flow, y_b, h_b, network(y_b, h_b), n_samples, logdet, solver, options, None, generator)
+            total += -float(masked_elbo_loss(estimate, objective)[0])
+    return total / y.shape[0]
 
 
 def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=1e-2, logdet="exact",
@@ -175,7 +195,8 @@ def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=
 
 def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size=256, lr=1e-3,
                           n_samples=8, logdet="exact", solver="auto", options=None, objective="elbo",
-                          train_flow=False, max_grad_norm=10.0, generator=None, verbose=False):
+                          train_flow=False, validation_fraction=0.0, patience=10, min_delta=1e-4,
+                          max_grad_norm=10.0, generator=None, verbose=False):
     """Train an amortised posterior on the bound over minibatches of incomplete rows.
 
     With ``train_flow=True`` the flow's weights are trained jointly on the same bound
@@ -195,6 +216,12 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     objective : {"elbo", "iwae"}, default="elbo"
         The bound maximised (see :func:`masked_elbo_loss`).
     train_flow : bool, default=False
+    validation_fraction : float, default=0.0
+        Rows held out to monitor the bound; training stops when it has not improved by
+        ``min_delta`` for ``patience`` epochs, and the best weights (network and, if
+        trained, flow) are restored.
+    patience : int, default=10
+    min_delta : float, default=1e-4
     max_grad_norm : float or None, default=10.0
     generator : torch.Generator, optional
     verbose : bool
@@ -213,11 +240,15 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     if not train_flow:
         flow.requires_grad_(False)
     optimizer = torch.optim.Adam(params, lr=lr)
-    n = y.shape[0]
+    order = torch.randperm(y.shape[0], generator=generator, device=y.device)
+    n_val = int(validation_fraction * y.shape[0])
+    val_rows, train_rows = order[:n_val], order[n_val:]
+    n = len(train_rows)
+    best, best_state, stale = -math.inf, None, 0
     try:
         epochs = tqdm(range(max_epochs), disable=not verbose, desc="fit inference network", unit="epoch")
-        for _ in epochs:
-            perm = torch.randperm(n, generator=generator, device=y.device)
+        for epoch in epochs:
+            perm = train_rows[torch.randperm(n, generator=generator, device=y.device)]
             total = 0.0
             for batch_start in range(0, n, batch_size):
                 rows = perm[batch_start:batch_start + batch_size]
@@ -229,9 +260,26 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
                 if _step(optimizer, loss / len(rows), params, history, max_grad_norm):
                     total += -float(loss.detach())
             history.n_steps += 1
-            history.elbo.append(total / n)
+            history.elbo.append(total / max(n, 1))
+            monitored = history.elbo[-1]
+            if n_val:
+                monitored = _held_out_bound(flow, y[val_rows], hidden[val_rows], network, n_samples, logdet,
+                                            solver, options, objective, batch_size, generator)
+                history.validation.append(monitored)
             if verbose:
-                epochs.set_postfix(elbo=f"{history.elbo[-1]:.4f}")
+                epochs.set_postfix(elbo=f"{history.elbo[-1]:.4f}", val=f"{monitored:.4f}" if n_val else "-")
+            if monitored > best + min_delta:
+                best, stale, history.best_epoch = monitored, 0, epoch
+                if n_val:
+                    best_state = (copy.deepcopy(network.state_dict()), copy.deepcopy(flow.state_dict()))
+            elif n_val:
+                stale += 1
+                if stale >= patience:
+                    history.converged = True
+                    break
+        if best_state is not None:
+            network.load_state_dict(best_state[0])
+            flow.load_state_dict(best_state[1])
     finally:
         for p, requires in zip(flow.parameters(), flow_grad, strict=True):
             p.requires_grad_(requires)

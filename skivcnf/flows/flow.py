@@ -17,9 +17,12 @@ from .logdet import exact_block_logdet, stochastic_block_logdet
 
 __all__ = ["ResidualFlow", "FlowInverse", "EXACT_LOGDET_MAX_FEATURES"]
 
-#: ``logdet="auto"`` computes exact log-determinants up to this many features. The
-#: exact path costs ``d`` forward-mode passes per block and has no variance; past about
-#: a hundred features the stochastic estimator's few vector-Jacobian products are cheaper.
+#: ``logdet="auto"`` computes exact log-determinants up to this many features. Measured
+#: (``python -m benchmarks.flow_fit --part logdet``, 6 blocks of width 64, batch 128): a
+#: training step with the exact log-det costs 2.1x / 3.4x / 6.0x / 9.2x the stochastic one
+#: at d = 10 / 30 / 64 / 100. Up to 100 the exact path is kept for what it buys: no
+#: variance in training, and exact importance weights for imputation, which the
+#: stochastic estimator cannot give.
 EXACT_LOGDET_MAX_FEATURES = 100
 
 _LOG_2PI = math.log(2.0 * math.pi)
