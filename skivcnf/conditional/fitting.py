@@ -4,6 +4,7 @@ import copy
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -83,6 +84,19 @@ def _check_objective(objective, logdet, stick_the_landing=False):
                          "use it with objective='elbo'.")
 
 
+@contextmanager
+def _flow_frozen(flow, frozen=True):
+    """Turn off the flow's weight gradients for the block (when ``frozen``), then restore them."""
+    saved = [p.requires_grad for p in flow.parameters()]
+    if frozen:
+        flow.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, requires in zip(flow.parameters(), saved, strict=True):
+            p.requires_grad_(requires)
+
+
 def _step(optimizer, loss, parameters, history, max_grad_norm=None):
     optimizer.zero_grad(set_to_none=True)
     if not bool(torch.isfinite(loss)):
@@ -158,12 +172,10 @@ def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=
     _check_objective(objective, logdet, stick_the_landing)
     start = time.perf_counter()
     history = PosteriorFitHistory()
-    flow_grad = [p.requires_grad for p in flow.parameters()]
-    flow.requires_grad_(False)
     params = [p for p in posterior.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     warm, ema, best, stale = None, None, -math.inf, 0
-    try:
+    with _flow_frozen(flow):
         steps = tqdm(range(max_steps), disable=not verbose, desc="fit posterior", unit="step")
         for _ in steps:
             estimate = elbo(flow, y, hidden, posterior(y, hidden), n_samples, logdet, solver, options,
@@ -185,9 +197,6 @@ def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=
                 if stale >= patience:
                     history.converged = True
                     break
-    finally:
-        for p, requires in zip(flow.parameters(), flow_grad, strict=True):
-            p.requires_grad_(requires)
     history.seconds = time.perf_counter() - start
     _warn_skipped(history)
     return history
@@ -236,16 +245,13 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     history = PosteriorFitHistory()
     y = torch.where(hidden, 0.0, y)
     params = list(network.parameters()) + (list(flow.parameters()) if train_flow else [])
-    flow_grad = [p.requires_grad for p in flow.parameters()]
-    if not train_flow:
-        flow.requires_grad_(False)
     optimizer = torch.optim.Adam(params, lr=lr)
     order = torch.randperm(y.shape[0], generator=generator, device=y.device)
     n_val = int(validation_fraction * y.shape[0])
     val_rows, train_rows = order[:n_val], order[n_val:]
     n = len(train_rows)
     best, best_state, stale = -math.inf, None, 0
-    try:
+    with _flow_frozen(flow, frozen=not train_flow):
         epochs = tqdm(range(max_epochs), disable=not verbose, desc="fit inference network", unit="epoch")
         for epoch in epochs:
             perm = train_rows[torch.randperm(n, generator=generator, device=y.device)]
@@ -280,9 +286,6 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
         if best_state is not None:
             network.load_state_dict(best_state[0])
             flow.load_state_dict(best_state[1])
-    finally:
-        for p, requires in zip(flow.parameters(), flow_grad, strict=True):
-            p.requires_grad_(requires)
     history.seconds = time.perf_counter() - start
     _warn_skipped(history)
     return history
