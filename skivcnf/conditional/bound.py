@@ -26,7 +26,6 @@ out the log-determinant terms that are only estimated through their gradient
 (``log|det G^HH|`` for CLADE, ``log|det J^OO|`` for NLADE).
 """
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -39,7 +38,6 @@ from .solvers import hidden_jacobian, solve_constraint
 __all__ = ["LOGDET_METHODS", "BoundEstimate", "bound_integrand", "elbo", "importance_weighted_bound"]
 
 LOGDET_METHODS = ("exact", "clade", "nlade")
-_LOG_2PI = math.log(2 * math.pi)
 
 
 class BoundEstimate(NamedTuple):
@@ -62,10 +60,6 @@ class BoundEstimate(NamedTuple):
     samples: torch.Tensor
     converged: torch.Tensor
     n_iter: torch.Tensor
-
-
-def _log_base(x):
-    return -0.5 * (x.pow(2).sum(dim=-1) + x.shape[-1] * _LOG_2PI)
 
 
 def _hutchinson_probe(shape, mask, generator, dtype, device):
@@ -141,10 +135,10 @@ def bound_integrand(flow, y, hidden, x_hidden, log_q, logdet="exact", solver="au
         return log_p - log_q - torch.linalg.slogdet(block).logabsdet, solution
     if logdet == "clade":
         x, logdet_g = flow.forward_and_logdet(y_full, generator, method="stochastic")
-        value = _log_base(x) + logdet_g - log_q
+        value = flow.base_log_prob(x) + logdet_g - log_q
         return value - _clade_hidden_surrogate(flow, y_full, hidden, generator, rtol), solution
     x = flow(y_full)
-    return _log_base(x) - log_q + _nlade_observed_surrogate(flow, y_full, hidden, generator, rtol), solution
+    return flow.base_log_prob(x) - log_q + _nlade_observed_surrogate(flow, y_full, hidden, generator, rtol), solution
 
 
 def elbo(flow, y, hidden, params, n_samples=8, logdet="exact", solver="auto", options=None,

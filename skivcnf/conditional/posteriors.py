@@ -75,8 +75,12 @@ def log_density(params, hidden, x):
     if reflections is not None:
         for i in reversed(range(reflections.shape[1])):
             z = _reflect(z, reflections[:, i], hidden)
-    eps = z * torch.exp(-log_scale)
-    h = hidden.to(mean.dtype)
+    return _standard_log_density(z * torch.exp(-log_scale), log_scale, hidden)
+
+
+def _standard_log_density(eps, log_scale, hidden):
+    """``sum_H [log N(eps) - log sigma]``: the density of ``mu + R (sigma * eps)``, R orthogonal."""
+    h = hidden.to(eps.dtype)
     return (h * (-0.5 * eps.pow(2) - 0.5 * _LOG_2PI - log_scale)).sum(dim=-1)
 
 
@@ -113,9 +117,7 @@ def rsample(params, hidden, n_samples, generator=None, stick_the_landing=False):
     if stick_the_landing:
         detached = GaussianParameters(*(None if p is None else p.detach() for p in params))
         return x, log_density(detached, hidden, x)
-    h = hidden.to(mean.dtype)
-    log_q = (h * (-0.5 * eps.pow(2) - 0.5 * _LOG_2PI - log_scale)).sum(dim=-1)
-    return x, log_q
+    return x, _standard_log_density(eps, log_scale, hidden)
 
 
 class GaussianPosterior(nn.Module):

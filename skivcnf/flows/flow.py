@@ -213,7 +213,12 @@ class ResidualFlow(nn.Module):
         ``method`` overrides the flow's ``logdet`` setting (see :meth:`forward_and_logdet`).
         """
         x, logdet = self.forward_and_logdet(y, generator, method)
-        return -0.5 * (x.pow(2).sum(dim=1) + self.features * _LOG_2PI) + logdet
+        return self.base_log_prob(x) + logdet
+
+    @staticmethod
+    def base_log_prob(x):
+        """``log N(x; 0, I)`` over the last dimension."""
+        return -0.5 * (x.pow(2).sum(dim=-1) + x.shape[-1] * _LOG_2PI)
 
     def invert(self, x, tol=None, max_iter=None):
         """Data ``y = f(x) = g^{-1}(x)`` with a convergence record; never warns.
