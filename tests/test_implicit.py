@@ -27,8 +27,13 @@ def solve_with_gradients(flow, y, x_target, method):
 def test_gradcheck_with_respect_to_observed_and_latent(setting, method):
     flow, y, x_target = setting
     inputs = (y.clone().requires_grad_(), x_target.clone().requires_grad_())
-    # Finite differences re-solve to 1e-13, so 1e-6 absolute is ample and still tight.
-    assert torch.autograd.gradcheck(lambda a, b: solve_with_gradients(flow, a, b, method), inputs, atol=1e-6)
+    # Finite differences re-solve to 1e-13, so 1e-6 absolute is ample and still tight. GMRES stops at
+    # rtol 1e-10, and threaded reductions may order sums differently between calls, so two backward
+    # passes agree to that tolerance, not bit for bit (CI saw them differ on a 2-core machine).
+    nondet_tol = 1e-8 if method == "gmres" else 0.0
+    assert torch.autograd.gradcheck(
+        lambda a, b: solve_with_gradients(flow, a, b, method), inputs, atol=1e-6, nondet_tol=nondet_tol
+    )
 
 
 def test_weight_gradient_matches_finite_differences(setting):
