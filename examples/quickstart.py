@@ -1,43 +1,48 @@
-"""Fit a residual flow to the breast cancer table and compare it with a Gaussian.
+"""Impute a real table with IVCNFImputer and score it against scikit-learn's imputers.
 
-The main job of the README's first command (until the imputer lands): scikit-learn's
-breast cancer data (569 rows x 30 features, bundled with scikit-learn, no download) is
-split 80/20, standardised on the training rows, and modelled by an invertible residual
-flow. The held-out log-likelihood per row is printed next to that of a full-covariance
-Gaussian fitted to the same rows. Takes about a minute on 2 CPU cores.
+The main job of the README's first command. scikit-learn's breast cancer table (569 rows
+x 30 features, bundled with scikit-learn, no download) loses 20% of its entries completely
+at random; IVCNFImputer (defaults), SimpleImputer (column means) and IterativeImputer
+(MICE with BayesianRidge) fill them, and the root mean squared error on the removed
+entries is printed per imputer, on the standardised scale (each column divided by its
+standard deviation, so that every column counts alike). Takes about a minute on 2 CPU cores.
 
     python examples/quickstart.py
 """
 
-import numpy as np
-import torch
-from scipy.stats import multivariate_normal
-from sklearn.datasets import load_breast_cancer
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
+import time
+import warnings
 
-from skivcnf.flows import ResidualFlow, fit_flow
+import numpy as np
+from sklearn.datasets import load_breast_cancer
+from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+from sklearn.impute import IterativeImputer, SimpleImputer
+
+from skivcnf import IVCNFImputer
 
 
 def main():
-    data = load_breast_cancer().data
-    train, test = train_test_split(data, test_size=0.2, random_state=0)
-    scaler = StandardScaler().fit(train)
-    train, test = scaler.transform(train), scaler.transform(test)
+    X = load_breast_cancer().data
+    rng = np.random.default_rng(0)
+    mask = rng.random(X.shape) < 0.2
+    X_missing = np.where(mask, np.nan, X)
+    scale = X.std(axis=0)
 
-    generator = torch.Generator().manual_seed(0)
-    flow = ResidualFlow(train.shape[1], generator=generator)
-    history = fit_flow(flow, train, max_epochs=150, lr=2e-3, batch_size=128, patience=30,
-                       generator=generator, verbose=True)
-    with torch.no_grad():
-        flow_ll = flow.log_prob(torch.as_tensor(test, dtype=torch.float32)).mean().item()
-    gaussian = multivariate_normal(train.mean(0), np.cov(train.T, bias=True))
-    gaussian_ll = gaussian.logpdf(test).mean()
-
-    print(f"breast cancer: {len(train)} training rows, {len(test)} held-out rows, {train.shape[1]} features")
-    print(f"flow trained for {len(history.train_loss)} epochs (best {history.best_epoch + 1}), "
-          f"{np.mean(history.epoch_seconds):.2f} s/epoch")
-    print(f"held-out log-likelihood per row: flow {flow_ll:.2f}, full-covariance Gaussian {gaussian_ll:.2f}")
+    imputers = {
+        "IVCNFImputer": IVCNFImputer(random_state=0, verbose=1),
+        "SimpleImputer (mean)": SimpleImputer(),
+        "IterativeImputer (MICE)": IterativeImputer(max_iter=25, random_state=0),
+    }
+    print(f"breast cancer: {X.shape[0]} rows x {X.shape[1]} columns, {mask.mean():.0%} of entries removed")
+    for name, imputer in imputers.items():
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # IterativeImputer's early-stopping ConvergenceWarning
+            completed = imputer.fit_transform(X_missing)
+        seconds = time.perf_counter() - start
+        assert np.array_equal(completed[~mask], X[~mask])  # observed entries come back untouched
+        rmse = np.sqrt(np.mean(((completed - X) / scale)[mask] ** 2))
+        print(f"{name:<26} RMSE on removed entries (standardised) {rmse:.3f}   {seconds:5.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,28 +1,40 @@
 """IVCNFImputer: a scikit-learn imputer that samples missing entries from a residual flow."""
 
 import copy
+import json
 import math
+import os
 import warnings
+from dataclasses import asdict
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.impute import MissingIndicator
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, MissingValues, StrOptions
+from sklearn.utils._set_output import _get_output_config, _wrap_data_with_container
 from sklearn.utils.validation import FLOAT_DTYPES, _check_feature_names_in, check_is_fitted, validate_data
 
 from .conditional import (
+    GaussianPosterior,
     InferenceNetwork,
+    PosteriorFitHistory,
     conditional_mean,
     fit_inference_network,
+    fit_posterior,
     importance_weighted_bound,
     sample_conditional,
     self_normalized_weights,
 )
-from .flows import ResidualFlow
+from .exceptions import ConstraintWarning
+from .flows import EXACT_LOGDET_MAX_FEATURES, ResidualFlow
+
+_SAVE_FORMAT = "skivcnf.IVCNFImputer"
+_SAVE_VERSION = 1
 
 __all__ = ["IVCNFImputer"]
 
@@ -65,26 +77,41 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         Bound ``c < 1`` on each block's Lipschitz constant (invertibility margin).
     n_reflections : int, default=0
         Householder reflections of the amortised posterior (0: diagonal Gaussian).
-    n_draws : int, default=32
-        Completions per row behind each point imputation.
-    n_train_draws : int, default=4
+    n_draws : int, default=64
+        Completions per row behind each point imputation (and each row's
+        :meth:`score_samples`); their Monte Carlo error shrinks like ``1 / n_draws``,
+        at a proportional cost of ``transform``.
+    n_train_draws : int, default=2
         Draws per row and step when training on the bound.
     importance_weighting : bool, default=True
         Weight the draws by their exact importance weights (consistent conditional mean);
-        ``False`` takes their plain mean.
+        ``False`` takes their plain mean. Exact weights exist up to 100 modelled columns
+        (``EXACT_LOGDET_MAX_FEATURES``); wider tables get the plain mean.
+    refinement_steps : int, default=0
+        Adam steps of per-row posterior refinement before drawing at ``transform`` (the
+        paper's post-training completion, 4.2.2): each row's Gaussian posterior starts
+        from the amortised one and is fitted on the ELBO with the flow fixed. Costs about
+        ``refinement_steps`` training steps per batch; 0 uses the amortised posterior.
     objective : {"elbo", "iwae"}, default="iwae"
         Training bound: the ELBO or the importance-weighted bound.
     solver : {"auto", "newton", "newton_krylov", "fixed_point"}, default="auto"
         Solver of the equality constraint (see :func:`skivcnf.conditional.solve_constraint`).
     logdet : {"exact", "clade", "nlade"}, default="exact"
         Log-determinant estimator of the bound.
-    max_epochs : int, default=60
-    batch_size : int, default=128
+    max_epochs : int, default=100
+        Passes over the training rows (early stopping usually ends training sooner).
+    batch_size : int, default=64
+        Rows per training step, and per batch at ``transform`` (memory grows with
+        ``batch_size * n_draws * d^2``, never with the number of rows).
     learning_rate : float, default=2e-3
+        Adam's step size for the flow and the inference network.
     validation_fraction : float, default=0.1
         Rows held out for early stopping (with at least 2 rows each side); ignored when
         ``early_stopping=False``.
     early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the rows (when there are at least 20), stop
+        when their bound stops improving and keep the best weights. A
+        ``ConvergenceWarning`` says when ``max_epochs`` ended training first.
     n_iter_no_change : int, default=8
         Epochs without improvement of the held-out bound before stopping.
     missing_values : float, int or None, default=np.nan
@@ -128,6 +155,7 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         "n_draws": [Interval(Integral, 1, None, closed="left")],
         "n_train_draws": [Interval(Integral, 1, None, closed="left")],
         "importance_weighting": ["boolean"],
+        "refinement_steps": [Interval(Integral, 0, None, closed="left")],
         "objective": [StrOptions({"elbo", "iwae"})],
         "solver": [StrOptions({"auto", "newton", "newton_krylov", "fixed_point"})],
         "logdet": [StrOptions({"exact", "clade", "nlade"})],
@@ -146,8 +174,9 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
     }
 
     def __init__(self, *, n_blocks=4, hidden_layer_sizes=(64, 64), lipschitz_coeff=0.9, n_reflections=0,
-                 n_draws=32, n_train_draws=4, importance_weighting=True, objective="iwae", solver="auto",
-                 logdet="exact", max_epochs=60, batch_size=128, learning_rate=2e-3, validation_fraction=0.1,
+                 n_draws=64, n_train_draws=2, importance_weighting=True, refinement_steps=0,
+                 objective="iwae", solver="auto",
+                 logdet="exact", max_epochs=100, batch_size=64, learning_rate=2e-3, validation_fraction=0.1,
                  early_stopping=True, n_iter_no_change=8, missing_values=np.nan, add_indicator=False,
                  keep_empty_features=False, device="auto", random_state=None, verbose=0):
         self.n_blocks = n_blocks
@@ -157,6 +186,7 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         self.n_draws = n_draws
         self.n_train_draws = n_train_draws
         self.importance_weighting = importance_weighting
+        self.refinement_steps = refinement_steps
         self.objective = objective
         self.solver = solver
         self.logdet = logdet
@@ -175,12 +205,9 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ validation
     def _validate(self, X, reset):
-        allow_nan = self.missing_values is None or (
-            isinstance(self.missing_values, float) and math.isnan(self.missing_values))
-        X = validate_data(self, X, reset=reset, dtype=FLOAT_DTYPES, copy=True,
-                          ensure_all_finite="allow-nan" if allow_nan else True,
-                          ensure_min_samples=2 if reset else 1)
-        return X
+        # NaN always means missing (whatever missing_values is); infinities are refused.
+        return validate_data(self, X, reset=reset, dtype=FLOAT_DTYPES, copy=True, ensure_all_finite="allow-nan",
+                             ensure_min_samples=2 if reset else 1)
 
     def _seed_from_random_state(self):
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -223,6 +250,9 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         self.flow_, self.posterior_, self.history_ = None, None, None
         if d == 0:
             return self
+        if self.logdet == "exact" and d > EXACT_LOGDET_MAX_FEATURES:
+            raise ValueError(f"logdet='exact' supports up to {EXACT_LOGDET_MAX_FEATURES} modelled columns, got {d}; "
+                             "use logdet='clade' (or 'nlade') with objective='elbo' for wider tables.")
         columns = X[:, self.modelled_features_]
         self.scaler_ = StandardScaler().fit(columns)
         z = torch.as_tensor(self.scaler_.transform(columns), dtype=torch.float32)
@@ -235,13 +265,20 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         self.flow_.to(self._device)
         self.posterior_.to(self._device)
         z, hidden = z.to(self._device), hidden.to(self._device)
-        val = self.validation_fraction if self.early_stopping and len(z) >= 20 else 0.0
+        n_val = int(self.validation_fraction * len(z))
+        # Early stopping needs a held-out split of at least 2 rows and 18 rows to train on.
+        val = self.validation_fraction if self.early_stopping and n_val >= 2 and len(z) - n_val >= 18 else 0.0
         self.history_ = fit_inference_network(
             self.flow_, z, hidden, self.posterior_, max_epochs=self.max_epochs, batch_size=self.batch_size,
             lr=self.learning_rate, n_samples=self.n_train_draws, logdet=self.logdet, solver=self.solver,
             objective=self.objective, train_flow=True, validation_fraction=val,
             patience=self.n_iter_no_change, generator=generator, verbose=bool(self.verbose))
         self._seed = seed
+        if val and not self.history_.converged:
+            warnings.warn(
+                f"Training stopped at max_epochs={self.max_epochs} while the held-out bound was still "
+                f"improving (best epoch {self.history_.best_epoch + 1}); raise max_epochs for a better fit.",
+                ConvergenceWarning, stacklevel=3)
         return self
 
     # ------------------------------------------------------------------ imputing
@@ -252,6 +289,12 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         hidden = torch.isnan(z)
         with torch.no_grad():
             params = self.posterior_(torch.where(hidden, 0.0, z), hidden)
+        if self.refinement_steps:
+            posterior = GaussianPosterior(len(z), z.shape[1], n_reflections=self.n_reflections, init=params)
+            fit_posterior(self.flow_, torch.where(hidden, 0.0, z), hidden, posterior, n_samples=8,
+                          max_steps=self.refinement_steps, solver=self.solver, generator=generator)
+            with torch.no_grad():
+                params = posterior()
         draws = sample_conditional(self.flow_, z, hidden, params, n_samples=n_samples, generator=generator,
                                    solver=self.solver)
         return z, hidden, draws
@@ -296,14 +339,25 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         values = None
         if self.flow_ is not None and mask[:, self.modelled_features_].any():
             generator = torch.Generator(device=self._device).manual_seed(self._seed + 1)
-            parts = []
+            parts, n_failed = [], 0
             for start in range(0, len(X), self.batch_size):
                 _, _, draws = self._draws(X[start:start + self.batch_size], self.n_draws, generator)
-                point, _ = conditional_mean(draws, weighted=self.importance_weighting)
-                parts.append(point.cpu().double().numpy())
+                point, _ = conditional_mean(draws, weighted=self._weighted(draws))
+                # A row none of whose draws was solved gets the training mean (0 on this scale).
+                failed = ~draws.converged.any(dim=0) | ~torch.isfinite(point).all(dim=1)
+                n_failed += int(failed.sum())
+                parts.append(torch.where(failed.unsqueeze(1), 0.0, point).cpu().double().numpy())
+            if n_failed:
+                warnings.warn(f"{n_failed} of {len(X)} rows had no draw whose constraint was solved; their "
+                              "missing entries were filled with the training means.", ConstraintWarning,
+                              stacklevel=2)
             values = self.scaler_.inverse_transform(np.concatenate(parts))
         out = self._complete(original, mask, values)
         return self._with_indicator(out, X)
+
+    def _weighted(self, draws):
+        """Importance weighting, where the draws carry exact weights (up to 100 modelled columns)."""
+        return self.importance_weighting and draws.log_weight is not None
 
     def _with_indicator(self, out, X):
         if self.indicator_ is None:
@@ -324,9 +378,13 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        imputations : ndarray of shape (n_imputations, n_samples, n_features_out)
-            Observed entries are unchanged in every copy.
+        imputations : ndarray of shape (n_imputations, n_samples, n_features_out) or DataFrame
+            Observed entries are unchanged in every copy. Under
+            ``set_output(transform="pandas")`` the copies are stacked in one DataFrame of
+            ``n_imputations * n_samples`` rows indexed by ``("imputation", <X's index>)``;
+            iterate with ``frame.groupby(level="imputation")``.
         """
+        X_in = X
         if not isinstance(n_imputations, Integral) or n_imputations < 1:
             raise ValueError(f"n_imputations must be a positive integer, got {n_imputations!r}.")
         X, original, mask = self._prepare(X)
@@ -336,22 +394,45 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         if self.flow_ is not None and mask[:, self.modelled_features_].any():
             generator = torch.Generator(device=self._device).manual_seed(self._seed + 2)
             n_proposals = max(self.n_draws, 4 * n_imputations)
+            n_failed = 0
             for start in range(0, n, self.batch_size):
                 z, _, draws = self._draws(X[start:start + self.batch_size], n_proposals, generator)
-                if self.importance_weighting:
+                solved = draws.converged.any(dim=0)
+                if self._weighted(draws):
                     weights, _ = self_normalized_weights(draws.log_weight)
                 else:
                     weights = draws.converged.to(z.dtype)
-                    weights = weights / weights.sum(0).clamp_min(1)
+                weights = torch.where(solved, weights, 1.0)  # rows with no solved draw: replaced below
                 picks = torch.multinomial(weights.T, n_imputations, replacement=True, generator=generator)
                 rows = torch.arange(len(z), device=z.device)
                 chosen = draws.samples[picks.T, rows]  # (n_imputations, batch, d)
+                chosen = torch.where(solved.unsqueeze(-1), chosen, 0.0)  # the training mean on this scale
+                n_failed += int((~solved).sum())
                 values[:, start:start + len(z)] = chosen.cpu().double().numpy()
+            if n_failed:
+                warnings.warn(f"{n_failed} of {n} rows had no draw whose constraint was solved; their missing "
+                              "entries were filled with the training means in every imputation.",
+                              ConstraintWarning, stacklevel=2)
         outputs = []
         for k in range(n_imputations):
             modelled = self.scaler_.inverse_transform(values[k]) if self.flow_ is not None else None
             outputs.append(self._with_indicator(self._complete(original, mask, modelled), X))
-        return np.stack(outputs)
+        return self._stack_container(outputs, X_in)
+
+    def _stack_container(self, outputs, X_in):
+        """Stack completed copies in the container that ``transform`` returns (``set_output``)."""
+        if _get_output_config("transform", self)["dense"] == "default":
+            return np.stack(outputs)
+        frames = [_wrap_data_with_container("transform", out, X_in, self) for out in outputs]
+        if _get_output_config("transform", self)["dense"] == "pandas":
+            import pandas as pd
+
+            index_names = [None] * frames[0].index.nlevels if frames[0].index.names is None else \
+                list(frames[0].index.names)
+            return pd.concat(frames, keys=range(len(frames)), names=["imputation", *index_names])
+        import polars as pl
+
+        return pl.concat([f.insert_column(0, pl.Series("imputation", [k] * len(f))) for k, f in enumerate(frames)])
 
     def score_samples(self, X):
         """Estimated log-likelihood of each row's observed entries, on the input's scale.
@@ -371,6 +452,9 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         X, _, mask = self._prepare(X)
         if self.flow_ is None:
             return np.zeros(len(X))
+        if int(self.modelled_features_.sum()) > EXACT_LOGDET_MAX_FEATURES:
+            raise ValueError(f"score_samples needs exact importance weights, available up to "
+                             f"{EXACT_LOGDET_MAX_FEATURES} modelled columns.")
         generator = torch.Generator(device=self._device).manual_seed(self._seed + 3)
         scores = []
         for start in range(0, len(X), self.batch_size):
@@ -380,15 +464,146 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         # Change of variables from the standardised scale back to the input's.
         return np.concatenate(scores) - observed @ np.log(self.scaler_.scale_)
 
+    def score(self, X, y=None):
+        """Mean of :meth:`score_samples`: the average log-likelihood of the observed entries.
+
+        Higher is better, so that :class:`~sklearn.model_selection.GridSearchCV` can pick an
+        imputer's settings by held-out likelihood, as it does for density estimators.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        score : float
+        """
+        return float(np.mean(self.score_samples(X)))
+
     def get_feature_names_out(self, input_features=None):
         """Output feature names (empty features dropped unless kept, indicators appended)."""
         check_is_fitted(self, "modelled_features_")
         names = _check_feature_names_in(self, input_features)
-        if not self.keep_empty_features:
-            names = names[~self.empty_features_]
+        out = names if self.keep_empty_features else names[~self.empty_features_]
         if self.indicator_ is not None:
-            names = np.concatenate([names, self.indicator_.get_feature_names_out(input_features)])
-        return names
+            out = np.concatenate([out, self.indicator_.get_feature_names_out(names)])
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the fitted imputer to ``path`` as weights, arrays and settings; no pickle.
+
+        The file holds only tensors, numbers and strings (``torch.save`` of plain data),
+        so :meth:`load` reads it with ``torch.load(weights_only=True)``, which runs no
+        code from the file, unlike unpickling.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        """
+        check_is_fitted(self, "modelled_features_")
+        params = self.get_params()
+        if not (params["random_state"] is None or isinstance(params["random_state"], Integral)):
+            params["random_state"] = None  # a RandomState instance was only used to seed fit
+        params["hidden_layer_sizes"] = list(params["hidden_layer_sizes"])
+        fitted = {
+            "n_features_in": int(self.n_features_in_),
+            "feature_names_in": [str(n) for n in self.feature_names_in_] if hasattr(self, "feature_names_in_")
+            else None,
+            "seed": int(self._seed) if self.flow_ is not None else None,
+            "indicator_features": self.indicator_.features_.tolist() if self.indicator_ is not None else None,
+            "history": asdict(self.history_) if self.history_ is not None else None,
+        }
+        arrays = {"empty_features": self.empty_features_, "constant_values": self.constant_values_,
+                  "modelled_features": self.modelled_features_}
+        if self.flow_ is not None:
+            arrays.update(scaler_mean=self.scaler_.mean_, scaler_scale=self.scaler_.scale_,
+                          scaler_var=self.scaler_.var_,
+                          scaler_n_samples_seen=np.broadcast_to(self.scaler_.n_samples_seen_,
+                                                                self.scaler_.mean_.shape))
+        payload = {
+            "format": _SAVE_FORMAT,
+            "version": _SAVE_VERSION,
+            "params": json.dumps(params),
+            "fitted": json.dumps(fitted),
+            "arrays": {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()},
+            "flow": {k: v.detach().cpu() for k, v in self.flow_.state_dict().items()} if self.flow_ is not None
+            else None,
+            "posterior": {k: v.detach().cpu() for k, v in self.posterior_.state_dict().items()}
+            if self.posterior_ is not None else None,
+        }
+        torch.save(payload, os.fspath(path))
+
+    @classmethod
+    def load(cls, path):
+        """Read an imputer written by :meth:`save` (safe: no code in the file is run).
+
+        The imputer goes to its ``device`` setting, or to the CPU where that device is
+        not available.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Returns
+        -------
+        IVCNFImputer
+            Fitted; its transforms equal the saved imputer's.
+        """
+        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != _SAVE_FORMAT:
+            raise ValueError(f"{os.fspath(path)!r} is not a file written by IVCNFImputer.save.")
+        if payload["version"] > _SAVE_VERSION:
+            raise ValueError(f"{os.fspath(path)!r} was written by a newer skivcnf (format version "
+                             f"{payload['version']}); upgrade skivcnf to read it.")
+        params = json.loads(payload["params"])
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        if isinstance(params["missing_values"], float) and math.isnan(params["missing_values"]):
+            params["missing_values"] = np.nan
+        fitted = json.loads(payload["fitted"])
+        arrays = {k: v.numpy() for k, v in payload["arrays"].items()}
+        self = cls(**params)
+        self.n_features_in_ = fitted["n_features_in"]
+        if fitted["feature_names_in"] is not None:
+            self.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
+        self.empty_features_ = arrays["empty_features"].astype(bool)
+        self.constant_values_ = arrays["constant_values"]
+        self.modelled_features_ = arrays["modelled_features"].astype(bool)
+        self.indicator_ = None
+        if fitted["indicator_features"] is not None:
+            self.indicator_ = self._rebuild_indicator(np.asarray(fitted["indicator_features"], dtype=int))
+        self._device = self._available_device()
+        self.flow_, self.posterior_, self.history_ = None, None, None
+        if payload["flow"] is None:
+            return self
+        d = int(self.modelled_features_.sum())
+        self.scaler_ = StandardScaler()
+        self.scaler_.mean_, self.scaler_.scale_ = arrays["scaler_mean"], arrays["scaler_scale"]
+        self.scaler_.var_, self.scaler_.n_samples_seen_ = arrays["scaler_var"], arrays["scaler_n_samples_seen"]
+        self.scaler_.n_features_in_ = d
+        self.flow_ = self._build_flow(d)
+        self.flow_.load_state_dict(payload["flow"])
+        self.posterior_ = InferenceNetwork(d, n_reflections=self.n_reflections)
+        self.posterior_.load_state_dict(payload["posterior"])
+        self.flow_.to(self._device)
+        self.posterior_.to(self._device)
+        self.history_ = PosteriorFitHistory(**fitted["history"]) if fitted["history"] else None
+        self._seed = fitted["seed"]
+        return self
+
+    def _rebuild_indicator(self, features):
+        """A fitted MissingIndicator flagging ``features`` (fitted, as in ``fit``, on an array)."""
+        row = np.zeros((1, self.n_features_in_))
+        row[0, features] = np.nan
+        return MissingIndicator(missing_values=np.nan, error_on_new=False).fit(row)
+
+    def _available_device(self):
+        """The ``device`` setting, or the CPU where it names an absent GPU."""
+        wanted = torch.device("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" \
+            else torch.device(self.device)
+        return wanted if wanted.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -414,9 +629,7 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         self.__dict__.update(state)
         if "modelled_features_" not in state:
             return
-        wanted = torch.device("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" \
-            else torch.device(self.device)
-        self._device = wanted if wanted.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
+        self._device = self._available_device()
         if isinstance(self.flow_, dict):
             flow = self._build_flow(int(self.modelled_features_.sum()))
             flow.load_state_dict(self.flow_)

@@ -117,3 +117,24 @@ def test_validation_split_early_stops_and_restores_the_best(generator):
     assert history.validation[history.best_epoch] == max(history.validation)
     if history.converged:
         assert len(history.validation) - 1 - history.best_epoch == 2
+
+
+def test_unsolved_draws_are_left_out_and_reported_once(generator):
+    import warnings
+
+    from skivcnf.conditional import SolverOptions
+    from skivcnf.exceptions import ConstraintWarning
+
+    flow, y, hidden = correlated_rows(generator, n=128)
+    net = InferenceNetwork(4, hidden_features=(8,), generator=generator).double()
+    # One Newton step at a tolerance below rounding: most draws with a hidden entry stay unsolved
+    # (the flow is affine, so a few land exactly).
+    options = SolverOptions(tol=1e-30, max_iter=1, fixed_point_max_iter=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = fit_inference_network(flow, y, hidden, net, max_epochs=2, batch_size=32, n_samples=2,
+                                        solver="newton", options=options, generator=generator)
+    constraint = [w for w in caught if issubclass(w.category, ConstraintWarning)]
+    assert len(constraint) == 1 and "not solved" in str(constraint[0].message)
+    possible = 2 * 2 * int(hidden.any(1).sum())  # epochs x draws x rows with a hidden entry
+    assert possible / 2 < history.n_unsolved_draws <= possible

@@ -6,7 +6,7 @@ from sklearn.datasets import load_diabetes
 
 from skivcnf import IVCNFImputer
 
-FAST = {"max_epochs": 3, "n_draws": 8, "random_state": 0}
+FAST = {"max_epochs": 3, "n_draws": 8, "early_stopping": False, "random_state": 0}
 
 
 @pytest.fixture(scope="module")

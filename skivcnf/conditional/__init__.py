@@ -30,6 +30,7 @@ from .solvers import (
     SolverOptions,
     default_constraint_tolerance,
     hidden_jacobian,
+    log_prob_and_hidden_jacobian,
     resolve_chain,
     solve_constraint,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "hidden_jacobian",
     "importance_weighted_bound",
     "log_density",
+    "log_prob_and_hidden_jacobian",
     "masked_block",
     "prior_parameters",
     "resolve_chain",

@@ -33,7 +33,7 @@ from torch.func import jvp
 
 from .implicit import _solve_transposed, attach_implicit_gradients
 from .posteriors import rsample
-from .solvers import hidden_jacobian, solve_constraint
+from .solvers import log_prob_and_hidden_jacobian, solve_constraint
 
 __all__ = ["LOGDET_METHODS", "BoundEstimate", "bound_integrand", "elbo", "importance_weighted_bound"]
 
@@ -130,8 +130,7 @@ def bound_integrand(flow, y, hidden, x_hidden, log_q, logdet="exact", solver="au
     solution = solve_constraint(flow, guess.detach(), hidden, x_hidden.detach(), solver, options)
     y_full = attach_implicit_gradients(flow, solution.solution, y, hidden, x_hidden)
     if logdet == "exact":
-        log_p = flow.log_prob(y_full)
-        block, _, _ = hidden_jacobian(flow, y_full, hidden)
+        log_p, block, _, _ = log_prob_and_hidden_jacobian(flow, y_full, hidden)
         return log_p - log_q - torch.linalg.slogdet(block).logabsdet, solution
     if logdet == "clade":
         x, logdet_g = flow.forward_and_logdet(y_full, generator, method="stochastic")
@@ -172,8 +171,10 @@ def elbo(flow, y, hidden, params, n_samples=8, logdet="exact", solver="auto", op
     rep = hidden.expand(n_samples, batch, d).reshape(-1, d)
     y_rep = y.expand(n_samples, batch, d).reshape(-1, d)
     warm = warm_start.reshape(-1, d) if warm_start is not None else None
-    log_w, sol = bound_integrand(flow, y_rep, rep, x_hidden.reshape(-1, d), log_q.reshape(-1), logdet,
-                                 solver, options, warm, generator)
+    # Each spectral norm (an SVD) is computed once per call, with its graph, not per use.
+    with flow.cached_weights():
+        log_w, sol = bound_integrand(flow, y_rep, rep, x_hidden.reshape(-1, d), log_q.reshape(-1), logdet,
+                                     solver, options, warm, generator)
     shape = (n_samples, batch)
     return BoundEstimate(log_w.reshape(shape), sol.solution.reshape(n_samples, batch, d),
                          sol.converged.reshape(shape), sol.n_iter.reshape(shape))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..exceptions import NumericalWarning
+from ..exceptions import ConstraintWarning, NumericalWarning
 from .bound import elbo
 
 __all__ = ["OBJECTIVES", "PosteriorFitHistory", "fit_posterior", "fit_inference_network", "masked_elbo_loss"]
@@ -118,6 +118,18 @@ def _warn_skipped(history):
     if history.n_skipped_steps:
         warnings.warn(f"{history.n_skipped_steps} steps had a non-finite bound or gradient and were skipped.",
                       NumericalWarning, stacklevel=3)
+    if history.n_unsolved_draws:
+        warnings.warn(f"{history.n_unsolved_draws} draws' equality constraints were not solved while fitting; "
+                      "they were left out of the bound (see PosteriorFitHistory.n_unsolved_draws).",
+                      ConstraintWarning, stacklevel=3)
+
+
+@contextmanager
+def _one_constraint_report():
+    """Silence the per-step ConstraintWarning; the fit reports the total once at the end."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstraintWarning)
+        yield
 
 
 def _held_out_bound(flow, y, hidden, network, n_samples, logdet, solver, options, objective, batch_size,
@@ -175,7 +187,7 @@ def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=
     params = [p for p in posterior.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     warm, ema, best, stale = None, None, -math.inf, 0
-    with _flow_frozen(flow):
+    with _flow_frozen(flow), _one_constraint_report():
         steps = tqdm(range(max_steps), disable=not verbose, desc="fit posterior", unit="step")
         for _ in steps:
             estimate = elbo(flow, y, hidden, posterior(y, hidden), n_samples, logdet, solver, options,
@@ -251,7 +263,7 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     val_rows, train_rows = order[:n_val], order[n_val:]
     n = len(train_rows)
     best, best_state, stale = -math.inf, None, 0
-    with _flow_frozen(flow, frozen=not train_flow):
+    with _flow_frozen(flow, frozen=not train_flow), _one_constraint_report():
         epochs = tqdm(range(max_epochs), disable=not verbose, desc="fit inference network", unit="epoch")
         for epoch in epochs:
             perm = train_rows[torch.randperm(n, generator=generator, device=y.device)]

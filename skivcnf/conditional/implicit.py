@@ -22,7 +22,7 @@ __all__ = ["attach_implicit_gradients"]
 
 def _solve_transposed(flow, y, hidden, rhs, method, rtol):
     """``(G^HH)^{-T} rhs`` per row, zero on observed entries."""
-    with torch.no_grad():
+    with torch.no_grad(), flow.cached_weights():
         if method == "exact":
             block, order, valid = hidden_jacobian(flow, y, hidden)
             sol = torch.linalg.solve(block.transpose(-1, -2), _to_compact(rhs, order, valid).unsqueeze(-1))

@@ -129,7 +129,8 @@ class GaussianPosterior(nn.Module):
     n_reflections : int, default=0
         Householder reflections (0: diagonal Gaussian; the paper used 50 for images).
     init : GaussianParameters, optional
-        Starting point (e.g. an inference network's output); the prior by default.
+        Starting point (e.g. an inference network's output, whose reflections are used
+        when their number matches); the prior by default.
     generator : torch.Generator, optional
         Initial Householder vectors (random, so that they are not degenerate).
     """
@@ -141,9 +142,11 @@ class GaussianPosterior(nn.Module):
         init = init if init is not None else prior_parameters(n_rows, features)
         self.mean = nn.Parameter(init.mean.detach().clone())
         self.log_scale = nn.Parameter(init.log_scale.detach().clone())
-        if n_reflections:
+        if n_reflections and init.reflections is not None and init.reflections.shape[1] == n_reflections:
+            self.reflections = nn.Parameter(init.reflections.detach().clone())
+        elif n_reflections:
             v = torch.randn(n_rows, n_reflections, features, generator=generator)
-            self.reflections = nn.Parameter(v.to(self.mean.dtype))
+            self.reflections = nn.Parameter(v.to(self.mean.dtype).to(self.mean.device))
         else:
             self.register_parameter("reflections", None)
 

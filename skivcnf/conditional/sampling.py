@@ -12,7 +12,7 @@ import torch
 
 from ..flows import EXACT_LOGDET_MAX_FEATURES
 from .posteriors import prior_parameters, rsample
-from .solvers import hidden_jacobian, solve_constraint
+from .solvers import log_prob_and_hidden_jacobian, solve_constraint
 
 __all__ = ["ConditionalDraws", "sample_conditional", "self_normalized_weights", "conditional_mean"]
 
@@ -98,8 +98,7 @@ def sample_conditional(flow, y, hidden, params=None, n_samples=1, generator=None
     log_weight = None
     if weights:
         with flow.cached_weights():
-            log_p = flow.log_prob(sol.solution, method="exact")
-            block, _, _ = hidden_jacobian(flow, sol.solution, rep_hidden)
+            log_p, block, _, _ = log_prob_and_hidden_jacobian(flow, sol.solution, rep_hidden)
         log_w = log_p - log_q.reshape(-1) - torch.linalg.slogdet(block).logabsdet
         log_weight = torch.where(sol.converged, log_w, float("-inf")).reshape(n_samples, batch)
     shape = (n_samples, batch)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.func import jacrev, jvp, vjp, vmap
+from torch.func import jvp, vjp
 from torch.nn.utils import parametrize
 
 from ..exceptions import InversionWarning
@@ -290,7 +290,62 @@ class ResidualFlow(nn.Module):
 
     def jacobian(self, y):
         """Per-row Jacobian ``G(y) = dg/dy``, ``Tensor (batch, d, d)``; meant for small ``d``."""
-        return vmap(jacrev(self))(self._as_input(y))
+        return self.forward_and_jacobian(y)[1]
+
+    def forward_and_jvps(self, y, tangents, logdet=False):
+        """Latent ``x = g(y)``, products ``G(y) t`` for stacked tangents, and optionally ``log|det G|``.
+
+        Every block is differentiated in closed form
+        (:meth:`~skivcnf.flows.blocks.ResidualBlock.forward_and_tangents`), so the result
+        is differentiable by ordinary autograd with respect to ``y``, the tangents and
+        the weights. With ``logdet=True`` each block's full Jacobian is formed for its
+        ``slogdet`` (summed block by block, better conditioned than the determinant of
+        the product) and the tangents are carried through it.
+
+        Parameters
+        ----------
+        y : Tensor (batch, d)
+        tangents : Tensor (batch, k, d)
+        logdet : bool, default=False
+
+        Returns
+        -------
+        x : Tensor (batch, d)
+        products : Tensor (batch, k, d)
+            ``products[b, i] = G(y_b) tangents[b, i]``.
+        logdet : Tensor (batch,) or None
+        """
+        z = self._as_input(y)
+        t = tangents
+        total = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device) if logdet else None
+        for layer in self.layers:
+            if isinstance(layer, ActNorm):
+                z, t = layer(z), t * torch.exp(layer.log_scale)
+                total = total + layer.logdet() if logdet else None
+            elif logdet:
+                z, block_jac = layer.forward_and_jacobian(z)
+                total = total + torch.linalg.slogdet(block_jac).logabsdet
+                t = t @ block_jac.transpose(-1, -2)
+            else:
+                z, t = layer.forward_and_tangents(z, t)
+        return z, t, total
+
+    def forward_and_jacobian(self, y):
+        """Latent ``x = g(y)``, the per-row Jacobian ``G(y)`` and ``log|det G(y)|``, exactly.
+
+        See :meth:`forward_and_jvps`; here the tangents are the identity. Meant for small
+        ``d`` (``O(d^2 w + d^3)`` per row and block).
+
+        Returns
+        -------
+        x : Tensor (batch, d)
+        jacobian : Tensor (batch, d, d)
+        logdet : Tensor (batch,)
+        """
+        y = self._as_input(y)
+        eye = torch.eye(self.features, dtype=y.dtype, device=y.device).expand(y.shape[0], -1, -1)
+        x, products, logdet = self.forward_and_jvps(y, eye, logdet=True)
+        return x, products.transpose(-1, -2), logdet
 
     def linearize(self, y):
         """Products with ``G(y)`` that reuse one graph (for solvers; no graph is returned).

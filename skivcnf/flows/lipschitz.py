@@ -112,6 +112,21 @@ class LipSwish(nn.Module):
         beta = nn.functional.softplus(self.raw_beta)
         return x * torch.sigmoid(beta * x) / 1.1
 
+    def derivative(self, x):
+        """Elementwise ``d forward / dx`` (differentiable), for closed-form Jacobians."""
+        beta = nn.functional.softplus(self.raw_beta)
+        s = torch.sigmoid(beta * x)
+        return (s + beta * x * s * (1 - s)) / 1.1
+
+
+def activation_derivative(activation, x):
+    """Elementwise derivative of a 1-Lipschitz activation module at ``x`` (differentiable)."""
+    if isinstance(activation, LipSwish):
+        return activation.derivative(x)
+    if isinstance(activation, nn.ELU):
+        return torch.where(x > 0, torch.ones_like(x), activation.alpha * torch.exp(x.clamp(max=0)))
+    raise TypeError(f"no closed-form derivative for activation {type(activation).__name__}.")
+
 
 def make_activation(name):
     """Return a fresh 1-Lipschitz activation module: ``"lipswish"`` or ``"elu"``."""
