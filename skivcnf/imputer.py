@@ -109,9 +109,13 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         Rows held out for early stopping (with at least 2 rows each side); ignored when
         ``early_stopping=False``.
     early_stopping : bool, default=True
-        Hold out ``validation_fraction`` of the rows (when there are at least 20), stop
-        when their bound stops improving and keep the best weights. A
-        ``ConvergenceWarning`` says when ``max_epochs`` ended training first.
+        Hold out ``validation_fraction`` of the rows (when that is at least 2 rows and 18
+        remain) and stop when the median of their bounds has not improved for
+        ``n_iter_no_change`` epochs, keeping the best weights (``history_.validation``).
+        A ``ConvergenceWarning`` says when ``max_epochs`` ended training first. On small
+        tables the held-out bound can peak before the imputations stop improving
+        (breast cancer, one mask: RMSE 0.383 early-stopped, 0.349 after 60 epochs);
+        ``early_stopping=False`` with a fixed ``max_epochs`` is then worth a try.
     n_iter_no_change : int, default=8
         Epochs without improvement of the held-out bound before stopping.
     missing_values : float, int or None, default=np.nan
@@ -271,7 +275,7 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         self.history_ = fit_inference_network(
             self.flow_, z, hidden, self.posterior_, max_epochs=self.max_epochs, batch_size=self.batch_size,
             lr=self.learning_rate, n_samples=self.n_train_draws, logdet=self.logdet, solver=self.solver,
-            objective=self.objective, train_flow=True, validation_fraction=val,
+            objective=self.objective, train_flow=True, validation_fraction=val, monitor="bound",
             patience=self.n_iter_no_change, generator=generator, verbose=bool(self.verbose))
         self._seed = seed
         if val and not self.history_.converged:

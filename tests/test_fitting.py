@@ -138,3 +138,14 @@ def test_unsolved_draws_are_left_out_and_reported_once(generator):
     assert len(constraint) == 1 and "not solved" in str(constraint[0].message)
     possible = 2 * 2 * int(hidden.any(1).sum())  # epochs x draws x rows with a hidden entry
     assert possible / 2 < history.n_unsolved_draws <= possible
+
+
+def test_imputation_monitor_records_held_out_rmse(generator):
+    flow, y, hidden = correlated_rows(generator, n=128)
+    net = InferenceNetwork(4, hidden_features=(8,), generator=generator).double()
+    history = fit_inference_network(flow, y, hidden, net, max_epochs=3, batch_size=32, n_samples=2,
+                                    validation_fraction=0.25, monitor="imputation", generator=generator)
+    # Minus an RMSE of standardised-scale completions: negative, and far below the ~1 of guessing 0.
+    assert len(history.validation) == 3 and all(-1.0 < v < 0.0 for v in history.validation)
+    with pytest.raises(ValueError, match="monitor"):
+        fit_inference_network(flow, y, hidden, net, max_epochs=1, monitor="loss")

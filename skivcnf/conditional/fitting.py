@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from ..exceptions import ConstraintWarning, NumericalWarning
 from .bound import elbo
+from .sampling import conditional_mean, sample_conditional
 
 __all__ = ["OBJECTIVES", "PosteriorFitHistory", "fit_posterior", "fit_inference_network", "masked_elbo_loss"]
 
@@ -25,10 +26,12 @@ class PosteriorFitHistory:
     elbo : list of float
         Mean bound per row at each step (or epoch), over the converged draws.
     validation : list of float
-        Mean bound per held-out row after each epoch (amortised fitting with a
-        validation split).
+        The held-out criterion after each epoch (amortised fitting with a validation
+        split): the median bound of the held-out rows, or minus their imputation RMSE
+        (see ``monitor`` of :func:`fit_inference_network`).
     best_epoch : int
-        Epoch whose weights were kept (amortised fitting).
+        Epoch whose weights were kept (amortised fitting with a validation split; without
+        one, the last weights are kept and this is the epoch of the best training bound).
     n_steps : int
     converged : bool
         Whether the stopping rule (convergence or early stopping) fired before the cap.
@@ -37,6 +40,20 @@ class PosteriorFitHistory:
     n_skipped_steps : int
         Steps skipped for a non-finite loss or gradient.
     seconds : float
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
+    >>> from skivcnf.conditional import GaussianPosterior, fit_posterior
+    >>> posterior = GaussianPosterior(2, 3).double()
+    >>> history = fit_posterior(flow, y, hidden, posterior, n_samples=2, max_steps=3,
+    ...                         generator=torch.Generator().manual_seed(1))
+    >>> history.n_steps, len(history.elbo), history.converged, history.n_unsolved_draws
+    (3, 3, False, 0)
     """
 
     elbo: list = field(default_factory=list)
@@ -59,6 +76,12 @@ def masked_elbo_loss(estimate, objective="elbo"):
     weight (the importance-weighted bound, as MIWAE does for VAEs), tighter with more
     draws. Returns the loss and the number of draws left out.
     """
+    per_row, unsolved = _row_bounds(estimate, objective)
+    return -per_row.sum(), unsolved
+
+
+def _row_bounds(estimate, objective):
+    """Bound per row over its converged draws (0 for a row with none) and the unsolved count."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
     ok = estimate.converged
@@ -67,10 +90,9 @@ def masked_elbo_loss(estimate, objective="elbo"):
         log_w = torch.where(ok, estimate.log_weight, float("-inf"))
         count = ok.sum(0)
         per_row = torch.logsumexp(log_w, dim=0) - torch.log(count.clamp_min(1).to(log_w.dtype))
-        return -torch.where(count > 0, per_row, 0.0).sum(), unsolved
+        return torch.where(count > 0, per_row, 0.0), unsolved
     weight = ok.to(estimate.log_weight.dtype)
-    per_row = (torch.where(ok, estimate.log_weight, 0.0) * weight).sum(0) / weight.sum(0).clamp_min(1)
-    return -per_row.sum(), unsolved
+    return (torch.where(ok, estimate.log_weight, 0.0) * weight).sum(0) / weight.sum(0).clamp_min(1), unsolved
 
 
 def _check_objective(objective, logdet, stick_the_landing=False):
@@ -133,15 +155,39 @@ def _one_constraint_report():
 
 
 def _held_out_bound(flow, y, hidden, network, n_samples, logdet, solver, options, objective, batch_size,
-                    generator):
-    """Mean bound per row on held-out rows (no graph)."""
-    total = 0.0
+                    seed):
+    """Median bound of the held-out rows (no graph).
+
+    The median, because one outlying row can dominate a mean and stop training early
+    (measured on breast cancer: a held-out outlier stopped it at epoch 15, RMSE 0.415
+    against 0.349 trained on). The same ``seed`` every epoch (common random numbers), so
+    that epochs differ by the weights and not by the draws.
+    """
+    generator = torch.Generator(device=y.device).manual_seed(seed)
+    rows = []
     with torch.no_grad():
         for start in range(0, y.shape[0], batch_size):
             y_b, h_b = y[start:start + batch_size], hidden[start:start + batch_size]
             estimate = elbo(flow, y_b, h_b, network(y_b, h_b), n_samples, logdet, solver, options, None, generator)
-            total += -float(masked_elbo_loss(estimate, objective)[0])
-    return total / y.shape[0]
+            rows.append(_row_bounds(estimate, objective)[0])
+    return float(torch.cat(rows).median())
+
+
+def _held_out_imputation(flow, y, hidden, probe, network, solver, options, batch_size, seed, n_samples=16):
+    """Minus the RMSE of importance-weighted completions of the ``probe`` entries (no graph)."""
+    generator = torch.Generator(device=y.device).manual_seed(seed)
+    squared, count = 0.0, int(probe.sum())
+    if count == 0:
+        return 0.0
+    with torch.no_grad():
+        for start in range(0, y.shape[0], batch_size):
+            part = slice(start, start + batch_size)
+            y_b, h_b, p_b = y[part], hidden[part] | probe[part], probe[part]
+            draws = sample_conditional(flow, y_b, h_b, network(y_b, h_b), n_samples, generator, solver, options,
+                                       weights=True)
+            point, _ = conditional_mean(draws)
+            squared += float(torch.where(p_b, point - y_b, 0.0).pow(2).sum())
+    return -math.sqrt(squared / count)
 
 
 def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=1e-2, logdet="exact",
@@ -179,6 +225,22 @@ def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=
     Returns
     -------
     PosteriorFitHistory
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
+    >>> from skivcnf.conditional import GaussianPosterior, fit_posterior
+    >>> posterior = GaussianPosterior(2, 3).double()
+    >>> history = fit_posterior(flow, y, hidden, posterior, n_samples=2, max_steps=3,
+    ...                         generator=torch.Generator().manual_seed(1))
+    >>> history.n_steps, posterior().mean.shape
+    (3, torch.Size([2, 3]))
+    >>> bool((posterior.mean[~hidden] == 0).all()), bool((posterior.mean[hidden] != 0).all())  # hidden entries moved
+    (True, True)
     """
     stick_the_landing = stick_the_landing and objective == "elbo"
     _check_objective(objective, logdet, stick_the_landing)
@@ -216,8 +278,8 @@ def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=
 
 def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size=256, lr=1e-3,
                           n_samples=8, logdet="exact", solver="auto", options=None, objective="elbo",
-                          train_flow=False, validation_fraction=0.0, patience=10, min_delta=1e-4,
-                          max_grad_norm=10.0, generator=None, verbose=False):
+                          train_flow=False, validation_fraction=0.0, monitor="bound", patience=10,
+                          min_delta=1e-4, max_grad_norm=10.0, generator=None, verbose=False):
     """Train an amortised posterior on the bound over minibatches of incomplete rows.
 
     With ``train_flow=True`` the flow's weights are trained jointly on the same bound
@@ -238,9 +300,14 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
         The bound maximised (see :func:`masked_elbo_loss`).
     train_flow : bool, default=False
     validation_fraction : float, default=0.0
-        Rows held out to monitor the bound; training stops when it has not improved by
+        Rows held out to monitor ``monitor``; training stops when it has not improved by
         ``min_delta`` for ``patience`` epochs, and the best weights (network and, if
         trained, flow) are restored.
+    monitor : {"bound", "imputation"}, default="bound"
+        What the held-out rows measure: ``"bound"``, the median of their bounds (robust
+        to an outlying row); ``"imputation"``, minus the RMSE of importance-weighted
+        completions of 20% of their observed entries, hidden for the purpose (what an
+        imputer is for; noisier than the bound on small tables).
     patience : int, default=10
     min_delta : float, default=1e-4
     max_grad_norm : float or None, default=10.0
@@ -251,6 +318,23 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     -------
     PosteriorFitHistory
         ``elbo`` holds the mean bound per row of each epoch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
+    >>> from skivcnf.conditional import InferenceNetwork, fit_inference_network
+    >>> gen = torch.Generator().manual_seed(1)
+    >>> network = InferenceNetwork(3, hidden_features=(8,), generator=gen).double()
+    >>> history = fit_inference_network(flow, y, hidden, network, max_epochs=2, batch_size=2, n_samples=2,
+    ...                                 generator=gen)
+    >>> history.n_steps, len(history.elbo), history.n_unsolved_draws
+    (2, 2, 0)
+    >>> network(y, hidden).mean.shape
+    torch.Size([2, 3])
     """
     _check_objective(objective, logdet)
     start = time.perf_counter()
@@ -262,6 +346,11 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     n_val = int(validation_fraction * y.shape[0])
     val_rows, train_rows = order[:n_val], order[n_val:]
     n = len(train_rows)
+    if monitor not in ("bound", "imputation"):
+        raise ValueError(f"monitor must be 'bound' or 'imputation', got {monitor!r}.")
+    val_seed = int(torch.randint(2**62, (1,), generator=generator, device=y.device))
+    if n_val and monitor == "imputation":
+        probe = ~hidden[val_rows] & (torch.rand(n_val, y.shape[1], generator=generator, device=y.device) < 0.2)
     best, best_state, stale = -math.inf, None, 0
     with _flow_frozen(flow, frozen=not train_flow), _one_constraint_report():
         epochs = tqdm(range(max_epochs), disable=not verbose, desc="fit inference network", unit="epoch")
@@ -280,9 +369,13 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
             history.n_steps += 1
             history.elbo.append(total / max(n, 1))
             monitored = history.elbo[-1]
-            if n_val:
+            if n_val and monitor == "imputation":
+                monitored = _held_out_imputation(flow, y[val_rows], hidden[val_rows], probe, network, solver,
+                                                 options, batch_size, val_seed)
+            elif n_val:
                 monitored = _held_out_bound(flow, y[val_rows], hidden[val_rows], network, n_samples, logdet,
-                                            solver, options, objective, batch_size, generator)
+                                            solver, options, objective, batch_size, val_seed)
+            if n_val:
                 history.validation.append(monitored)
             if verbose:
                 epochs.set_postfix(elbo=f"{history.elbo[-1]:.4f}", val=f"{monitored:.4f}" if n_val else "-")

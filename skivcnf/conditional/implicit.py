@@ -72,6 +72,24 @@ def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto"
     Tensor (batch, d)
         Equal to ``solution`` on hidden entries and to ``y`` on observed ones; gradients
         reach ``y^O``, ``x^H`` and the flow's weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
+    >>> from skivcnf.conditional import attach_implicit_gradients, hidden_jacobian, solve_constraint
+    >>> x_target = torch.tensor([[0.0, 0.3, 0.0], [0.0, 0.0, -0.2]], dtype=torch.float64, requires_grad=True)
+    >>> solution = solve_constraint(flow, y, hidden, x_target.detach()).solution
+    >>> y_full = attach_implicit_gradients(flow, solution, y, hidden, x_target)
+    >>> torch.equal(y_full.detach(), solution)
+    True
+    >>> y_full[hidden].sum().backward()  # one hidden entry per row: dy^H/dx^H = 1 / G^HH
+    >>> block = hidden_jacobian(flow, solution, hidden)[0]
+    >>> torch.allclose(x_target.grad[hidden], 1 / block[:, 0, 0])
+    True
     """
     if method == "auto":
         method = "exact" if y.shape[1] <= EXACT_LOGDET_MAX_FEATURES else "gmres"

@@ -24,6 +24,14 @@ def masked_block(matrix, hidden):
     Returns
     -------
     Tensor (batch, d, d)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import masked_block
+    >>> matrix = torch.tensor([[[2.0, 3.0], [4.0, 5.0]]])
+    >>> masked_block(matrix, torch.tensor([[True, False]])).tolist()
+    [[[2.0, 0.0], [0.0, 1.0]]]
     """
     h = hidden.to(matrix.dtype)
     return h.unsqueeze(-1) * matrix * h.unsqueeze(-2) + torch.diag_embed(1.0 - h)
@@ -50,6 +58,16 @@ class GMRESResult(NamedTuple):
         Matrix-vector products with ``A`` (the batch shares them).
     residual : Tensor (batch,)
         Final ``||b - A x||_2``, recomputed.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import gmres
+    >>> matrix = torch.tensor([[[4.0, 1.0], [1.0, 3.0]]], dtype=torch.float64)
+    >>> b = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    >>> result = gmres(lambda v: (matrix @ v.unsqueeze(-1)).squeeze(-1), b, rtol=1e-12)
+    >>> result.converged.tolist(), result.solution.shape, bool(result.residual.max() < 1e-10)
+    ([True], torch.Size([1, 2]), True)
     """
 
     solution: torch.Tensor
@@ -90,6 +108,16 @@ def gmres(matvec, b, *, preconditioner=None, x0=None, rtol=1e-8, atol=0.0, resta
     Returns
     -------
     GMRESResult
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import gmres
+    >>> matrix = torch.tensor([[[4.0, 1.0], [1.0, 3.0]], [[2.0, 0.0], [1.0, 1.0]]], dtype=torch.float64)
+    >>> b = torch.tensor([[1.0, 2.0], [2.0, 3.0]], dtype=torch.float64)
+    >>> result = gmres(lambda v: (matrix @ v.unsqueeze(-1)).squeeze(-1), b, rtol=1e-12)
+    >>> bool(result.converged.all()), torch.allclose(result.solution, torch.linalg.solve(matrix, b))
+    (True, True)
     """
     precondition = preconditioner if preconditioner is not None else (lambda v: v)
     batch, n = b.shape

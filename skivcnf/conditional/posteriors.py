@@ -10,7 +10,7 @@ Welling). Reflections preserve volume: ``log q(x) = sum_H [log N(eps) - log sigm
 
 - :class:`GaussianPosterior`: one set of parameters per row (diagonal if
   ``n_reflections=0``), fitted row by row.
-- :class:`InferenceNetwork`: amortised; an MLP maps the median-filled row and its mask to
+- :class:`InferenceNetwork`: amortised; an MLP maps the filled-in row and its mask to
   the parameters, for any mask.
 - :func:`prior_parameters`: ``q = p0`` (the paper's "first iteration").
 """
@@ -42,6 +42,17 @@ class GaussianParameters(NamedTuple):
     log_scale : Tensor (batch, d)
     reflections : Tensor (batch, n, d) or None
         Householder vectors (``None`` or ``n = 0``: diagonal covariance).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import GaussianParameters, rsample
+    >>> params = GaussianParameters(torch.ones(2, 3), torch.full((2, 3), -1.0))
+    >>> params.mean.shape, params.reflections is None
+    (torch.Size([2, 3]), True)
+    >>> x, log_q = rsample(params, torch.ones(2, 3, dtype=torch.bool), 5, generator=torch.Generator().manual_seed(0))
+    >>> x.shape, log_q.shape
+    (torch.Size([5, 2, 3]), torch.Size([5, 2]))
     """
 
     mean: torch.Tensor
@@ -50,7 +61,18 @@ class GaussianParameters(NamedTuple):
 
 
 def prior_parameters(batch, features, dtype=torch.float32, device=None):
-    """``q = N(0, I)``, the base distribution itself."""
+    """``q = N(0, I)``, the base distribution itself.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import prior_parameters
+    >>> params = prior_parameters(2, 3, dtype=torch.float64)
+    >>> params.mean.shape, params.reflections
+    (torch.Size([2, 3]), None)
+    >>> bool((params.mean == 0).all() and (params.log_scale == 0).all())
+    True
+    """
     zeros = torch.zeros(batch, features, dtype=dtype, device=device)
     return GaussianParameters(zeros, zeros.clone(), None)
 
@@ -69,6 +91,16 @@ def log_density(params, hidden, x):
 
     Householder reflections are their own inverses, so ``eps`` is recovered by applying
     them in reverse order and unscaling.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import log_density, prior_parameters
+    >>> params = prior_parameters(1, 2, dtype=torch.float64)
+    >>> hidden = torch.tensor([[True, False]])
+    >>> x = torch.tensor([[0.0, 5.0]], dtype=torch.float64)  # the observed entry is ignored
+    >>> [round(v, 4) for v in log_density(params, hidden, x).tolist()]  # log N(0; 0, 1)
+    [-0.9189]
     """
     mean, log_scale, reflections = params
     z = torch.where(hidden, x - mean, 0.0)
@@ -105,6 +137,19 @@ def rsample(params, hidden, n_samples, generator=None, stick_the_landing=False):
         Zero on observed entries; differentiable with respect to the parameters.
     log_q : Tensor (n_samples, batch)
         ``log q(x^H)`` over each row's hidden entries.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import GaussianPosterior, log_density, rsample
+    >>> posterior = GaussianPosterior(2, 3, n_reflections=1, generator=torch.Generator().manual_seed(0)).double()
+    >>> hidden = torch.tensor([[False, True, True], [True, False, False]])
+    >>> params = posterior()
+    >>> x, log_q = rsample(params, hidden, 5, generator=torch.Generator().manual_seed(1))
+    >>> x.shape, log_q.shape
+    (torch.Size([5, 2, 3]), torch.Size([5, 2]))
+    >>> bool((x[:, ~hidden] == 0).all()), torch.allclose(log_q, log_density(params, hidden, x))
+    (True, True)
     """
     mean, log_scale, reflections = params
     eps = torch.randn((n_samples, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device)
@@ -133,6 +178,17 @@ class GaussianPosterior(nn.Module):
         when their number matches); the prior by default.
     generator : torch.Generator, optional
         Initial Householder vectors (random, so that they are not degenerate).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import GaussianPosterior
+    >>> posterior = GaussianPosterior(2, 3, n_reflections=1, generator=torch.Generator().manual_seed(0))
+    >>> params = posterior()  # one set of parameters per row
+    >>> params.mean.shape, params.reflections.shape
+    (torch.Size([2, 3]), torch.Size([2, 1, 3]))
+    >>> sum(p.numel() for p in posterior.parameters())
+    18
     """
 
     def __init__(self, n_rows, features, n_reflections=0, init=None, generator=None):
@@ -156,10 +212,11 @@ class GaussianPosterior(nn.Module):
 
 
 class InferenceNetwork(nn.Module):
-    """Amortised posterior: an MLP from ``[median-filled row, mask]`` to Gaussian parameters.
+    """Amortised posterior: an MLP from ``[filled row, mask]`` to Gaussian parameters.
 
-    Hidden entries of the input row are replaced by ``fill_values`` (the training
-    medians, as in the paper's appendix C), so the network sees any mask.
+    Hidden entries of the input row are replaced by ``fill_values`` (the paper's
+    appendix C uses the training medians; the default, zeros, is the training mean of
+    standardised columns), so the network sees any mask.
 
     Parameters
     ----------
@@ -168,9 +225,21 @@ class InferenceNetwork(nn.Module):
     n_reflections : int, default=0
         Householder vectors produced per row.
     fill_values : Tensor (features,), optional
-        Values put in hidden entries; zeros (the median of standardised data) by default.
+        Values put in hidden entries; zeros (the mean of standardised data) by default.
     generator : torch.Generator, optional
         Source of the initial weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import InferenceNetwork
+    >>> network = InferenceNetwork(3, hidden_features=(8,), generator=torch.Generator().manual_seed(0))
+    >>> y = torch.tensor([[0.5, float("nan"), -1.0]])
+    >>> params = network(y, torch.isnan(y))  # hidden entries are filled, NaN is fine
+    >>> params.mean.shape, bool(torch.isfinite(params.mean).all())
+    (torch.Size([1, 3]), True)
+    >>> bool(params.mean.abs().max() < 0.1) and bool(params.log_scale.abs().max() < 0.1)  # starts near the prior
+    True
     """
 
     def __init__(self, features, hidden_features=(128, 128), n_reflections=0, fill_values=None,

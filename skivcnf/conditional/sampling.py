@@ -31,6 +31,20 @@ class ConditionalDraws(NamedTuple):
     n_iter : LongTensor (n_samples, batch)
     method : LongTensor (n_samples, batch)
         Index into :data:`~.solvers.SOLVERS`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
+    >>> from skivcnf.conditional import SOLVERS, sample_conditional
+    >>> draws = sample_conditional(flow, y, hidden, n_samples=4, generator=torch.Generator().manual_seed(1))
+    >>> draws.samples.shape, draws.log_weight.shape
+    (torch.Size([4, 2, 3]), torch.Size([4, 2]))
+    >>> bool(draws.converged.all()), SOLVERS[int(draws.method[0, 0])]
+    (True, 'newton')
     """
 
     samples: torch.Tensor
@@ -119,6 +133,15 @@ def self_normalized_weights(log_weight):
         Sum to 1 over draws (uniform for a row whose draws all failed: see ``ess``).
     ess : Tensor (batch,)
         ``1 / sum w^2``, between 1 and ``n_samples``; 0 for a row with no valid draw.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import self_normalized_weights
+    >>> log_weight = torch.tensor([[0.0, float("-inf")], [0.0, float("-inf")]])  # row 2: no valid draw
+    >>> weights, ess = self_normalized_weights(log_weight)
+    >>> weights.tolist(), ess.tolist()
+    ([[0.5, 0.5], [0.5, 0.5]], [2.0, 0.0])
     """
     valid = torch.isfinite(log_weight).any(dim=0)
     safe = torch.where(valid, log_weight, torch.zeros_like(log_weight))
@@ -143,6 +166,22 @@ def conditional_mean(draws, weighted=True):
         Observed entries (where all draws agree) are returned exactly.
     ess : Tensor (batch,)
         Effective sample size (the number of converged draws when unweighted).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
+    >>> from skivcnf.conditional import conditional_mean, sample_conditional
+    >>> draws = sample_conditional(flow, y, hidden, n_samples=8, generator=torch.Generator().manual_seed(1))
+    >>> point, ess = conditional_mean(draws)
+    >>> point.shape, torch.equal(point[~hidden], y[~hidden]), bool(((1 <= ess) & (ess <= 8)).all())
+    (torch.Size([2, 3]), True, True)
+    >>> plain, count = conditional_mean(draws, weighted=False)  # unweighted mean of converged draws
+    >>> count.tolist()
+    [8.0, 8.0]
     """
     if weighted:
         if draws.log_weight is None:

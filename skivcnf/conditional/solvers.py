@@ -48,7 +48,15 @@ SOLVERS = ("newton", "newton_krylov", "fixed_point")
 
 
 def default_constraint_tolerance(dtype):
-    """Default tolerance on ``max |g^H(y) - x^H|``: ``eps ** 0.6`` (4e-10 in float64, 7e-5 in float32)."""
+    """Default tolerance on ``max |g^H(y) - x^H|``: ``eps ** 0.6`` (4e-10 in float64, 7e-5 in float32).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import default_constraint_tolerance
+    >>> f"{default_constraint_tolerance(torch.float64):.1e}", f"{default_constraint_tolerance(torch.float32):.1e}"
+    ('4.1e-10', '7.0e-05')
+    """
     return torch.finfo(dtype).eps ** 0.6
 
 
@@ -91,6 +99,20 @@ class SolverOptions:
         initial residual (the divergence guard).
     inverse_max_iter : int, default=1000
         Iteration cap of each block's fixed-point inversion inside Algorithm 2.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import SolverOptions, default_constraint_tolerance
+    >>> options = SolverOptions(tol=1e-8, max_iter=50)
+    >>> options.tolerance(torch.float64), options.max_iter
+    (1e-08, 50)
+    >>> SolverOptions().tolerance(torch.float32) == default_constraint_tolerance(torch.float32)
+    True
+    >>> SolverOptions(alpha=2.0)
+    Traceback (most recent call last):
+        ...
+    ValueError: alpha must lie in (0, 1], got 2.0.
     """
 
     tol: float | None = None
@@ -142,6 +164,21 @@ class ConstraintSolution(NamedTuple):
         ``max |g^H(y) - x^H|`` at the solution (0 for rows with nothing hidden).
     method : LongTensor (batch,)
         Index into :data:`SOLVERS` of the solver that finished the row.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
+    >>> from skivcnf.conditional import SOLVERS, solve_constraint
+    >>> x_target = torch.tensor([[0.0, 0.3, 0.0], [0.0, 0.0, -0.2]], dtype=torch.float64)
+    >>> solution = solve_constraint(flow, y, hidden, x_target)
+    >>> solution.converged.tolist(), [SOLVERS[i] for i in solution.method.tolist()]
+    ([True, True], ['newton', 'newton'])
+    >>> torch.allclose(solution.latent[hidden], x_target[hidden]), bool((solution.residual < 1e-9).all())
+    (True, True)
     """
 
     solution: torch.Tensor
@@ -186,6 +223,24 @@ def hidden_jacobian(flow, y, hidden, jacobian=None):
         Column index of each compact coordinate.
     valid : BoolTensor (batch, k)
         Which compact coordinates are real (not padding).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
+    >>> from skivcnf.conditional import hidden_jacobian
+    >>> hidden2 = torch.tensor([[True, True, False], [False, False, True]])
+    >>> block, order, valid = hidden_jacobian(flow, y, hidden2)
+    >>> block.shape, order.tolist(), valid.tolist()
+    (torch.Size([2, 2, 2]), [[0, 1], [2, 0]], [[True, True], [True, False]])
+    >>> jac = flow.jacobian(y)
+    >>> torch.allclose(block[0], jac[0, :2, :2]), bool(block[1, 0, 0] == jac[1, 2, 2])
+    (True, True)
+    >>> block[1, 1].tolist()  # padding: an identity row
+    [0.0, 1.0]
     """
     order, valid = _hidden_layout(hidden)
     batch, d = y.shape
@@ -212,6 +267,20 @@ def log_prob_and_hidden_jacobian(flow, y, hidden):
     Everything the exact bound and the importance weights need, differentiable by
     first-order autograd. Returns ``log_prob : Tensor (batch,)`` and the ``block``,
     ``order``, ``valid`` of :func:`hidden_jacobian`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
+    >>> from skivcnf.conditional import hidden_jacobian, log_prob_and_hidden_jacobian
+    >>> log_p, block, order, valid = log_prob_and_hidden_jacobian(flow, y, hidden)
+    >>> log_p.shape, block.shape
+    (torch.Size([2]), torch.Size([2, 1, 1]))
+    >>> torch.allclose(log_p, flow.log_prob(y)), torch.allclose(block, hidden_jacobian(flow, y, hidden)[0])
+    (True, True)
     """
     order, valid = _hidden_layout(hidden)
     batch, d = y.shape
@@ -347,6 +416,16 @@ def resolve_chain(solver, features):
     features and ``("newton_krylov", "fixed_point")`` above: Newton converged for every
     row in 2-5 iterations in the measurements (METHOD.md and ``benchmarks/solvers.py``),
     and the fixed point, globally convergent when ``L_a L_b < 1``, catches what it misses.
+
+    Examples
+    --------
+    >>> from skivcnf.conditional import resolve_chain
+    >>> resolve_chain("auto", 10)
+    ('newton', 'fixed_point')
+    >>> resolve_chain("auto", 500)
+    ('newton_krylov', 'fixed_point')
+    >>> resolve_chain(["newton", "fixed_point"], 10)
+    ('newton', 'fixed_point')
     """
     if solver == "auto":
         first = "newton" if features <= EXACT_LOGDET_MAX_FEATURES else "newton_krylov"
@@ -385,6 +464,23 @@ def solve_constraint(flow, y, hidden, x_target, solver="auto", options=None, war
     -------
     ConstraintSolution
         Computed without a graph; see :func:`~skivcnf.conditional.implicit.attach_implicit_gradients`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
+    >>> from skivcnf.conditional import solve_constraint
+    >>> x_target = torch.tensor([[0.0, 0.3, 0.0], [0.0, 0.0, -0.2]], dtype=torch.float64)
+    >>> solution = solve_constraint(flow, y, hidden, x_target)
+    >>> bool(solution.converged.all())
+    True
+    >>> torch.allclose(flow(solution.solution)[hidden], x_target[hidden])
+    True
+    >>> torch.equal(solution.solution[~hidden], y[~hidden])  # observed entries kept bit for bit
+    True
     """
     options = options if options is not None else SolverOptions()
     y = flow._as_input(y)

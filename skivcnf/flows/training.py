@@ -32,6 +32,19 @@ class TrainingHistory:
         Whether training stopped before ``max_epochs`` for lack of improvement.
     n_skipped_steps : int
         Steps skipped because the loss or a gradient was not finite.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow, fit_flow
+    >>> flow = ResidualFlow(2, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.randn(30, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    >>> history = fit_flow(flow, y, max_epochs=2, validation_fraction=0.0,
+    ...                    generator=torch.Generator().manual_seed(2))
+    >>> len(history.train_loss), history.validation_loss, history.best_epoch
+    (2, [], 1)
+    >>> history.stopped_early, history.n_skipped_steps
+    (False, 0)
     """
 
     train_loss: list = field(default_factory=list)
@@ -94,6 +107,19 @@ def fit_flow(flow, y, *, max_epochs=200, batch_size=256, lr=1e-3, weight_decay=0
     Returns
     -------
     TrainingHistory
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow, fit_flow
+    >>> flow = ResidualFlow(2, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.randn(40, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    >>> history = fit_flow(flow, y, max_epochs=2, batch_size=16, validation_fraction=0.25,
+    ...                    generator=torch.Generator().manual_seed(2))
+    >>> len(history.train_loss), len(history.validation_loss), history.best_epoch in (0, 1)
+    (2, 2, True)
+    >>> flow.log_prob(y).shape
+    torch.Size([40])
     """
     _check_positive("max_epochs", max_epochs)
     _check_positive("batch_size", batch_size)
