@@ -51,6 +51,13 @@ def _resolve_device(device):
     return resolved
 
 
+def _warn_unsolved(n_failed, n_rows, where):
+    """One ConstraintWarning for rows none of whose draws was solved (they got the training means)."""
+    if n_failed:
+        warnings.warn(f"{n_failed} of {n_rows} rows had no draw whose constraint was solved; their missing "
+                      f"entries were filled with the training means{where}.", ConstraintWarning, stacklevel=3)
+
+
 def _missing_mask(X, missing_values):
     if isinstance(missing_values, float) and math.isnan(missing_values) or missing_values is None:
         return np.isnan(X)
@@ -351,10 +358,7 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
                 failed = ~draws.converged.any(dim=0) | ~torch.isfinite(point).all(dim=1)
                 n_failed += int(failed.sum())
                 parts.append(torch.where(failed.unsqueeze(1), 0.0, point).cpu().double().numpy())
-            if n_failed:
-                warnings.warn(f"{n_failed} of {len(X)} rows had no draw whose constraint was solved; their "
-                              "missing entries were filled with the training means.", ConstraintWarning,
-                              stacklevel=2)
+            _warn_unsolved(n_failed, len(X), "")
             values = self.scaler_.inverse_transform(np.concatenate(parts))
         out = self._complete(original, mask, values)
         return self._with_indicator(out, X)
@@ -413,10 +417,7 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
                 chosen = torch.where(solved.unsqueeze(-1), chosen, 0.0)  # the training mean on this scale
                 n_failed += int((~solved).sum())
                 values[:, start:start + len(z)] = chosen.cpu().double().numpy()
-            if n_failed:
-                warnings.warn(f"{n_failed} of {n} rows had no draw whose constraint was solved; their missing "
-                              "entries were filled with the training means in every imputation.",
-                              ConstraintWarning, stacklevel=2)
+            _warn_unsolved(n_failed, n, " in every imputation")
         outputs = []
         for k in range(n_imputations):
             modelled = self.scaler_.inverse_transform(values[k]) if self.flow_ is not None else None
@@ -425,15 +426,14 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
 
     def _stack_container(self, outputs, X_in):
         """Stack completed copies in the container that ``transform`` returns (``set_output``)."""
-        if _get_output_config("transform", self)["dense"] == "default":
+        container = _get_output_config("transform", self)["dense"]
+        if container == "default":
             return np.stack(outputs)
         frames = [_wrap_data_with_container("transform", out, X_in, self) for out in outputs]
-        if _get_output_config("transform", self)["dense"] == "pandas":
+        if container == "pandas":
             import pandas as pd
 
-            index_names = [None] * frames[0].index.nlevels if frames[0].index.names is None else \
-                list(frames[0].index.names)
-            return pd.concat(frames, keys=range(len(frames)), names=["imputation", *index_names])
+            return pd.concat(frames, keys=range(len(frames)), names=["imputation", *frames[0].index.names])
         import polars as pl
 
         return pl.concat([f.insert_column(0, pl.Series("imputation", [k] * len(f))) for k, f in enumerate(frames)])

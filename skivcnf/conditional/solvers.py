@@ -198,7 +198,21 @@ def _hidden_layout(hidden):
     return order, valid
 
 
-def hidden_jacobian(flow, y, hidden, jacobian=None):
+def _hidden_tangents(order, valid, d, dtype):
+    """One-hot tangents ``(batch, k, d)`` on each row's hidden columns (zero for padding)."""
+    return torch.nn.functional.one_hot(order, d).to(dtype) * valid.unsqueeze(-1).to(dtype)
+
+
+def _compact_block(products, order, valid):
+    """``G^HH`` from the products ``G e_{order_i}`` (columns), padded with the identity."""
+    batch, k = order.shape
+    block = torch.gather(products, 2, order.unsqueeze(1).expand(batch, k, k)).transpose(-1, -2)
+    pair = valid.unsqueeze(-1) & valid.unsqueeze(-2)
+    eye = torch.eye(k, dtype=products.dtype, device=products.device).expand(batch, k, k)
+    return torch.where(pair, block, eye)
+
+
+def hidden_jacobian(flow, y, hidden):
     """Compact hidden block ``G^HH`` of ``G = dg/dy`` per row.
 
     ``k`` is the batch's largest hidden count; rows with fewer hidden entries are padded
@@ -209,9 +223,6 @@ def hidden_jacobian(flow, y, hidden, jacobian=None):
     flow : ResidualFlow
     y : Tensor (batch, d)
     hidden : BoolTensor (batch, d)
-    jacobian : Tensor (batch, d, d), optional
-        ``G(y)`` if already at hand (e.g. from :meth:`ResidualFlow.forward_and_jacobian`);
-        otherwise it is formed in closed form.
 
     Returns
     -------
@@ -247,18 +258,9 @@ def hidden_jacobian(flow, y, hidden, jacobian=None):
     k = order.shape[1]
     if k == 0:  # nothing hidden in the batch: empty blocks (determinant 1)
         return y.new_zeros(batch, 0, 0), order, valid
-    if jacobian is not None:
-        rows = torch.gather(jacobian, 1, order.unsqueeze(-1).expand(batch, k, d))
-        block = torch.gather(rows, 2, order.unsqueeze(1).expand(batch, k, k))
-    else:
-        # k closed-form JVPs (differentiable by first-order autograd): products[b, i] is
-        # the column order[b, i] of G, so the gather gives the block's transpose.
-        tangents = torch.nn.functional.one_hot(order, d).to(y.dtype) * valid.unsqueeze(-1).to(y.dtype)
-        products = flow.forward_and_jvps(y, tangents)[1]
-        block = torch.gather(products, 2, order.unsqueeze(1).expand(batch, k, k)).transpose(-1, -2)
-    pair = valid.unsqueeze(-1) & valid.unsqueeze(-2)
-    eye = torch.eye(k, dtype=y.dtype, device=y.device).expand(batch, k, k)
-    return torch.where(pair, block, eye), order, valid
+    # k closed-form JVPs, differentiable by first-order autograd.
+    products = flow.forward_and_jvps(y, _hidden_tangents(order, valid, d, y.dtype))[1]
+    return _compact_block(products, order, valid), order, valid
 
 
 def log_prob_and_hidden_jacobian(flow, y, hidden):
@@ -283,14 +285,9 @@ def log_prob_and_hidden_jacobian(flow, y, hidden):
     (True, True)
     """
     order, valid = _hidden_layout(hidden)
-    batch, d = y.shape
-    k = order.shape[1]
-    tangents = torch.nn.functional.one_hot(order, d).to(y.dtype) * valid.unsqueeze(-1).to(y.dtype)
+    tangents = _hidden_tangents(order, valid, y.shape[1], y.dtype)
     x, products, logdet = flow.forward_and_jvps(y, tangents, logdet=True)
-    block = torch.gather(products, 2, order.unsqueeze(1).expand(batch, k, k)).transpose(-1, -2)
-    pair = valid.unsqueeze(-1) & valid.unsqueeze(-2)
-    eye = torch.eye(k, dtype=y.dtype, device=y.device).expand(batch, k, k)
-    return flow.base_log_prob(x) + logdet, torch.where(pair, block, eye), order, valid
+    return flow.base_log_prob(x) + logdet, _compact_block(products, order, valid), order, valid
 
 
 def _to_compact(v, order, valid):

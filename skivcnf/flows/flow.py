@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 from ..exceptions import InversionWarning
 from .blocks import ActNorm, ResidualBlock
 from .linearize import InverseLinearization, Linearization
-from .logdet import exact_block_logdet, stochastic_block_logdet
+from .logdet import stochastic_block_logdet
 
 __all__ = ["ResidualFlow", "FlowInverse", "EXACT_LOGDET_MAX_FEATURES"]
 
@@ -203,15 +203,14 @@ class ResidualFlow(nn.Module):
         y = self._as_input(y)
         if method not in (None, "exact", "stochastic"):
             raise ValueError(f"method must be None, 'exact' or 'stochastic', got {method!r}.")
-        exact = self.use_exact_logdet() if method is None else method == "exact"
+        if self.use_exact_logdet() if method is None else method == "exact":
+            x, _, logdet = self.forward_and_jvps(y, y.new_zeros(y.shape[0], 0, self.features), logdet=True)
+            return x, logdet
         z = y
         logdet = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
         for layer in self.layers:
             if isinstance(layer, ActNorm):
                 z, logdet = layer(z), logdet + layer.logdet()
-            elif exact:
-                z, block_logdet = exact_block_logdet(layer, z)
-                logdet = logdet + block_logdet
             else:
                 z, block_logdet = stochastic_block_logdet(
                     layer, z, generator, self.n_exact_terms, self.geom_p
@@ -302,7 +301,9 @@ class ResidualFlow(nn.Module):
 
     def jacobian(self, y):
         """Per-row Jacobian ``G(y) = dg/dy``, ``Tensor (batch, d, d)``; meant for small ``d``."""
-        return self.forward_and_jacobian(y)[1]
+        y = self._as_input(y)
+        eye = torch.eye(self.features, dtype=y.dtype, device=y.device).expand(y.shape[0], -1, -1)
+        return self.forward_and_jvps(y, eye)[1].transpose(-1, -2)
 
     def forward_and_jvps(self, y, tangents, logdet=False):
         """Latent ``x = g(y)``, products ``G(y) t`` for stacked tangents, and optionally ``log|det G|``.
