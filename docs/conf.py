@@ -7,7 +7,8 @@ author = "skivcnf developers"
 release = skivcnf.__version__
 version = release
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.mathjax", "numpydoc"]
+# myst_parser: the benchmarks page is Markdown, and includes the suite's generated tables
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.mathjax", "numpydoc", "myst_parser"]
 numpydoc_show_class_members = False
 autodoc_member_order = "bysource"
 exclude_patterns = ["_build"]

@@ -1,0 +1,111 @@
+"""Smoke test of the benchmark suite (``python -m benchmarks.run --quick``) and checks of its oracles.
+
+The suite's figures are only as good as its masks, oracles and interval arithmetic, so those
+are tested on cases with known answers; the quick run then checks that every section
+produces its tables and plots.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from benchmarks import data, masks, measure, run
+
+
+def test_masks_rates_and_no_empty_row():
+    X = data.correlated_gaussian(4000, 10, seed=0).X
+    for name in masks.MECHANISMS:
+        mask = masks.make_mask(name, X, seed=3)
+        assert not mask.all(axis=1).any()
+        # every mechanism removes 20-50% of the entries (binomial sd at n=40,000 is < 0.003)
+        expected = {"MCAR 20%": 0.2, "MCAR 50%": 0.5, "MAR 30%": 0.3, "MNAR 30%": 0.3}[name]
+        assert abs(mask.mean() - expected) < 0.02, name
+    assert np.array_equal(masks.make_mask("MCAR 20%", X, 1), masks.make_mask("MCAR 20%", X, 1))
+
+
+def test_mar_depends_on_observed_columns_only_and_mnar_on_the_value():
+    X = data.correlated_gaussian(20000, 6, seed=1).X
+    mar = masks.make_mask("MAR 30%", X, seed=0)
+    always = ~mar.any(axis=0)
+    assert always.sum() == 2  # 30% of 6 columns, rounded
+    # under self-masking MNAR, missing values are larger than observed ones (selection on the value)
+    mnar = masks.make_mask("MNAR 30%", X, seed=0)
+    assert (X[mnar].mean() - X[~mnar].mean()) > 0.5
+
+
+def test_gaussian_oracle_matches_regression_and_sampler():
+    law = data.GaussianLaw(np.zeros(3), data.ar1_covariance(3, 0.8))
+    X = np.array([[np.nan, 1.0, np.nan], [0.5, np.nan, -1.0]])
+    mean = law.oracle_mean(X)
+    # AR(1) is Markov: E[x0 | x1] = 0.8 x1, E[x2 | x1] = 0.8 x1, E[x1 | x0, x2] = 0.8 (x0 + x2) / 1.64
+    np.testing.assert_allclose(mean[0], [0.8, 1.0, 0.8])
+    np.testing.assert_allclose(mean[1], [0.5, 0.8 * (0.5 - 1.0) / 1.64, -1.0])
+    draws = law.oracle_sample(X, 20000, np.random.default_rng(0))
+    # conditional sd of x0 | x1 is 0.6; the Monte Carlo mean is within 4 standard errors
+    assert abs(draws[:, 0, 0].mean() - 0.8) < 4 * 0.6 / np.sqrt(20000)
+    assert abs(draws[:, 0, 0].std() - 0.6) < 0.01
+
+
+def test_mixture_oracle_mean_is_the_mean_of_its_sampler():
+    ds = data.gaussian_mixture(50, seed=2)
+    X = ds.X.copy()
+    X[np.random.default_rng(0).random(X.shape) < 0.4] = np.nan
+    X[np.isnan(X).all(1), 0] = 0.0
+    draws = ds.law.oracle_sample(X, 4000, np.random.default_rng(1))
+    spread = draws.std(axis=0) / np.sqrt(4000)
+    assert np.all(np.abs(draws.mean(axis=0) - ds.law.oracle_mean(X)) <= 5 * spread + 1e-12)
+
+
+def test_interval_coverage_and_rubin_rules():
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((2000, 1))
+    draws = rng.standard_normal((200, 2000, 1))  # an exact predictive law: 90% of truths fall inside
+    coverage, width = measure.interval_coverage(truth, draws, np.ones_like(truth, bool), 0.9)
+    assert abs(coverage - 0.9) < 0.03 and abs(width - 2 * stats.norm.ppf(0.95)) < 0.1
+    # 50 exact draws give a narrower sample interval: the truth, one more exchangeable draw, falls inside
+    # with probability about (51 - 2 * 3.45) / 51 = 0.865 (interpolated order statistics)
+    assert abs(measure.exact_sampler_coverage(50, trials=20_000) - 0.865) < 0.01
+    assert abs(measure.exact_sampler_coverage(2000, trials=2_000) - 0.9) < 0.02
+    # with no between-imputation variance, Rubin's interval is the complete-data t interval
+    q, lo, hi = measure.rubin_interval([1.0] * 5, [0.04] * 5, dof_complete=1e6, level=0.9)
+    assert q == 1.0 and abs((hi - lo) / 2 - stats.norm.ppf(0.95) * 0.2) < 1e-3
+
+
+def test_check_output_flags_fallbacks_and_changed_observed_values():
+    X = np.array([[1.0, np.nan], [3.0, 4.0], [np.nan, 6.0]])
+    mask = np.isnan(X)
+    mean_filled = np.where(mask, np.nanmean(X, axis=0), X)
+    assert measure.check_output(X, mean_filled, mask) == ["equals mean imputation (silent fallback)"]
+    assert measure.check_output(X, mean_filled, mask, is_mean=True) == []
+    other = mean_filled + np.where(mask, 1.0, 0.0)
+    other[1, 0] = 3.5
+    assert measure.check_output(X, other, mask) == ["changed 25.0% of observed entries"]
+
+
+def test_quick_run_writes_every_section(tmp_path):
+    run.main(["--quick", "--workers", "1", "--out", str(tmp_path)])
+    for section in run.SECTIONS:
+        records = [json.loads(line) for line in (tmp_path / f"{section}.jsonl").read_text().splitlines()]
+        assert records and all(r["status"] == "ok" for r in records), section
+    accuracy = [json.loads(line) for line in (tmp_path / "accuracy.jsonl").read_text().splitlines()]
+    for r in accuracy:
+        assert np.isfinite(r["rmse"]) and r["rmse"] > 0
+        if "oracle_rmse" in r:  # the Bayes limit, up to sampling noise of a few hundred entries
+            assert r["rmse"] > 0.9 * r["oracle_rmse"]
+    text = (tmp_path / "results.md").read_text()
+    for heading in ("## Accuracy", "## Uncertainty: 90%", "Rubin's rules", "MNIST protocol", "completion",
+                    "## Scaling"):
+        assert heading in text
+    for png in ("accuracy.png", "digits.png", "completion.png", "scaling.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    # a rerun finds every task stored and runs none
+    lines = (tmp_path / "accuracy.jsonl").read_text()
+    run.run(["accuracy"], tmp_path, quick=True, workers=1, log=lambda *_: None)
+    assert (tmp_path / "accuracy.jsonl").read_text() == lines
+
+
+@pytest.mark.parametrize("name", sorted(run.SECTIONS))
+def test_every_section_plans_tasks(name):
+    assert run.plan(name, quick=False)
