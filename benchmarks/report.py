@@ -136,9 +136,9 @@ def accuracy_report(records, out):
     text += ("\n### Every imputer, every case\n\nRMSE / MAE, mean ± sd over mask seeds"
              + (f" ({', '.join(few)}: mask seed 0 only, for time)" if few else "") + ".\n")
     by_table = defaultdict(lambda: defaultdict(dict))
-    mechanisms = []
-    for (table, mechanism), by in _cases(records).items():
-        mechanisms.append(mechanism) if mechanism not in mechanisms else None
+    cases = _cases(records)
+    mechanisms = list(dict.fromkeys(mechanism for _, mechanism in cases))  # first-seen order
+    for (table, mechanism), by in cases.items():
         for name, rs in by.items():
             by_table[table][name][mechanism] = f"{_ms([r['rmse'] for r in rs])} / {np.mean([r['mae'] for r in rs]):.3f}"
     for table, by in by_table.items():

@@ -35,7 +35,7 @@ RESULTS = Path(__file__).parent / "results" / "suite"
 # so that the whole suite fits in about two hours on 2 cores.
 ONE_SEED_PEERS = {"miceforest", "missforest (hyperimpute)", "Sinkhorn", "MIWAE (as shipped)"}
 # On digits (64 columns, 1437 training rows) the MissForest-like peer (a forest per column per
-# round) and the one-seed peers above are left out of the 5-rate protocol, for time.
+# round) and the one-seed peers above are left out of the protocol, for time.
 DIGITS_PEERS = ["IVCNFImputer", "mean", "KNN", "MICE", "GAIN", "MIWAE (128 hidden, 16 latent)", "hyperimpute",
                 "hyperimpute (adapted)"]
 # hyperimpute as shipped raises TypeError on these tables (scikit-learn 1.9 has no

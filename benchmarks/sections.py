@@ -55,8 +55,8 @@ def accuracy(table, mechanism, seed, imputer, quick=False):
     record.update(status="failed: " + "; ".join(problems) if problems else "ok", seconds=seconds,
                   peak_mib=memory, warnings=kinds, rmse=rmse(X, out, mask), mae=mae(X, out, mask))
     if ds.has_oracle:
-        record["oracle_rmse"] = rmse(X, ds.law.oracle_mean(X_missing), mask)
-        record["oracle_mae"] = mae(X, ds.law.oracle_mean(X_missing), mask)
+        oracle = ds.law.oracle_mean(X_missing)
+        record.update(oracle_rmse=rmse(X, oracle, mask), oracle_mae=mae(X, oracle, mask))
         if imputer in ("IVCNFImputer", "MICE"):
             record.update(_coverage(ds, X_missing, mask, model, imputer, seed, quick))
     return record
@@ -109,24 +109,22 @@ def rubin(repeat, imputer, quick=False):
             intervals["complete data"] = single_interval(*coefficient(X), level=LEVEL)
             keep = ~mask.any(1)
             intervals["complete cases"] = single_interval(*coefficient(X[keep]), level=LEVEL)
-        elif imputer == "IVCNFImputer":
-            model = _imputer(imputer, repeat, quick)
-            single = model.fit_transform(X_missing)
-            intervals["single"] = single_interval(*coefficient(single), level=LEVEL)
-            draws = model.sample_multiple_imputations(X_missing, m)
-            fits = [coefficient(d) for d in draws]
-            intervals["multiple"] = rubin_interval([f[0] for f in fits], [f[1] ** 2 for f in fits], fits[0][2], LEVEL)
-        elif imputer == "MICE":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                single = IterativeImputer(max_iter=25, random_state=repeat).fit_transform(X_missing)
-                draws = [IterativeImputer(max_iter=25, sample_posterior=True, random_state=repeat * 100 + k)
-                         .fit_transform(X_missing) for k in range(m)]
-            intervals["single"] = single_interval(*coefficient(single), level=LEVEL)
-            fits = [coefficient(d) for d in draws]
-            intervals["multiple"] = rubin_interval([f[0] for f in fits], [f[1] ** 2 for f in fits], fits[0][2], LEVEL)
         else:
-            raise ValueError(f"no Rubin's-rules route for {imputer!r}")
+            if imputer == "IVCNFImputer":
+                model = _imputer(imputer, repeat, quick)
+                single = model.fit_transform(X_missing)
+                draws = model.sample_multiple_imputations(X_missing, m)
+            elif imputer == "MICE":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    single = IterativeImputer(max_iter=25, random_state=repeat).fit_transform(X_missing)
+                    draws = [IterativeImputer(max_iter=25, sample_posterior=True, random_state=repeat * 100 + k)
+                             .fit_transform(X_missing) for k in range(m)]
+            else:
+                raise ValueError(f"no Rubin's-rules route for {imputer!r}")
+            intervals["single"] = single_interval(*coefficient(single), level=LEVEL)
+            fits = [coefficient(d) for d in draws]
+            intervals["multiple"] = rubin_interval([f[0] for f in fits], [f[1] ** 2 for f in fits], fits[0][2], LEVEL)
     except Exception as exc:
         return _failed(record, exc)
     record["status"] = "ok"
