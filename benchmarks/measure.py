@@ -9,14 +9,14 @@ import numpy as np
 from scipy import stats
 from sklearn.impute import SimpleImputer
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _rss():
+def _resident_bytes():
     """Resident memory of this process in bytes (Linux ``/proc``; ``nan`` elsewhere)."""
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
+            return int(f.read().split()[1]) * _PAGE_BYTES
     except OSError:
         return float("nan")
 
@@ -31,7 +31,7 @@ class PeakMemory:
         self.interval = interval
 
     def __enter__(self):
-        self.start = self.peak = _rss()
+        self.start = self.peak = _resident_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -39,12 +39,12 @@ class PeakMemory:
 
     def _watch(self):
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _rss())
+            self.peak = max(self.peak, _resident_bytes())
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss())
+        self.peak = max(self.peak, _resident_bytes())
         self.megabytes = (self.peak - self.start) / 2**20
 
 
@@ -119,20 +119,7 @@ def ols(X, y):
     return coef, np.sqrt(np.diag(cov)), dof
 
 
-def rubin_interval(estimates, variances, dof_complete, level=0.9):
-    """Rubin's rules: pooled estimate and its ``level`` interval (Barnard-Rubin degrees of freedom)."""
-    m = len(estimates)
-    q = float(np.mean(estimates))
-    within, between = float(np.mean(variances)), float(np.var(estimates, ddof=1))
-    total = within + (1 + 1 / m) * between
-    lam = (1 + 1 / m) * between / total
-    dof_old = (m - 1) / max(lam, 1e-12) ** 2
-    dof_obs = (dof_complete + 1) / (dof_complete + 3) * dof_complete * (1 - lam)
-    dof = dof_old * dof_obs / (dof_old + dof_obs)
-    half = stats.t.ppf((1 + level) / 2, dof) * np.sqrt(total)
-    return q, q - half, q + half
-
-
 def single_interval(estimate, se, dof, level=0.9):
+    """The estimate and its ``level`` t interval from one complete-data analysis."""
     half = stats.t.ppf((1 + level) / 2, dof) * se
     return estimate, estimate - half, estimate + half

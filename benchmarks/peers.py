@@ -1,24 +1,32 @@
 """The imputers IVCNFImputer is measured against, behind one small interface.
 
-Every peer is built by ``make(name, seed)`` and used as ``fit(X_train)`` then
-``transform(X)`` (``fit_transform`` on one table). scikit-learn's imputers are always
-there; hyperimpute's plugins and miceforest are optional (the ``bench`` extra): a peer
-that cannot be imported or built is reported with the reason, never silently skipped.
-Facts that shape these wrappers (measured, see ``shared/PEERS.md`` of the project):
+Every peer is a :class:`Peer` record in ``PEERS``, built by ``make(name, seed)`` and used as
+``fit(X_train)`` then ``transform(X)`` (``fit_transform`` on one table). scikit-learn's
+imputers are always there; hyperimpute's plugins and miceforest are optional (the ``bench``
+extra): a peer that cannot be imported or built is reported with the reason, never silently
+skipped. Facts that shape these wrappers, measured with hyperimpute 0.1.17, miceforest 6.0.5
+and scikit-learn 1.9 (see docs/benchmarks.md):
 
 - hyperimpute under pandas 3 silently returns mean imputation: the harness compares every
-  peer's output with ``SimpleImputer``'s and reports a peer that equals it as failed.
+  peer's output with ``SimpleImputer``'s and reports a peer that equals it as failed
+  (the ``bench`` extra pins ``pandas<3``).
 - hyperimpute's ``hyperimpute``, ``missforest``, ``gain`` and ``sinkhorn`` plugins impute
   in ``transform`` from the rows they are given (transductive): on a train/test protocol
   they see the test rows alone.
 - hyperimpute's ``miwae`` defaults to a one-unit network; it is run as shipped and sized
   (``n_hidden=128, latent_size=16``), labelled.
+- hyperimpute's classifier plugin passes ``LogisticRegression(multi_class=...)``, which
+  scikit-learn 1.8 removed: the "(adapted)" peer drops the argument (see
+  :func:`_accept_multi_class`).
+- miceforest 6 breaks with lightgbm newer than 4.6 (the ``bench`` extra pins it).
 """
 
 import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.ensemble import ExtraTreesRegressor
@@ -122,46 +130,55 @@ def _quiet():
         yield
 
 
-PEERS = {
-    # label: (factory(seed), inductive, family)
-    "IVCNFImputer": (lambda seed: IVCNFImputer(random_state=seed), True, "skivcnf"),
-    "mean": (lambda seed: SimpleImputer(), True, "sklearn"),
-    "KNN": (lambda seed: KNNImputer(), True, "sklearn"),
-    "MICE": (lambda seed: IterativeImputer(max_iter=25, random_state=seed), True, "sklearn"),
-    "MissForest-like": (lambda seed: IterativeImputer(
-        ExtraTreesRegressor(n_estimators=50, random_state=seed, n_jobs=1), max_iter=10, random_state=seed),
-        True, "sklearn"),
-    "hyperimpute": (lambda seed: _HyperImpute("hyperimpute", seed), False, "hyperimpute"),
+class Peer(NamedTuple):
+    """An imputer the suite measures: how to build it and how to use it on a train/test protocol.
+
+    Attributes
+    ----------
+    name : str
+        The label in the tables.
+    build : callable
+        ``seed -> imputer``: a fresh, unfitted estimator with ``fit``, ``transform`` and ``fit_transform``.
+    inductive : bool
+        Whether ``transform`` imputes new rows from the fitted model. A transductive peer imputes
+        from the rows it is given, so the train/test protocol fits it on the test rows alone.
+    package : str
+        Where the imputer comes from (``skivcnf``, ``sklearn``, ``hyperimpute``, ``miceforest``).
+    """
+
+    name: str
+    build: Callable[[int], object]
+    inductive: bool
+    package: str
+
+
+def _extra_trees_mice(seed):
+    trees = ExtraTreesRegressor(n_estimators=50, random_state=seed, n_jobs=1)
+    return IterativeImputer(trees, max_iter=10, random_state=seed)
+
+
+PEERS = {peer.name: peer for peer in [
+    Peer("IVCNFImputer", lambda seed: IVCNFImputer(random_state=seed), True, "skivcnf"),
+    Peer("mean", lambda seed: SimpleImputer(), True, "sklearn"),
+    Peer("KNN", lambda seed: KNNImputer(), True, "sklearn"),
+    Peer("MICE", lambda seed: IterativeImputer(max_iter=25, random_state=seed), True, "sklearn"),
+    Peer("MissForest-like", _extra_trees_mice, True, "sklearn"),
+    Peer("hyperimpute", lambda seed: _HyperImpute("hyperimpute", seed), False, "hyperimpute"),
     # the same, with scikit-learn 1.9's LogisticRegression accepting multi_class (run where
     # hyperimpute as shipped raises TypeError: diabetes, digits)
-    "hyperimpute (adapted)": (lambda seed: _HyperImpute("hyperimpute", seed, adapted=True), False, "hyperimpute"),
-    "missforest (hyperimpute)": (lambda seed: _HyperImpute("missforest", seed), False, "hyperimpute"),
-    "GAIN": (lambda seed: _HyperImpute("gain", seed), False, "hyperimpute"),
-    "Sinkhorn": (lambda seed: _HyperImpute("sinkhorn", seed), False, "hyperimpute"),
-    "MIWAE (as shipped)": (lambda seed: _HyperImpute("miwae", seed), True, "hyperimpute"),
-    "MIWAE (128 hidden, 16 latent)": (lambda seed: _HyperImpute("miwae", seed, n_hidden=128, latent_size=16),
-                                      True, "hyperimpute"),
-    "miceforest": (lambda seed: _MiceForest(seed), True, "miceforest"),
-}
-"""Label -> (factory of seed, imputes new rows from the fitted model, package)."""
+    Peer("hyperimpute (adapted)", lambda seed: _HyperImpute("hyperimpute", seed, adapted=True), False, "hyperimpute"),
+    Peer("missforest (hyperimpute)", lambda seed: _HyperImpute("missforest", seed), False, "hyperimpute"),
+    Peer("GAIN", lambda seed: _HyperImpute("gain", seed), False, "hyperimpute"),
+    Peer("Sinkhorn", lambda seed: _HyperImpute("sinkhorn", seed), False, "hyperimpute"),
+    Peer("MIWAE (as shipped)", lambda seed: _HyperImpute("miwae", seed), True, "hyperimpute"),
+    Peer("MIWAE (128 hidden, 16 latent)", lambda seed: _HyperImpute("miwae", seed, n_hidden=128, latent_size=16),
+         True, "hyperimpute"),
+    Peer("miceforest", lambda seed: _MiceForest(seed), True, "miceforest"),
+]}
+"""Label -> :class:`Peer`, in the order of the accuracy grid."""
 
 
 def make(name, seed):
     """A fresh imputer; raises (ImportError, TypeError, ...) when the peer cannot be built."""
-    return PEERS[name][0](seed)
+    return PEERS[name].build(seed)
 
-
-def inductive(name):
-    return PEERS[name][1]
-
-
-def availability():
-    """``{label: None}`` for peers that build, ``{label: "reason"}`` for those that do not."""
-    out = {}
-    for name in PEERS:
-        try:
-            make(name, 0)
-            out[name] = None
-        except Exception as exc:  # an optional package absent or broken: reported, not hidden
-            out[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-    return out

@@ -59,7 +59,11 @@ _VARIANTS = {
 
 
 def _bounds(history):
-    """Training and held-out bounds per epoch (the history once held bounds, now losses)."""
+    """Training and held-out bounds per epoch.
+
+    The history held bounds (``elbo``, ``validation``) before the redesign and holds losses,
+    minus the bounds, after it; reading both lets this script run on either side.
+    """
     if hasattr(history, "elbo"):
         return np.asarray(history.elbo), np.asarray(history.validation)
     return -np.asarray(history.train_loss), -np.asarray(history.validation_loss)

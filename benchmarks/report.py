@@ -1,9 +1,6 @@
 """Markdown tables and PNG plots from the suite's stored records (``<out>/<section>.jsonl``)."""
 
-import datetime
 import json
-import os
-import platform
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,16 +9,17 @@ import numpy as np
 from .measure import exact_sampler_coverage
 
 OURS = "IVCNFImputer"
+PROVENANCE = "provenance.json"
 
 
-def _load(out, section):
+def _records(out, section):
     path = Path(out) / f"{section}.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _plt():
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,11 +28,11 @@ def _plt():
     return plt
 
 
-def _save(fig, out, name, caption):
+def _save_figure(fig, out, name, caption):
     """Write ``fig`` to ``<out>/<name>`` and return the Markdown that shows it."""
     fig.tight_layout()
     fig.savefig(Path(out) / name, dpi=110)
-    _plt().close(fig)
+    _pyplot().close(fig)
     return f"\n![{caption}]({name})\n"
 
 
@@ -44,30 +42,16 @@ def _table(header, rows):
     return "\n".join(lines) + "\n"
 
 
-def _ms(values, digits=3):
+def _mean_sd(values, digits=3):
     values = np.asarray(values, float)
     mean = f"{values.mean():.{digits}f}"
     return mean if len(values) == 1 else f"{mean} ± {values.std():.{digits}f}"
 
 
-def machine(workers):
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        cpu = platform.processor()
-    import sklearn
-    import torch
-
-    return (f"{cpu or platform.machine()}, {os.cpu_count()} cores, {platform.system()}; Python "
-            f"{platform.python_version()}, torch {torch.__version__}, scikit-learn {sklearn.__version__}; "
-            f"one thread per task, {workers} task(s) side by side")
-
-
 # ---------------------------------------------------------------------------------------------- accuracy
 
 
-def _cases(records):
+def _sound_cases(records):
     """``{(table, mechanism): {imputer: [records over seeds]}}`` of the tasks that ran soundly."""
     cases = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -78,7 +62,7 @@ def _cases(records):
 
 def accuracy_summary(records):
     """Per case: our RMSE, the best peer's, the ratio, our rank; and each imputer's mean rank."""
-    cases = _cases(records)
+    cases = _sound_cases(records)
     rows, ranks = [], defaultdict(list)
     for (table, mechanism), by in cases.items():
         means = {name: np.mean([r["rmse"] for r in rs]) for name, rs in by.items()}
@@ -136,11 +120,12 @@ def accuracy_report(records, out):
     text += ("\n### Every imputer, every case\n\nRMSE / MAE, mean ± sd over mask seeds"
              + (f" ({', '.join(few)}: mask seed 0 only, for time)" if few else "") + ".\n")
     by_table = defaultdict(lambda: defaultdict(dict))
-    cases = _cases(records)
+    cases = _sound_cases(records)
     mechanisms = list(dict.fromkeys(mechanism for _, mechanism in cases))  # first-seen order
     for (table, mechanism), by in cases.items():
         for name, rs in by.items():
-            by_table[table][name][mechanism] = f"{_ms([r['rmse'] for r in rs])} / {np.mean([r['mae'] for r in rs]):.3f}"
+            mean_mae = np.mean([r["mae"] for r in rs])
+            by_table[table][name][mechanism] = f"{_mean_sd([r['rmse'] for r in rs])} / {mean_mae:.3f}"
     for table, by in by_table.items():
         text += f"\n#### {table}\n\n"
         names = sorted(by, key=lambda n: (n != OURS, n))
@@ -155,7 +140,7 @@ def accuracy_report(records, out):
                        [[n, why.replace("|", "/"), f"{len(c)}: " + ", ".join(c[:4]) + (" ..." if len(c) > 4 else "")]
                         for (n, why), c in grouped.items()])
     if rows:
-        plt = _plt()
+        plt = _pyplot()
         fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1))
         labels = [f"{r['table']}, {r['mechanism']}" for r in rows]
         ratios = [r["ratio"] for r in rows]
@@ -163,7 +148,7 @@ def accuracy_report(records, out):
         ax.axvline(1, color="k", lw=0.8)
         ax.set_xlabel("IVCNFImputer RMSE / best peer's RMSE (below 1: IVCNF wins)")
         ax.invert_yaxis()
-        figure = _save(fig, out, "accuracy.png", "IVCNF RMSE over the best peer's, per case")
+        figure = _save_figure(fig, out, "accuracy.png", "IVCNF RMSE over the best peer's, per case")
         text = text.replace("### Mean rank", figure.lstrip() + "\n### Mean rank", 1)
     return text
 
@@ -175,8 +160,8 @@ def coverage_report(records):
             groups[(r["table"], r["mechanism"], r["imputer"])].append(r)
     if not groups:
         return ""
-    rows = [[t, m, n, _ms([r["coverage"] for r in rs]), f"{np.mean([r['width'] for r in rs]):.3f}",
-             f"{np.mean([r['oracle_width'] for r in rs]):.3f}", _ms([r["oracle_coverage"] for r in rs])]
+    rows = [[t, m, n, _mean_sd([r["coverage"] for r in rs]), f"{np.mean([r['width'] for r in rs]):.3f}",
+             f"{np.mean([r['oracle_width'] for r in rs]):.3f}", _mean_sd([r["oracle_coverage"] for r in rs])]
             for (t, m, n), rs in sorted(groups.items())]
     n = next(iter(groups.values()))[0]["n_imputations"]
     return ("Coverage of the central 90% interval of each masked entry, from "
@@ -236,7 +221,7 @@ def digits_report(records, out):
     if bad:
         text += "\nFailed: " + "; ".join(f"{r['imputer']} at {r['rate']:.0%}: {r.get('error') or r['status']}"
                                           for r in bad) + "\n"
-    plt = _plt()
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for n in names:
         xs = [rate for rate in rates if (n, rate) in cell]
@@ -246,7 +231,7 @@ def digits_report(records, out):
     axes[0].set(xlabel="missing rate", ylabel="test RMSE (masked pixels)")
     axes[1].set(xlabel="missing rate", ylabel="classifier accuracy")
     axes[1].legend(fontsize=7)
-    return text + _save(fig, out, "digits.png", "Test RMSE and classifier accuracy against the missing rate")
+    return text + _save_figure(fig, out, "digits.png", "Test RMSE and classifier accuracy against the missing rate")
 
 
 def completion_report(records):
@@ -287,7 +272,7 @@ def scaling_report(records, out):
             + _table(["imputer", "training", "rows", "columns", "fit s", "transform s", "total s", "peak MiB", "RMSE",
                       "oracle RMSE"], rows))
     fixed = [r for r in ok if r["imputer"] != OURS or r.get("max_epochs")]
-    plt = _plt()
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, marker in ((OURS, "o"), ("MICE", "s")):
         by_rows = sorted([r for r in fixed if r["imputer"] == name and r["columns"] == 10], key=lambda r: r["rows"])
@@ -302,23 +287,128 @@ def scaling_report(records, out):
     axes[0].set(xlabel="rows (10 columns)", ylabel="seconds")
     axes[1].set(xlabel="columns (3,000 rows)", ylabel="seconds")
     axes[0].legend(fontsize=7)
-    return text + _save(fig, out, "scaling.png", "Seconds against rows and columns, log axes")
+    return text + _save_figure(fig, out, "scaling.png", "Seconds against rows and columns, log axes")
 
 
-def write(out, command="python -m benchmarks.run", workers=2):
-    """Write ``<out>/results.md`` (every table) and the PNG plots; returns the Markdown."""
+# ---------------------------------------------------------------------------------------------- components
+
+
+def _sound_records(records):
+    return [r for r in records if r.get("status") == "ok"]
+
+
+def _describe_flow(settings):
+    return (f"{settings['n_blocks']} blocks of width {settings['width']}, learning rate {settings['lr']}, batch "
+            f"{settings['batch_size']}")
+
+
+def flow_fit_report(records):
+    ok = sorted(_sound_records(records), key=lambda r: (r["table"] != "breast_cancer", r["dtype"]))
+    if not ok:
+        return ""
+    settings = ok[0]["settings"]
+    rows = [[r["label"], r["dtype"], r["epochs"], f"{r['seconds_per_epoch']:.3f}", f"{r['fit_seconds']:.1f}",
+             f"{r['flow_log_likelihood']:.3f}", f"{r['gaussian_log_likelihood']:.3f}"] for r in ok]
+    return (f"The residual flow ({_describe_flow(settings)}, early stopping patience {settings['patience']}, at "
+            f"most {settings['max_epochs']} epochs) fitted by maximum likelihood to 80% of the rows, standardised; "
+            "mean log-likelihood per held-out row, against the full-covariance Gaussian fitted to the same rows "
+            "(on the AR(1) Gaussian the true model).\n\n"
+            + _table(["data", "dtype", "epochs", "s/epoch", "fit s", "held-out log-lik/row: flow", "Gaussian"],
+                     rows))
+
+
+def logdet_report(records):
+    ok = sorted(_sound_records(records), key=lambda r: r["features"])
+    if not ok:
+        return ""
+    rows = [[r["features"], f"{r['exact_seconds_per_step']:.3f}", f"{r['stochastic_seconds_per_step']:.3f}",
+             f"{r['exact_seconds_per_step'] / r['stochastic_seconds_per_step']:.1f}"] for r in ok]
+    return (f"Seconds per training step (`log_prob` and backward, float32, batch {ok[0]['batch']}) of an untrained "
+            f"flow of {_describe_flow(ok[0]['settings'])}, with the exact and the stochastic log-determinant.\n\n"
+            + _table(["d", "exact (s/step)", "stochastic (s/step)", "exact / stochastic"], rows))
+
+
+def solvers_report(records):
+    order = ["gaussian", "breast_cancer", "digits"]
+    ok = sorted(_sound_records(records), key=lambda r: order.index(r["table"]) if r["table"] in order else len(order))
+    if not ok:
+        return ""
+    solver_rows = [[r["label"], s["solver"], r["rows"], f"{s['rows_per_second']:.0f}", f"{s['mean_iterations']:.1f}",
+                    s["max_iterations"], f"{s['converged']:.1%}"] for r in ok for s in r["solvers"]]
+    pre_rows = [[r["label"], f"{p['missing_rate']:.0%}", p["neumann_terms"] or "none", p["products"],
+                 f"{p['seconds']:.3f}"] for r in ok for p in r["preconditioner"]]
+    return (f"Each solver on a float64 flow fitted to the standardised table (default architecture, early stopping), "
+            f"{ok[0]['missing_rate']:.0%} MCAR, targets drawn from the prior, default tolerance; iterations over "
+            "the rows with a hidden entry.\n\n"
+            + _table(["data", "solver", "rows", "rows/s", "mean iter", "max iter", "converged"], solver_rows)
+            + f"\nOne linear solve with `G^HH` by GMRES (relative tolerance 1e-8) on {ok[0]['preconditioner_rows']} "
+            "rows, without and with the `J^HH` preconditioner (a truncated Neumann series per block):\n\n"
+            + _table(["data", "MCAR rate", "Neumann terms per block", "G products", "seconds"], pre_rows))
+
+
+def posteriors_report(records):
+    order = ["prior", "amortised", "diagonal", "householder"]
+    ok = sorted(_sound_records(records), key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+    if not ok:
+        return ""
+    first, k = ok[0], ok[0]["draws"]
+    oracle = first["oracle_rmse"]
+    labels = {"prior": "prior", "amortised": "amortised network", "diagonal": "per-row fitted diagonal"}
+    rows = [["exact conditional mean (oracle)", f"{oracle:.4f}", "1.000", "-", "-"]]
+    for r in ok:
+        label = labels.get(r["method"], f"per-row fitted Householder ({r['n_reflections']})")
+        rows.append([f"{label}, mean of {k} draws", f"{r['mean_rmse']:.4f}", f"{r['mean_rmse'] / oracle:.3f}",
+                     f"{r['seconds']:.1f}", "-"])
+        rows.append([f"{label}, importance-weighted mean", f"{r['weighted_rmse']:.4f}",
+                     f"{r['weighted_rmse'] / oracle:.3f}", f"{r['seconds']:.1f}", f"{r['mean_ess']:.1f}"])
+    return (f"The 10-column AR(1) Gaussian (correlation 0.8), a float64 flow fitted to {first['train_rows']:,} "
+            f"complete rows; {first['rows']} test rows with {first['missing_rate']:.0%} MCAR "
+            f"({first['masked_entries']} masked entries) imputed "
+            "by the mean and the importance-weighted mean of draws from each posterior; seconds include fitting "
+            "the posterior.\n\n"
+            + _table(["imputation", "RMSE", "/ oracle", "seconds", f"mean ESS of {k}"], rows))
+
+
+def provenance_header(out, sections):
+    """Which command, on which date and machine, produced the records of ``sections`` (Markdown)."""
+    path = Path(out) / PROVENANCE
+    provenance = json.loads(path.read_text()) if path.exists() else {}
+    if not sections:
+        return "No records yet.\n"
+    groups = defaultdict(list)
+    for section in sections:
+        entry = provenance.get(section)
+        groups[None if entry is None else (entry["command"], entry["date"], entry["machine"])].append(section)
+    if len(groups) == 1 and None not in groups:
+        (command, date, machine), = groups
+        return f"Produced by `{command}` on {date}.\n\nMachine: {machine}.\n"
+    lines = [f"- {', '.join(names)}: " + ("provenance not recorded" if key is None else
+                                          f"`{key[0]}` on {key[1]}; machine: {key[2]}")
+             for key, names in groups.items()]
+    return "Produced by several runs:\n\n" + "\n".join(lines) + "\n"
+
+
+def write(out):
+    """Write ``<out>/results.md`` (every table of the sections with records) and the PNG plots; returns the Markdown."""
     out = Path(out)
-    parts = [f"Produced by `{command}` on {datetime.date.today().isoformat()}.\n\nMachine: {machine(workers)}.\n"]
-    for title, text in (
-        ("Accuracy: 6 tables x 4 missingness mechanisms", accuracy_report(_load(out, "accuracy"), out)),
-        ("Uncertainty: 90% intervals from multiple imputations", coverage_report(_load(out, "accuracy"))),
-        ("Uncertainty: Rubin's rules for a regression coefficient", rubin_report(_load(out, "rubin"))),
-        ("The paper's MNIST protocol on digits", digits_report(_load(out, "digits"), out)),
-        ("Post-training completion of digits", completion_report(_load(out, "completion"))),
-        ("Scaling", scaling_report(_load(out, "scaling"), out)),
-    ):
+    reports = (
+        ("accuracy", "Accuracy: 6 tables x 4 missingness mechanisms", lambda r: accuracy_report(r, out)),
+        ("accuracy", "Uncertainty: 90% intervals from multiple imputations", coverage_report),
+        ("rubin", "Uncertainty: Rubin's rules for a regression coefficient", rubin_report),
+        ("digits", "The paper's MNIST protocol on digits", lambda r: digits_report(r, out)),
+        ("completion", "Post-training completion of digits", completion_report),
+        ("scaling", "Scaling", lambda r: scaling_report(r, out)),
+        ("flow_fit", "The flow fitted to complete rows", flow_fit_report),
+        ("logdet", "Log-determinant cost: one training step", logdet_report),
+        ("solvers", "Constraint solvers on trained flows", solvers_report),
+        ("posteriors", "Posteriors: imputation RMSE on the AR(1) Gaussian", posteriors_report),
+    )
+    parts, shown = [], []
+    for section, title, make in reports:
+        text = make(_records(out, section))
         if text:
             parts.append(f"## {title}\n\n{text}")
-    markdown = "\n".join(parts)
+            shown.append(section)
+    markdown = "\n".join([provenance_header(out, list(dict.fromkeys(shown))), *parts])
     (out / "results.md").write_text(markdown)
     return markdown

@@ -1,22 +1,31 @@
 """The benchmark suite: every table and plot of docs/benchmarks.md from one command.
 
-Run from the repository root, in an environment with the ``bench`` extra::
+Run from the repository root, in an environment with the ``bench`` extra (the sections
+without peers, and ``--report-only``, need only the package and matplotlib)::
 
-    python -m benchmarks.run                      # everything (hours on 2 cores), resumable
-    python -m benchmarks.run --quick --out /tmp/b # a smoke run in a few minutes
-    python -m benchmarks.run --section digits     # one section (repeatable)
-    python -m benchmarks.run --report-only        # tables and plots from stored results
+    python -m benchmarks.run                          # everything (hours on 2 cores), resumable
+    python -m benchmarks.run --quick --out /tmp/b     # a smoke run of every section
+    python -m benchmarks.run --section flow_fit solvers   # some sections
+    python -m benchmarks.run --report-only            # tables and plots from stored results
 
-Each task (one imputer on one table, mask and seed) runs in a process forked from a worker, with one
-thread, ``--workers`` at a time, and appends one JSON line to ``<out>/<section>.jsonl``;
-a rerun skips the tasks already stored, so an interrupted run goes on where it stopped
-(``--fresh`` starts over). Seconds are single-threaded wall time with ``--workers`` tasks
-side by side; memory is the peak resident memory above the worker's level before the call.
-Then ``benchmarks.report`` writes Markdown tables and PNG plots to ``<out>``.
+The sections: ``accuracy``, ``rubin``, ``completion``, ``digits`` and ``scaling`` measure
+the imputer against its peers (``benchmarks.sections``); ``flow_fit``, ``logdet``,
+``solvers`` and ``posteriors`` measure the flow and the sampler on flows trained for the
+purpose (``benchmarks.components``).
+
+Each task (one imputer on one table, mask and seed; one flow fit; one solver table) runs in a
+process forked from a worker, with one thread, ``--workers`` at a time, and appends one JSON
+line to ``<out>/<section>.jsonl``; a rerun skips the tasks already stored, so an interrupted
+run goes on where it stopped (``--fresh`` starts over). Seconds are single-threaded wall time
+with ``--workers`` tasks side by side; memory is the peak resident memory above the worker's
+level before the call. The command, date and machine of the run that last added records to a
+section are kept in ``<out>/provenance.json``. Then ``benchmarks.report`` writes Markdown
+tables and PNG plots to ``<out>``.
 """
 
 import argparse
 import concurrent.futures as cf
+import datetime
 import json
 import multiprocessing
 import os
@@ -25,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import data, masks, peers, report, sections
+from . import components, data, masks, peers, report, sections
 
 RESULTS = Path(__file__).parent / "results" / "suite"
 
@@ -52,52 +61,98 @@ SCALING_EPOCHS = 5
 RUBIN_REPEATS = 40
 
 
-def plan(section, quick):
-    """The tasks of ``section``: a list of (key, function, kwargs)."""
+def _plan_accuracy(quick):
+    tables = ["wine", "gaussian"] if quick else sorted(data.TABLES, key=lambda t: t != "breast_cancer")
+    mechanisms = ["MCAR 20%", "MNAR 30%"] if quick else list(masks.MECHANISMS)
+    names = ["IVCNFImputer", "mean", "MICE"] if quick else [n for n in peers.PEERS if n != "hyperimpute (adapted)"]
     tasks = []
-    if section == "accuracy":
-        tables = ["wine", "gaussian"] if quick else sorted(data.TABLES, key=lambda t: t != "breast_cancer")
-        mechanisms = ["MCAR 20%", "MNAR 30%"] if quick else list(masks.MECHANISMS)
-        names = ["IVCNFImputer", "mean", "MICE"] if quick else [n for n in peers.PEERS if n != "hyperimpute (adapted)"]
-        for table in tables:
-            extra = ["hyperimpute (adapted)"] if table in ADAPTED_TABLES and not quick else []
-            for mechanism in mechanisms:
-                for seed in range(1 if quick else 3):
-                    for name in names + extra:
-                        if name in ONE_SEED_PEERS and seed > 0:
-                            continue
-                        kw = dict(table=table, mechanism=mechanism, seed=seed, imputer=name, quick=quick)
-                        tasks.append(((table, mechanism, seed, name), sections.accuracy, kw))
-    elif section == "rubin":
-        for repeat in range(3 if quick else RUBIN_REPEATS):
-            for name in ["complete data", "IVCNFImputer", "MICE"]:
-                tasks.append(((repeat, name), sections.rubin, dict(repeat=repeat, imputer=name, quick=quick)))
-    elif section == "digits":
-        rates = [0.5, 0.9] if quick else DIGIT_RATES
-        names = ["IVCNFImputer", "mean", "KNN"] if quick else DIGITS_PEERS
-        tasks.append((("reference",), sections.digits_reference, dict(quick=quick)))
-        for rate in rates:
-            for name in names:
-                tasks.append(((rate, name), sections.digits_protocol, dict(rate=rate, imputer=name, quick=quick)))
-    elif section == "completion":
-        tasks.append((("completion",), sections.completion, dict(quick=quick)))
-    elif section == "scaling":
-        grid = [(1_000, 10), (3_000, 10)] if quick else \
-            [(n, 10) for n in SCALING_ROWS] + [(3_000, d) for d in SCALING_COLUMNS if d != 10]
-        for n, d in grid:
-            for name in ["IVCNFImputer", "MICE"]:
-                epochs = SCALING_EPOCHS if name == "IVCNFImputer" else None
-                tasks.append(((name, n, d, epochs), sections.scaling,
-                              dict(imputer=name, n_rows=n, n_columns=d, quick=quick, max_epochs=epochs)))
-        for n in [1_000] if quick else [1_000, 10_000]:  # and trained to early stopping, as users would
-            tasks.append((("IVCNFImputer", n, 10, None), sections.scaling,
-                          dict(imputer="IVCNFImputer", n_rows=n, n_columns=10, quick=quick)))
-    else:
-        raise ValueError(f"unknown section {section!r}")
+    for table in tables:
+        extra = ["hyperimpute (adapted)"] if table in ADAPTED_TABLES and not quick else []
+        for mechanism in mechanisms:
+            for seed in range(1 if quick else 3):
+                for name in names + extra:
+                    if name in ONE_SEED_PEERS and seed > 0:
+                        continue
+                    kw = dict(table=table, mechanism=mechanism, seed=seed, imputer=name, quick=quick)
+                    tasks.append(((table, mechanism, seed, name), sections.accuracy, kw))
     return tasks
 
 
-SECTIONS = ["accuracy", "rubin", "completion", "digits", "scaling"]
+def _plan_rubin(quick):
+    return [((repeat, name), sections.rubin, dict(repeat=repeat, imputer=name, quick=quick))
+            for repeat in range(3 if quick else RUBIN_REPEATS) for name in ["complete data", "IVCNFImputer", "MICE"]]
+
+
+def _plan_digits(quick):
+    rates = [0.5, 0.9] if quick else DIGIT_RATES
+    names = ["IVCNFImputer", "mean", "KNN"] if quick else DIGITS_PEERS
+    tasks = [(("reference",), sections.digits_reference, dict(quick=quick))]
+    for rate in rates:
+        for name in names:
+            tasks.append(((rate, name), sections.digits_protocol, dict(rate=rate, imputer=name, quick=quick)))
+    return tasks
+
+
+def _plan_completion(quick):
+    return [(("completion",), sections.completion, dict(quick=quick))]
+
+
+def _plan_scaling(quick):
+    grid = [(1_000, 10), (3_000, 10)] if quick else \
+        [(n, 10) for n in SCALING_ROWS] + [(3_000, d) for d in SCALING_COLUMNS if d != 10]
+    tasks = []
+    for n, d in grid:
+        for name in ["IVCNFImputer", "MICE"]:
+            epochs = SCALING_EPOCHS if name == "IVCNFImputer" else None
+            tasks.append(((name, n, d, epochs), sections.scaling,
+                          dict(imputer=name, n_rows=n, n_columns=d, quick=quick, max_epochs=epochs)))
+    for n in [1_000] if quick else [1_000, 10_000]:  # and trained to early stopping, as users would
+        tasks.append((("IVCNFImputer", n, 10, None), sections.scaling,
+                      dict(imputer="IVCNFImputer", n_rows=n, n_columns=10, quick=quick)))
+    return tasks
+
+
+def _plan_flow_fit(quick):
+    tables = ["gaussian"] if quick else components.FLOW_FIT_TABLES
+    return [((table, dtype), components.flow_fit, dict(table=table, dtype=dtype, quick=quick))
+            for table in tables for dtype in components.DTYPES]
+
+
+def _plan_logdet(quick):
+    features = components.QUICK_LOGDET_FEATURES if quick else components.LOGDET_FEATURES
+    return [((d,), components.logdet_timing, dict(features=d, quick=quick)) for d in features]
+
+
+def _plan_solvers(quick):
+    tables = ["gaussian"] if quick else components.SOLVER_TABLES
+    return [((table,), components.solvers, dict(table=table, quick=quick)) for table in tables]
+
+
+def _plan_posteriors(quick):
+    methods = ["prior", "diagonal"] if quick else components.POSTERIOR_METHODS
+    return [((method,), components.posteriors, dict(method=method, quick=quick)) for method in methods]
+
+
+PLANS = {
+    "accuracy": _plan_accuracy,
+    "rubin": _plan_rubin,
+    "completion": _plan_completion,
+    "digits": _plan_digits,
+    "scaling": _plan_scaling,
+    "flow_fit": _plan_flow_fit,
+    "logdet": _plan_logdet,
+    "solvers": _plan_solvers,
+    "posteriors": _plan_posteriors,
+}
+"""Section -> its planner: ``quick -> [(key, function, kwargs)]``, one task per key."""
+SECTIONS = list(PLANS)
+
+
+def plan(section, quick):
+    """The tasks of ``section``: a list of (key, function, kwargs)."""
+    if section not in PLANS:
+        raise ValueError(f"unknown section {section!r}; choose from {SECTIONS}")
+    return PLANS[section](quick)
 
 
 def _init_worker():
@@ -106,24 +161,24 @@ def _init_worker():
     torch.set_num_threads(1)
 
 
-def _call(function, kwargs):
+def _run_task(function, kwargs):
     record = function(**kwargs)
     record["host"] = platform.node()
     return record
 
 
-def _call_in_child(function, kwargs):
-    """``_call`` in a forked child: each task starts from the same fresh process, so its peak
+def _run_task_in_child(function, kwargs):
+    """``_run_task`` in a forked child: each task starts from the same fresh process, so its peak
     memory is its own (not hidden by what earlier tasks left in the allocator), and a peer that
     crashes the interpreter costs one record, not the run."""
     if not hasattr(os, "fork"):
-        return _call(function, kwargs)
+        return _run_task(function, kwargs)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
         os.close(read)
         try:
-            payload = json.dumps(_call(function, kwargs), default=float)
+            payload = json.dumps(_run_task(function, kwargs), default=float)
         except BaseException as exc:
             payload = json.dumps({"status": "crashed", "error": f"{type(exc).__name__}: {exc}"[:300]})
         with os.fdopen(write, "w") as f:
@@ -136,14 +191,38 @@ def _call_in_child(function, kwargs):
     return json.loads(payload) if payload else {"status": "crashed", "error": f"the task's process died ({status})"}
 
 
-def _stored(path):
+def _stored_records(path):
     if not path.exists():
         return {}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {tuple(r["key"]): r for r in records}
 
 
-def run(sections_wanted, out, quick=False, workers=2, fresh=False, log=print):
+def machine(workers):
+    """The processor, cores, system, library versions and threading of a run, in one line."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        cpu = platform.processor()
+    import sklearn
+    import torch
+
+    return (f"{cpu or platform.machine()}, {os.cpu_count()} cores, {platform.system()}; Python "
+            f"{platform.python_version()}, torch {torch.__version__}, scikit-learn {sklearn.__version__}; "
+            f"one thread per task, {workers} task(s) side by side")
+
+
+def _record_provenance(out, sections_run, command, workers):
+    """Note in ``<out>/provenance.json`` the command, date and machine that last added records to each section."""
+    path = out / report.PROVENANCE
+    provenance = json.loads(path.read_text()) if path.exists() else {}
+    entry = {"command": command, "date": datetime.date.today().isoformat(), "machine": machine(workers)}
+    provenance.update({section: entry for section in sections_run})
+    path.write_text(json.dumps(provenance, indent=1) + "\n")
+
+
+def run(sections_wanted, out, quick=False, workers=2, fresh=False, log=print, command="python -m benchmarks.run"):
     """Run the tasks of ``sections_wanted`` not yet stored in ``out``; returns ``{section: records}``."""
     out.mkdir(parents=True, exist_ok=True)
     todo = []
@@ -151,7 +230,7 @@ def run(sections_wanted, out, quick=False, workers=2, fresh=False, log=print):
         path = out / f"{section}.jsonl"
         if fresh and path.exists():
             path.unlink()
-        done = _stored(path)
+        done = _stored_records(path)
         for key, function, kwargs in plan(section, quick):
             if key not in done:
                 if section == "completion":
@@ -172,11 +251,11 @@ def run(sections_wanted, out, quick=False, workers=2, fresh=False, log=print):
     if workers <= 1:
         _init_worker()
         for section, key, function, kwargs in todo:
-            store(section, key, _call(function, kwargs))
+            store(section, key, _run_task(function, kwargs))
     else:
         context = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            futures = {pool.submit(_call_in_child, function, kwargs): (section, key)
+            futures = {pool.submit(_run_task_in_child, function, kwargs): (section, key)
                        for section, key, function, kwargs in todo}
             for future in cf.as_completed(futures):
                 section, key = futures[future]
@@ -186,27 +265,29 @@ def run(sections_wanted, out, quick=False, workers=2, fresh=False, log=print):
                     record = {"status": "crashed", "error": f"{type(exc).__name__}: {exc}"[:300]}
                 store(section, key, record)
     log(f"done in {time.perf_counter() - start:.0f} s")
-    return {s: list(_stored(out / f"{s}.jsonl").values()) for s in sections_wanted}
+    if todo:
+        _record_provenance(out, list(dict.fromkeys(task[0] for task in todo)), command, workers)
+    return {s: list(_stored_records(out / f"{s}.jsonl").values()) for s in sections_wanted}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, few epochs: a smoke run")
-    parser.add_argument("--section", action="append", choices=SECTIONS, help="run only these (repeatable)")
+    parser.add_argument("--section", "--sections", dest="sections", nargs="+", action="extend", choices=SECTIONS,
+                        metavar="SECTION", help=f"run only these (repeatable): {', '.join(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=None, help=f"results folder (default {RESULTS})")
     parser.add_argument("--workers", type=int, default=2, help="tasks side by side, one thread each")
     parser.add_argument("--fresh", action="store_true", help="discard stored results of the sections run")
     parser.add_argument("--report-only", action="store_true", help="only rebuild tables and plots")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out or (RESULTS.parent / "quick" if args.quick else RESULTS)
-    wanted = args.section or SECTIONS
+    wanted = list(dict.fromkeys(args.sections or SECTIONS))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"  # inherited by the spawned workers: one thread per task
     if not args.report_only:
-        run(wanted, out, quick=args.quick, workers=args.workers, fresh=args.fresh)
-    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
-    command = "python -m benchmarks.run " + " ".join(given)
-    report.write(out, command=command.strip(), workers=args.workers)
+        command = " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
+        run(wanted, out, quick=args.quick, workers=args.workers, fresh=args.fresh, command=command)
+    report.write(out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The suite's tasks. Each is a plain function of its key that returns one record (a dict).
+"""The suite's sections on the imputer against its peers (accuracy, rubin, digits, completion, scaling).
+
+Each task is a plain function of its key that returns one record (a dict).
 
 A task builds its own data and mask from seeds, so that tasks can run in any order, in
 separate processes, and be resumed. ``quick=True`` shrinks data and training for the smoke run.
@@ -14,23 +16,24 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from skivcnf.conditional import GaussianPosterior, conditional_mean, fit_posterior, sample_conditional
+from skivcnf.pooling import pool_estimates
 
 from . import data, masks, peers
-from .measure import check_output, interval_coverage, mae, ols, rmse, rubin_interval, single_interval, timed
+from .measure import check_output, interval_coverage, mae, ols, rmse, single_interval, timed
 
 QUICK_IVCNF = {"max_epochs": 2, "n_draws": 8}
 N_MULTIPLE = 50  # imputations drawn for interval coverage
 LEVEL = 0.9
 
 
-def _imputer(name, seed, quick):
+def _build_imputer(name, seed, quick):
     imputer = peers.make(name, seed)
     if quick and name == "IVCNFImputer":
         imputer.set_params(**QUICK_IVCNF)
     return imputer
 
 
-def _failed(record, exc):
+def _crashed(record, exc):
     record.update(status="crashed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
     return record
 
@@ -47,10 +50,10 @@ def accuracy(table, mechanism, seed, imputer, quick=False):
     record = {"table": table, "mechanism": mechanism, "seed": seed, "imputer": imputer,
               "rows": X.shape[0], "columns": X.shape[1], "missing_rate": float(mask.mean())}
     try:
-        model = _imputer(imputer, seed, quick)
+        model = _build_imputer(imputer, seed, quick)
         out, seconds, memory, kinds = timed(model.fit_transform, X_missing)
     except Exception as exc:
-        return _failed(record, exc)
+        return _crashed(record, exc)
     problems = check_output(X_missing, out, mask, is_mean=imputer == "mean")
     record.update(status="failed: " + "; ".join(problems) if problems else "ok", seconds=seconds,
                   peak_mib=memory, warnings=kinds, rmse=rmse(X, out, mask), mae=mae(X, out, mask))
@@ -111,7 +114,7 @@ def rubin(repeat, imputer, quick=False):
             intervals["complete cases"] = single_interval(*coefficient(X[keep]), level=LEVEL)
         else:
             if imputer == "IVCNFImputer":
-                model = _imputer(imputer, repeat, quick)
+                model = _build_imputer(imputer, repeat, quick)
                 single = model.fit_transform(X_missing)
                 draws = model.sample_multiple_imputations(X_missing, m)
             elif imputer == "MICE":
@@ -124,9 +127,12 @@ def rubin(repeat, imputer, quick=False):
                 raise ValueError(f"no Rubin's-rules route for {imputer!r}")
             intervals["single"] = single_interval(*coefficient(single), level=LEVEL)
             fits = [coefficient(d) for d in draws]
-            intervals["multiple"] = rubin_interval([f[0] for f in fits], [f[1] ** 2 for f in fits], fits[0][2], LEVEL)
+            # Barnard and Rubin's degrees of freedom: the complete-data fit has n - 3 of them
+            pooled = pool_estimates([f[0] for f in fits], [f[1] ** 2 for f in fits], dof_complete=fits[0][2],
+                                    level=LEVEL)
+            intervals["multiple"] = (pooled.estimate, pooled.low, pooled.high)
     except Exception as exc:
-        return _failed(record, exc)
+        return _crashed(record, exc)
     record["status"] = "ok"
     record["intervals"] = {k: [float(v) for v in iv] for k, iv in intervals.items()}
     return record
@@ -147,20 +153,20 @@ def digits_protocol(rate, imputer, seed=0, quick=False):
     rng = np.random.default_rng([seed, int(rate * 100)])
     m_train, m_test = masks.mcar(X_train, rate, rng), masks.mcar(X_test, rate, rng)
     train_missing, test_missing = np.where(m_train, np.nan, X_train), np.where(m_test, np.nan, X_test)
-    record = {"rate": rate, "imputer": imputer, "seed": seed, "inductive": peers.inductive(imputer)}
+    inductive = peers.PEERS[imputer].inductive
+    record = {"rate": rate, "imputer": imputer, "seed": seed, "inductive": inductive}
     try:
-        model = _imputer(imputer, seed, quick)
+        model = _build_imputer(imputer, seed, quick)
 
         def fit_and_apply(train, test):
             train_out = model.fit_transform(train)
             # transductive peers impute the test rows from the test rows alone
-            test_out = model.transform(test) if peers.inductive(imputer) else _imputer(imputer, seed, quick) \
-                .fit_transform(test)
+            test_out = model.transform(test) if inductive else _build_imputer(imputer, seed, quick).fit_transform(test)
             return train_out, test_out
 
         (train_out, test_out), seconds, memory, kinds = timed(fit_and_apply, train_missing, test_missing)
     except Exception as exc:
-        return _failed(record, exc)
+        return _crashed(record, exc)
     problems = check_output(test_missing, test_out, m_test, is_mean=imputer == "mean")
     clf = LogisticRegression(max_iter=2000).fit(train_out, y_train)
     record.update(status="failed: " + "; ".join(problems) if problems else "ok", seconds=seconds, peak_mib=memory,
@@ -187,18 +193,18 @@ def completion(quick=False, n_rows=200, n_reflections=8, steps=500, figure=None)
     X_train, X_test, _, _ = digits_split(quick)
     X_test = X_test[: 40 if quick else n_rows]
     gen = torch.Generator().manual_seed(0)
-    model = _imputer("IVCNFImputer", 0, quick)
+    model = _build_imputer("IVCNFImputer", 0, quick)
     (_, seconds_fit, _, _) = timed(model.fit, X_train)
     mask = np.broadcast_to(SQUARE.ravel(), X_test.shape)
     cols = model.modelled_features_
-    z = torch.as_tensor(model.scaler_.transform(X_test[:, cols]), dtype=torch.float32)
+    z = torch.as_tensor((X_test[:, cols] - model.center_) / model.scale_, dtype=torch.float32)
     hidden = torch.as_tensor(mask[:, cols].copy())
     y = torch.where(hidden, 0.0, z)
     flow = model.flow_
 
     def to_pixels(values):
         out = X_test.copy()
-        full = model.scaler_.inverse_transform(values.detach().double().numpy())
+        full = values.detach().double().numpy() * model.scale_ + model.center_
         block = out[:, cols]
         block[mask[:, cols]] = full[mask[:, cols]]
         out[:, cols] = block
@@ -266,16 +272,16 @@ def scaling(imputer, n_rows, n_columns, quick=False, max_epochs=None):
     X_missing = np.where(mask, np.nan, X)
     record = {"imputer": imputer, "rows": n_rows, "columns": n_columns, "max_epochs": max_epochs}
     try:
-        model = _imputer(imputer, 0, quick)
+        model = _build_imputer(imputer, 0, quick)
         if max_epochs is not None:
             model.set_params(max_epochs=max_epochs, early_stopping=False)
         _, fit_seconds, fit_memory, kinds = timed(model.fit, X_missing)
         out, transform_seconds, transform_memory, kinds2 = timed(model.transform, X_missing)
     except Exception as exc:
-        return _failed(record, exc)
+        return _crashed(record, exc)
     record.update(status="ok", fit_seconds=fit_seconds, transform_seconds=transform_seconds,
                   peak_mib=max(fit_memory, transform_memory), rmse=rmse(X, out, mask),
                   oracle_rmse=rmse(X, ds.law.oracle_mean(X_missing), mask), warnings=sorted(set(kinds + kinds2)))
     if imputer == "IVCNFImputer":
-        record["epochs"] = len(model.history_.elbo)
+        record["epochs"] = len(model.history_.train_loss)
     return record

@@ -10,18 +10,16 @@ Three figures are saved to ``<out>/`` (their paths are printed):
    of ``sample_multiple_imputations`` (which should look like the observed values when the
    data are missing completely at random, as here). The true values of the removed entries,
    known in this experiment only, are drawn as a black outline.
-2. ``diagnostics_training.png``: the training curve from ``imputer.history_``: the bound
-   per row on the training rows (``elbo``) and the held-out criterion that early stopping
-   monitors (``validation``; see the ``early_stopping`` parameter for what it measures) per
-   epoch, and the epoch whose weights were kept (``best_epoch``).
+2. ``diagnostics_training.png``: the training curve from ``imputer.history_``: the loss
+   per row on the training rows (``train_loss``, minus the bound) and the held-out loss that
+   early stopping monitors (``validation_loss``; see the ``early_stopping`` parameter for what
+   it measures) per epoch, and the epoch whose weights were kept (``best_epoch``).
 3. ``diagnostics_solver.png`` (and a printed table): what the constraint solver did for the
-   conditional draws behind ``transform``, drawn again here with the torch-level API,
-   ``skivcnf.conditional.sample_conditional(imputer.flow_, z, hidden, params, ...)``, from
-   the imputer's own scaler, inference network and solver setting: the share of converged
-   draws, the Newton iterations per draw (``draws.n_iter``), which solver finished each
-   draw (``draws.method``, an index into ``skivcnf.conditional.SOLVERS``), and the
-   effective sample size (ESS) of each row's importance weights
-   (``skivcnf.conditional.self_normalized_weights``), against its number of missing entries.
+   conditional draws behind ``transform``, drawn again with ``imputer.conditional_draws``:
+   the share of converged draws, the Newton iterations per draw (``draws.n_iter``), which
+   solver finished each draw (``draws.method``, an index into
+   ``skivcnf.conditional.SOLVERS``), and the effective sample size (ESS) of each row's
+   importance weights (``draws.ess``), against its number of missing entries.
 
 The imputer is small (3 blocks of width (32, 32)), trained for at most 40 epochs (early
 stopping on; it may stop sooner), and draws ``n_draws=32`` completions per row. Takes under a
@@ -38,12 +36,11 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-import torch
 from sklearn.datasets import load_breast_cancer
 from sklearn.exceptions import ConvergenceWarning
 
 from skivcnf import IVCNFImputer
-from skivcnf.conditional import SOLVERS, sample_conditional, self_normalized_weights
+from skivcnf.conditional import SOLVERS
 from skivcnf.exceptions import ConstraintWarning
 
 matplotlib.use("Agg")  # write files only, no display needed
@@ -60,33 +57,12 @@ def parse_args():
     return parser.parse_args()
 
 
-def conditional_draws(imputer, X, n_samples, seed=0):
-    """Draws of every row's missing entries, as ``transform`` makes them (batch by batch).
-
-    Mirrors the imputer's private ``_draws``: the modelled columns of ``X`` standardised by
-    ``imputer.scaler_``, the hidden mask, the amortised posterior's parameters from
-    ``imputer.posterior_`` (rows with missing entries set to 0), then ``sample_conditional``.
-    (With ``refinement_steps > 0`` the imputer would refine the posterior first; not here.)
-    Returns the concatenated ``n_iter``, ``method``, ``converged`` (each (n_samples, n_rows)),
-    the ESS per row and the hidden mask.
-    """
-    device = next(imputer.flow_.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    columns = X[:, imputer.modelled_features_]
-    parts = {"n_iter": [], "method": [], "converged": [], "ess": [], "hidden": []}
-    for start in range(0, len(X), imputer.batch_size):
-        z = torch.as_tensor(imputer.scaler_.transform(columns[start:start + imputer.batch_size]),
-                            dtype=torch.float32, device=device)
-        hidden = torch.isnan(z)
-        with torch.no_grad():
-            params = imputer.posterior_(torch.where(hidden, 0.0, z), hidden)
-        draws = sample_conditional(imputer.flow_, z, hidden, params, n_samples=n_samples, generator=generator,
-                                   solver=imputer.solver)
-        _, ess = self_normalized_weights(draws.log_weight)
-        for key, value in (("n_iter", draws.n_iter), ("method", draws.method), ("converged", draws.converged),
-                           ("ess", ess), ("hidden", hidden)):
-            parts[key].append(value.cpu().numpy())
-    return {key: np.concatenate(value, axis=0 if key in ("ess", "hidden") else 1) for key, value in parts.items()}
+def solver_statistics(imputer, X_missing, n_draws):
+    """What the solver did for each draw: ``imputer.conditional_draws`` and the hidden mask of the modelled columns."""
+    draws = imputer.conditional_draws(X_missing, n_draws)
+    hidden = np.isnan(X_missing)[:, imputer.modelled_features_]
+    return {"n_iter": draws.n_iter, "method": draws.method, "converged": draws.converged, "ess": draws.ess,
+            "hidden": hidden}
 
 
 def plot_distributions(X, X_missing, point, draw, names, path):
@@ -112,19 +88,19 @@ def plot_distributions(X, X_missing, point, draw, names, path):
 
 
 def plot_training(history, path):
-    """Training bound and held-out criterion per epoch, side by side (they are on different scales)."""
+    """Training and held-out losses per epoch, side by side (they are on different scales)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
-    epochs = np.arange(1, len(history.elbo) + 1)
-    axes[0].plot(epochs, history.elbo, "o-", ms=3, color="tab:blue")
-    axes[0].set_ylabel("bound per row (nats, standardised scale)")
-    axes[0].set_title("training rows: history_.elbo", fontsize=10)
-    if history.validation:
-        axes[1].plot(epochs[:len(history.validation)], history.validation, "s-", ms=3, color="tab:orange")
+    epochs = np.arange(1, len(history.train_loss) + 1)
+    axes[0].plot(epochs, history.train_loss, "o-", ms=3, color="tab:blue")
+    axes[0].set_ylabel("minus the bound per row (nats, standardised scale)")
+    axes[0].set_title("training rows: history_.train_loss", fontsize=10)
+    if history.validation_loss:
+        axes[1].plot(epochs[:len(history.validation_loss)], history.validation_loss, "s-", ms=3, color="tab:orange")
     else:
         axes[1].text(0.5, 0.5, "no held-out rows\n(early stopping off)", ha="center", va="center",
                      transform=axes[1].transAxes)
-    axes[1].set_ylabel("held-out criterion (higher is better)")
-    axes[1].set_title("held-out rows: history_.validation (what early stopping monitors)", fontsize=10)
+    axes[1].set_ylabel("held-out loss (lower is better)")
+    axes[1].set_title("held-out rows: history_.validation_loss (what early stopping monitors)", fontsize=10)
     for ax in axes:
         if history.best_epoch >= 0:
             ax.axvline(history.best_epoch + 1, color="k", ls="--", lw=1, label=f"best epoch ({history.best_epoch + 1})")
@@ -180,10 +156,11 @@ def main():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported below from history_ instead
         imputer.fit(X_missing)
     history = imputer.history_
-    held_out = f"{history.validation[history.best_epoch]:.3f}" if history.validation else "n/a"
-    print(f"fit: {time.perf_counter() - start:.1f} s, {len(history.elbo)} epochs, best epoch {history.best_epoch + 1}, "
-          f"early stopping {'fired' if history.converged else 'did not fire (max_epochs reached)'}; "
-          f"held-out criterion (history_.validation) at best epoch {held_out}; "
+    held_out = f"{history.validation_loss[history.best_epoch]:.3f}" if history.validation_loss else "n/a"
+    print(f"fit: {time.perf_counter() - start:.1f} s, {len(history.train_loss)} epochs, "
+          f"best epoch {history.best_epoch + 1}, "
+          f"early stopping {'fired' if history.stopped_early else 'did not fire (max_epochs reached)'}; "
+          f"held-out loss (history_.validation_loss) at best epoch {held_out}; "
           f"{history.n_unsolved_draws} unsolved training draws, {history.n_skipped_steps} skipped steps")
 
     start = time.perf_counter()
@@ -207,7 +184,7 @@ def main():
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConstraintWarning)  # unsolved draws are counted below
-        stats = conditional_draws(imputer, X_missing, N_DRAWS)
+        stats = solver_statistics(imputer, X_missing, N_DRAWS)
     seconds = time.perf_counter() - start
     hidden_rows = stats["hidden"].any(axis=1)
     converged, n_iter = stats["converged"][:, hidden_rows], stats["n_iter"][:, hidden_rows]

@@ -77,7 +77,7 @@ def main():
         print(f"fitted {name:<21} in {time.perf_counter() - start:6.1f} s")
     ivcnf = imputers["IVCNFImputer"]
     print(f"  IVCNF models {int(ivcnf.modelled_features_.sum())} of 64 pixels (the others are constant in the "
-          f"training images); final training bound {ivcnf.history_.elbo[-1]:.2f} nats per image")
+          f"training images); final training bound {-ivcnf.history_.train_loss[-1]:.2f} nats per image")
 
     shown = {}  # missing rate -> (incomplete images, {name: completed images}) for the figure
     print(f"\nRMSE on the removed pixels of {len(test)} test images (pixel scale [0, 1]):")

@@ -10,11 +10,12 @@ predictors (with an intercept), and above all its 90% confidence intervals.
   complete data (classical standard errors ``sigma^2 (X^T X)^-1``, t with n - k dof).
 * Multiple imputation: m = 20 completed copies from
   ``imputer.sample_multiple_imputations(table, 20)`` (an array of shape (m, n, p)), OLS on
-  each, pooled by Rubin's rules: Q-bar (mean of the estimates), W (mean of the squared
-  standard errors), B (variance of the estimates across copies), T = W + (1 + 1/m) B,
-  Rubin's degrees of freedom nu = (m - 1) (1 + W / ((1 + 1/m) B))^2, intervals
-  Q-bar +- t_{nu, 0.95} sqrt(T). (docs/multiple_imputation.rst also shows Barnard and
-  Rubin's small-sample dof; with n = 442 the two hardly differ.)
+  each, pooled by Rubin's rules with ``skivcnf.pooling.pool_estimates``: Q-bar (mean of
+  the estimates), W (mean of the squared standard errors), B (variance of the estimates
+  across copies), T = W + (1 + 1/m) B, intervals Q-bar +- t_{nu, 0.95} sqrt(T) with
+  Rubin's (1987) degrees of freedom nu = (m - 1) (1 + W / ((1 + 1/m) B))^2 (no
+  ``dof_complete`` given; passing the regression's n - k would give Barnard and Rubin's
+  small-sample dof, which with n = 442 hardly differ).
 
 As docs/multiple_imputation.rst advises, the outcome is part of the imputed table (its last
 column) so that the imputations of the predictors depend on it; it is never missing, so
@@ -42,6 +43,7 @@ from sklearn.datasets import load_diabetes
 from sklearn.exceptions import ConvergenceWarning
 
 from skivcnf import IVCNFImputer
+from skivcnf.pooling import pool_estimates
 
 matplotlib.use("Agg")  # write files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -63,20 +65,6 @@ def ols(X, y):
 def t_interval(estimate, std_error, dof, level=LEVEL):
     half = stats.t.ppf(0.5 + level / 2, dof) * std_error
     return estimate - half, estimate + half
-
-
-def rubin_pool(estimates, std_errors, level=LEVEL):
-    """Rubin's rules; the rows of ``estimates`` and ``std_errors`` are the m imputations."""
-    Q, U = np.asarray(estimates), np.asarray(std_errors) ** 2
-    m = len(Q)
-    q_bar = Q.mean(axis=0)  # pooled estimate
-    W = U.mean(axis=0)  # within-imputation variance
-    B = Q.var(axis=0, ddof=1)  # between-imputation variance
-    T = W + (1 + 1 / m) * B  # total variance
-    nu = (m - 1) * (1 + W / ((1 + 1 / m) * B)) ** 2  # Rubin (1987) degrees of freedom
-    fmi = (1 + 1 / m) * B / T  # share of the variance due to the missing values (lambda)
-    low, high = t_interval(q_bar, np.sqrt(T), nu, level)
-    return dict(estimate=q_bar, std_error=np.sqrt(T), low=low, high=high, W=W, B=B, dof=nu, fmi=fmi)
 
 
 def parse_args():
@@ -105,8 +93,9 @@ def main():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported below from history_ instead
         imputer.fit(table)
     history = imputer.history_
-    print(f"imputer fitted in {time.perf_counter() - start:.1f} s: {len(history.elbo)} epochs, best epoch "
-          f"{history.best_epoch + 1}, early stopping {'fired' if history.converged else 'did not fire (max_epochs)'}")
+    stopping = "fired" if history.stopped_early else "did not fire (max_epochs)"
+    print(f"imputer fitted in {time.perf_counter() - start:.1f} s: {len(history.train_loss)} epochs, best epoch "
+          f"{history.best_epoch + 1}, early stopping {stopping}")
 
     # (a) complete data, the reference.
     beta_full, se_full, dof_full = ols(X_full, y)
@@ -126,7 +115,8 @@ def main():
     print(f"{N_IMPUTATIONS} imputations (sample_multiple_imputations), array of shape {copies.shape}: "
           f"{time.perf_counter() - start:.1f} s")
     fits = [ols(c[:, :-1], c[:, -1]) for c in copies]
-    pooled = rubin_pool([f[0] for f in fits], [f[1] for f in fits])
+    # variances are the squared standard errors; no dof_complete: Rubin's (1987) degrees of freedom
+    pooled = pool_estimates([f[0] for f in fits], [f[1] ** 2 for f in fits], level=LEVEL)
 
     scale = X_full.std(axis=0)
     mask = np.isnan(X_missing)
@@ -149,19 +139,19 @@ def main():
           f"{'estimate (se)':>22} {'ratio':>5} {'':>5} {'':>6}")
     print("-" * len(header))
     ratio_single = (high_single - low_single) / (high_full - low_full)
-    ratio_pooled = (pooled["high"] - pooled["low"]) / (high_full - low_full)
+    ratio_pooled = (pooled.high - pooled.low) / (high_full - low_full)
     for j, name in enumerate(names):
         print(f"{name:<11} | {beta_full[j]:>13.1f} ({se_full[j]:6.1f}) | "
               f"{beta_single[j]:>13.1f} ({se_single[j]:6.1f}) {ratio_single[j]:5.2f} | "
-              f"{pooled['estimate'][j]:>13.1f} ({pooled['std_error'][j]:6.1f}) {ratio_pooled[j]:5.2f} "
-              f"{pooled['fmi'][j]:5.2f} {pooled['dof'][j]:6.0f}")
+              f"{pooled.estimate[j]:>13.1f} ({pooled.std_error[j]:6.1f}) {ratio_pooled[j]:5.2f} "
+              f"{pooled.missing_information[j]:5.2f} {pooled.dof[j]:6.0f}")
     covers_single = (low_single <= beta_full) & (beta_full <= high_single)
-    covers_pooled = (pooled["low"] <= beta_full) & (beta_full <= pooled["high"])
+    covers_pooled = (pooled.low <= beta_full) & (beta_full <= pooled.high)
     print(f"\nintervals containing the complete-data estimate: single imputation {covers_single.sum()}/{len(names)}, "
           f"Rubin-pooled {covers_pooled.sum()}/{len(names)}")
     print("(one masking of one sample: an illustration, not a coverage study; see docs/multiple_imputation.rst)")
     print(f"mean standard error relative to complete data: single imputation {np.mean(se_single / se_full):.2f}, "
-          f"Rubin-pooled {np.mean(pooled['std_error'] / se_full):.2f}")
+          f"Rubin-pooled {np.mean(pooled.std_error / se_full):.2f}")
 
     # Figure: estimates with 90% intervals, one row per coefficient, three methods side by side.
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
@@ -169,7 +159,7 @@ def main():
     methods = [
         ("complete data (reference)", beta_full, low_full, high_full, "k"),
         ("single imputation, as if complete", beta_single, low_single, high_single, "tab:orange"),
-        (f"Rubin-pooled, m = {N_IMPUTATIONS}", pooled["estimate"], pooled["low"], pooled["high"], "tab:blue"),
+        (f"Rubin-pooled, m = {N_IMPUTATIONS}", pooled.estimate, pooled.low, pooled.high, "tab:blue"),
     ]
     for k, (label, estimate, low, high, color) in enumerate(methods):
         offset = 0.22 * (1 - k)

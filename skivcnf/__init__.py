@@ -1,7 +1,8 @@
 """skivcnf: conditional sampling and imputation with invertible residual flows (IVCNF)."""
 
+from ._base import ImputationDraws
 from .imputer import IVCNFImputer
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["IVCNFImputer", "__version__"]
+__all__ = ["IVCNFImputer", "ImputationDraws", "__version__"]

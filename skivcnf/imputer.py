@@ -1,70 +1,48 @@
-"""IVCNFImputer: a scikit-learn imputer that samples missing entries from a residual flow."""
+"""IVCNFImputer: a scikit-learn imputer that samples missing entries from a residual flow.
 
-import copy
-import json
-import math
-import os
+The estimator holds its parameters and the imputation algorithm. The plumbing it shares with
+any flow imputer (validation, column layout, indicator, output containers, persistence) is in
+:class:`skivcnf._base.BaseFlowImputer`; everything it does with the flow goes through
+:mod:`skivcnf.conditional`.
+"""
+
 import warnings
-from dataclasses import asdict
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.impute import MissingIndicator
-from sklearn.preprocessing import StandardScaler
-from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, MissingValues, StrOptions
-from sklearn.utils._set_output import _get_output_config, _wrap_data_with_container
-from sklearn.utils.validation import FLOAT_DTYPES, _check_feature_names_in, check_is_fitted, validate_data
 
+from ._base import BaseFlowImputer, ImputationDraws, mean_where_unsolved, warn_unsolved
+from ._sklearn_compat import Interval, StrOptions, fit_context
 from .conditional import (
     GaussianPosterior,
     InferenceNetwork,
-    PosteriorFitHistory,
     conditional_mean,
+    draw_weights,
     fit_inference_network,
     fit_posterior,
-    importance_weighted_bound,
+    importance_resample,
+    masked_bound,
     sample_conditional,
-    self_normalized_weights,
 )
 from .exceptions import ConstraintWarning
 from .flows import EXACT_LOGDET_MAX_FEATURES, ResidualFlow
 
-_SAVE_FORMAT = "skivcnf.IVCNFImputer"
-_SAVE_VERSION = 1
-
 __all__ = ["IVCNFImputer"]
 
-
-def _resolve_device(device):
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available.")
-    return resolved
+#: Early stopping holds rows out only when at least this many are held out...
+MIN_VALIDATION_ROWS = 2
+#: ...and at least this many remain to train on (below, the whole table trains).
+MIN_TRAINING_ROWS = 18
+#: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
+REFINEMENT_DRAWS = 8
+#: ``sample_multiple_imputations`` resamples each row's copies from at least this many
+#: proposals per copy (and at least ``n_draws``), so that copies rarely repeat a proposal.
+PROPOSALS_PER_IMPUTATION = 4
 
 
-def _warn_unsolved(n_failed, n_rows, where):
-    """One ConstraintWarning for rows none of whose draws was solved (they got the training means)."""
-    if n_failed:
-        warnings.warn(f"{n_failed} of {n_rows} rows had no draw whose constraint was solved; their missing "
-                      f"entries were filled with the training means{where}.", ConstraintWarning, stacklevel=3)
-
-
-def _missing_mask(X, missing_values):
-    if isinstance(missing_values, float) and math.isnan(missing_values) or missing_values is None:
-        return np.isnan(X)
-    return (X == missing_values) | np.isnan(X)
-
-
-class IVCNFImputer(TransformerMixin, BaseEstimator):
+class IVCNFImputer(BaseFlowImputer):
     """Impute missing values by conditional sampling from an invertible residual flow (IVCNF).
 
     ``fit`` trains a residual flow and an amortised Gaussian posterior jointly on the
@@ -92,15 +70,17 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         Draws per row and step when training on the bound.
     importance_weighting : bool, default=True
         Weight the draws by their exact importance weights (consistent conditional mean);
-        ``False`` takes their plain mean. Exact weights exist up to 100 modelled columns
-        (``EXACT_LOGDET_MAX_FEATURES``); wider tables get the plain mean.
+        ``False`` takes their plain mean. Exact weights exist up to
+        ``EXACT_LOGDET_MAX_FEATURES`` (100) modelled columns; wider tables get the plain mean.
     refinement_steps : int, default=0
         Adam steps of per-row posterior refinement before drawing at ``transform`` (the
         paper's post-training completion, 4.2.2): each row's Gaussian posterior starts
         from the amortised one and is fitted on the ELBO with the flow fixed. Costs about
-        ``refinement_steps`` training steps per batch; 0 uses the amortised posterior.
+        ``refinement_steps`` training steps per batch (``REFINEMENT_DRAWS`` draws each);
+        0 uses the amortised posterior.
     objective : {"elbo", "iwae"}, default="iwae"
-        Training bound: the ELBO or the importance-weighted bound.
+        Training bound: the ELBO or the importance-weighted bound (which needs the values
+        of the log-weights, so ``logdet="exact"``).
     solver : {"auto", "newton", "newton_krylov", "fixed_point"}, default="auto"
         Solver of the equality constraint (see :func:`skivcnf.conditional.solve_constraint`).
     logdet : {"exact", "clade", "nlade"}, default="exact"
@@ -113,16 +93,15 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
     learning_rate : float, default=2e-3
         Adam's step size for the flow and the inference network.
     validation_fraction : float, default=0.1
-        Rows held out for early stopping (with at least 2 rows each side); ignored when
-        ``early_stopping=False``.
+        Rows held out for early stopping; ignored when ``early_stopping=False``.
     early_stopping : bool, default=True
-        Hold out ``validation_fraction`` of the rows (when that is at least 2 rows and 18
-        remain) and stop when the median of their bounds has not improved for
-        ``n_iter_no_change`` epochs, keeping the best weights (``history_.validation``).
-        A ``ConvergenceWarning`` says when ``max_epochs`` ended training first. On small
-        tables the held-out bound can peak before the imputations stop improving
-        (breast cancer, one mask: RMSE 0.383 early-stopped, 0.349 after 60 epochs);
-        ``early_stopping=False`` with a fixed ``max_epochs`` is then worth a try.
+        Hold out ``validation_fraction`` of the rows (when that is at least
+        ``MIN_VALIDATION_ROWS`` rows and ``MIN_TRAINING_ROWS`` remain) and stop when the
+        median of their bounds has not improved for ``n_iter_no_change`` epochs, keeping
+        the best weights (``history_.validation_loss`` holds minus that median). A
+        ``ConvergenceWarning`` says when ``max_epochs`` ended training first. On small
+        tables the held-out bound can peak before the imputations stop improving (see the
+        user guide); ``early_stopping=False`` with a fixed ``max_epochs`` is then worth a try.
     n_iter_no_change : int, default=8
         Epochs without improvement of the held-out bound before stopping.
     missing_values : float, int or None, default=np.nan
@@ -140,9 +119,21 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    flow_ : ResidualFlow
-    posterior_ : InferenceNetwork
-    history_ : PosteriorFitHistory
+    flow_ : ResidualFlow or None
+        The flow on the standardised modelled columns (None when no column is modelled).
+    posterior_ : InferenceNetwork or None
+        The amortised posterior.
+    history_ : TrainingHistory or None
+        Losses (minus the bound per row) per epoch, held-out losses, steps, timings.
+    modelled_features_ : ndarray of bool (n_features,)
+        Columns the flow models: neither empty nor constant at ``fit``.
+    empty_features_ : ndarray of bool (n_features,)
+        Columns entirely missing at ``fit``.
+    constant_values_ : ndarray (n_features,)
+        Value of each constant column (0 elsewhere), used to fill it.
+    center_, scale_ : ndarray (n_modelled,)
+        Observed mean and standard deviation of each modelled column: the flow sees
+        ``(X - center_) / scale_``.
     n_features_in_ : int
     feature_names_in_ : ndarray of str
     indicator_ : MissingIndicator or None
@@ -159,6 +150,7 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
+        **BaseFlowImputer._parameter_constraints,
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
         "hidden_layer_sizes": [tuple, list],
         "lipschitz_coeff": [Interval(Real, 0, 1, closed="neither")],
@@ -176,12 +168,6 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "early_stopping": ["boolean"],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "missing_values": [MissingValues()],
-        "add_indicator": ["boolean"],
-        "keep_empty_features": ["boolean"],
-        "device": [str],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(self, *, n_blocks=4, hidden_layer_sizes=(64, 64), lipschitz_coeff=0.9, n_reflections=0,
@@ -214,17 +200,22 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    # ------------------------------------------------------------------ validation
-    def _validate(self, X, reset):
-        # NaN always means missing (whatever missing_values is); infinities are refused.
-        return validate_data(self, X, reset=reset, dtype=FLOAT_DTYPES, copy=True, ensure_all_finite="allow-nan",
-                             ensure_min_samples=2 if reset else 1)
-
-    def _seed_from_random_state(self):
-        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-
     # ------------------------------------------------------------------ fitting
-    @_fit_context(prefer_skip_nested_validation=True)
+    def _check_parameter_pairs(self):
+        """Settings that cannot work together fail here, before any training."""
+        if self.objective == "iwae" and self.logdet != "exact":
+            raise ValueError(f"objective='iwae' needs the values of the log-weights, which logdet={self.logdet!r} "
+                             "does not give (its values are gradient surrogates): use logdet='exact' with "
+                             "objective='iwae', or objective='elbo' with logdet='clade' or 'nlade'.")
+
+    def _build_modules(self, features, generator=None):
+        """The flow and the amortised posterior for ``features`` modelled columns (fit, load, unpickling)."""
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        flow = ResidualFlow(features, n_blocks=self.n_blocks, hidden_features=tuple(self.hidden_layer_sizes),
+                            lipschitz_coeff=self.lipschitz_coeff, generator=generator)
+        return flow, InferenceNetwork(features, n_reflections=self.n_reflections, generator=generator)
+
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Train the flow and the amortised posterior on the incomplete rows of ``X``.
 
@@ -239,104 +230,72 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         -------
         self : IVCNFImputer
         """
-        X = self._validate(X, reset=True)
-        mask = _missing_mask(X, self.missing_values)
-        X[mask] = np.nan
-        self.indicator_ = MissingIndicator(missing_values=np.nan, error_on_new=False).fit(X) \
-            if self.add_indicator else None
-        empty = mask.all(axis=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled below
-            spread = np.nanstd(X, axis=0)
-            center = np.nanmean(X, axis=0)
-        constant = ~empty & (spread == 0)
-        self.empty_features_ = empty
-        self.constant_values_ = np.where(constant, center, 0.0)
-        self.modelled_features_ = ~(empty | constant)
-        self._device = _resolve_device(self.device)
-        seed = self._seed_from_random_state()
-        generator = torch.Generator(device=self._device).manual_seed(seed)
-        cpu_generator = torch.Generator().manual_seed(seed)
-        d = int(self.modelled_features_.sum())
+        self._check_parameter_pairs()
+        X, _, mask = self._validate_input(X, reset=True)
+        layout = self._fit_layout(X, mask)
         self.flow_, self.posterior_, self.history_ = None, None, None
+        d = layout.n_modelled
         if d == 0:
             return self
         if self.logdet == "exact" and d > EXACT_LOGDET_MAX_FEATURES:
             raise ValueError(f"logdet='exact' supports up to {EXACT_LOGDET_MAX_FEATURES} modelled columns, got {d}; "
                              "use logdet='clade' (or 'nlade') with objective='elbo' for wider tables.")
-        columns = X[:, self.modelled_features_]
-        self.scaler_ = StandardScaler().fit(columns)
-        z = torch.as_tensor(self.scaler_.transform(columns), dtype=torch.float32)
+        z = torch.as_tensor(layout.standardise(X), dtype=torch.float32)
         hidden = torch.isnan(z)
-        self.flow_ = ResidualFlow(d, n_blocks=self.n_blocks, hidden_features=tuple(self.hidden_layer_sizes),
-                                  lipschitz_coeff=self.lipschitz_coeff, generator=cpu_generator)
-        # (_build_flow rebuilds this architecture when unpickling.)
-        self.posterior_ = InferenceNetwork(d, n_reflections=self.n_reflections, generator=cpu_generator)
+        self.flow_, self.posterior_ = self._build_modules(d, self._streams.generator("fit"))
         self.flow_.initialize(torch.where(hidden, 0.0, z))
         self.flow_.to(self._device)
         self.posterior_.to(self._device)
         z, hidden = z.to(self._device), hidden.to(self._device)
-        n_val = int(self.validation_fraction * len(z))
-        # Early stopping needs a held-out split of at least 2 rows and 18 rows to train on.
-        val = self.validation_fraction if self.early_stopping and n_val >= 2 and len(z) - n_val >= 18 else 0.0
+        n_held_out = int(self.validation_fraction * len(z))
+        holds_out = (self.early_stopping and n_held_out >= MIN_VALIDATION_ROWS
+                     and len(z) - n_held_out >= MIN_TRAINING_ROWS)
         self.history_ = fit_inference_network(
             self.flow_, z, hidden, self.posterior_, max_epochs=self.max_epochs, batch_size=self.batch_size,
             lr=self.learning_rate, n_samples=self.n_train_draws, logdet=self.logdet, solver=self.solver,
-            objective=self.objective, train_flow=True, validation_fraction=val, monitor="bound",
-            patience=self.n_iter_no_change, generator=generator, verbose=bool(self.verbose))
-        self._seed = seed
-        if val and not self.history_.converged:
+            objective=self.objective, train_flow=True, validation_fraction=self.validation_fraction if holds_out
+            else 0.0, monitor="bound", patience=self.n_iter_no_change,
+            generator=self._streams.generator("fit", self._device), verbose=bool(self.verbose))
+        if holds_out and not self.history_.stopped_early:
             warnings.warn(
                 f"Training stopped at max_epochs={self.max_epochs} while the held-out bound was still "
                 f"improving (best epoch {self.history_.best_epoch + 1}); raise max_epochs for a better fit.",
                 ConvergenceWarning, stacklevel=3)
         return self
 
-    # ------------------------------------------------------------------ imputing
-    def _draws(self, X, n_samples, generator):
-        """Scaled rows, their mask and the conditional draws of the modelled columns."""
-        columns = X[:, self.modelled_features_]
-        z = torch.as_tensor(self.scaler_.transform(columns), dtype=torch.float32, device=self._device)
-        hidden = torch.isnan(z)
-        with torch.no_grad():
-            params = self.posterior_(torch.where(hidden, 0.0, z), hidden)
-        if self.refinement_steps:
-            posterior = GaussianPosterior(len(z), z.shape[1], n_reflections=self.n_reflections, init=params)
-            fit_posterior(self.flow_, torch.where(hidden, 0.0, z), hidden, posterior, n_samples=8,
-                          max_steps=self.refinement_steps, solver=self.solver, generator=generator)
+    # ------------------------------------------------------------------ conditional draws
+    def _iter_draws(self, X, n_draws, generator):
+        """Conditional draws of each batch of rows of ``X`` (NaN = missing), on the flow's scale.
+
+        The one batch loop of ``transform``, ``sample_multiple_imputations``,
+        ``score_samples`` and ``conditional_draws``: memory grows with ``batch_size *
+        n_draws``, never with the number of rows.
+        """
+        standardised = self._layout().standardise(X)
+        for start in range(0, len(X), self.batch_size):
+            z = torch.as_tensor(standardised[start:start + self.batch_size], dtype=torch.float32,
+                                device=self._device)
+            hidden = torch.isnan(z)
             with torch.no_grad():
-                params = posterior()
-        draws = sample_conditional(self.flow_, z, hidden, params, n_samples=n_samples, generator=generator,
-                                   solver=self.solver)
-        return z, hidden, draws
+                params = self.posterior_(torch.where(hidden, 0.0, z), hidden)
+            if self.refinement_steps:
+                posterior = GaussianPosterior(len(z), z.shape[1], n_reflections=self.n_reflections, init=params)
+                fit_posterior(self.flow_, torch.where(hidden, 0.0, z), hidden, posterior, n_samples=REFINEMENT_DRAWS,
+                              max_steps=self.refinement_steps, solver=self.solver, generator=generator)
+                with torch.no_grad():
+                    params = posterior()
+            yield sample_conditional(self.flow_, z, hidden, params, n_samples=n_draws, generator=generator,
+                                     solver=self.solver)
 
-    def _complete(self, X, mask, modelled_values):
-        """Fill the missing entries of ``X``; observed entries are left untouched."""
-        out = X.copy()
-        if modelled_values is not None:
-            block = out[:, self.modelled_features_]
-            m = mask[:, self.modelled_features_]
-            block[m] = modelled_values[m]
-            out[:, self.modelled_features_] = block
-        const = ~self.modelled_features_ & ~self.empty_features_
-        out[:, const] = np.where(mask[:, const], self.constant_values_[const], out[:, const])
-        if self.keep_empty_features:
-            out[:, self.empty_features_] = np.where(mask[:, self.empty_features_], 0.0,
-                                                    out[:, self.empty_features_])
-        else:
-            out = out[:, ~self.empty_features_]
-        return out
-
-    def _prepare(self, X):
-        check_is_fitted(self, "modelled_features_")
-        X = self._validate(X, reset=False)
-        mask = _missing_mask(X, self.missing_values)
-        original = X.copy()
-        X[mask] = np.nan
-        return X, original, mask
+    def _uses_weights(self, draws):
+        """Importance weighting, where the draws carry exact weights (up to 100 modelled columns)."""
+        return self.importance_weighting and draws.log_weight is not None
 
     def transform(self, X):
         """Impute every missing entry of ``X``; observed entries are returned unchanged.
+
+        Each row's missing entries are the importance-weighted mean of ``n_draws``
+        conditional draws.
 
         Parameters
         ----------
@@ -346,38 +305,26 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         -------
         X_imputed : ndarray of shape (n_samples, n_features_out)
         """
-        X, original, mask = self._prepare(X)
+        X, original, mask = self._validate_input(X, reset=False)
         values = None
-        if self.flow_ is not None and mask[:, self.modelled_features_].any():
-            generator = torch.Generator(device=self._device).manual_seed(self._seed + 1)
+        if self._has_hidden_modelled(mask):
             parts, n_failed = [], 0
-            for start in range(0, len(X), self.batch_size):
-                _, _, draws = self._draws(X[start:start + self.batch_size], self.n_draws, generator)
-                point, _ = conditional_mean(draws, weighted=self._weighted(draws))
-                # A row none of whose draws was solved gets the training mean (0 on this scale).
+            for draws in self._iter_draws(X, self.n_draws, self._streams.generator("transform", self._device)):
+                point, _ = conditional_mean(draws, weighted=self._uses_weights(draws))
                 failed = ~draws.converged.any(dim=0) | ~torch.isfinite(point).all(dim=1)
                 n_failed += int(failed.sum())
-                parts.append(torch.where(failed.unsqueeze(1), 0.0, point).cpu().double().numpy())
-            _warn_unsolved(n_failed, len(X), "")
-            values = self.scaler_.inverse_transform(np.concatenate(parts))
-        out = self._complete(original, mask, values)
-        return self._with_indicator(out, X)
-
-    def _weighted(self, draws):
-        """Importance weighting, where the draws carry exact weights (up to 100 modelled columns)."""
-        return self.importance_weighting and draws.log_weight is not None
-
-    def _with_indicator(self, out, X):
-        if self.indicator_ is None:
-            return out
-        return np.hstack([out, self.indicator_.transform(X)])
+                parts.append(mean_where_unsolved(point, failed))
+            warn_unsolved(n_failed, len(X))
+            values = np.concatenate(parts)
+        return self._completed(original, mask, values, X)
 
     def sample_multiple_imputations(self, X, n_imputations=5):
         """Draw ``n_imputations`` completed copies of ``X`` from the fitted conditional.
 
-        Each row's imputations are resampled by importance weight from ``max(n_draws,
-        4 * n_imputations)`` posterior draws (sampling-importance-resampling), so they
-        follow the flow's conditional rather than the variational posterior.
+        Each row's copies are resampled by importance weight from
+        ``max(n_draws, PROPOSALS_PER_IMPUTATION * n_imputations)`` posterior draws
+        (sampling-importance-resampling), so they follow the flow's conditional rather
+        than the variational posterior.
 
         Parameters
         ----------
@@ -393,57 +340,73 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
             iterate with ``frame.groupby(level="imputation")``.
         """
         X_in = X
-        if not isinstance(n_imputations, Integral) or n_imputations < 1:
-            raise ValueError(f"n_imputations must be a positive integer, got {n_imputations!r}.")
-        X, original, mask = self._prepare(X)
+        self._check_count("n_imputations", n_imputations)
+        X, original, mask = self._validate_input(X, reset=False)
+        copies = np.zeros((n_imputations, len(X), int(self.modelled_features_.sum())))
+        if self._has_hidden_modelled(mask):
+            generator = self._streams.generator("multiple_imputations", self._device)
+            n_proposals = max(self.n_draws, PROPOSALS_PER_IMPUTATION * n_imputations)
+            parts, n_failed = [], 0
+            for draws in self._iter_draws(X, n_proposals, generator):
+                picks = importance_resample(draws, n_imputations, generator, weighted=self._uses_weights(draws))
+                failed = ~draws.converged.any(dim=0)
+                n_failed += int(failed.sum())
+                parts.append(mean_where_unsolved(picks, failed))
+            warn_unsolved(n_failed, len(X), " in every imputation")
+            copies = np.concatenate(parts, axis=1)
+        fills = copies if self.flow_ is not None else [None] * n_imputations
+        return self._stack_in_output_container([self._completed(original, mask, f, X) for f in fills], X_in)
+
+    def conditional_draws(self, X, n_draws=None):
+        """Conditional draws of the rows of ``X``, with their weights and convergence.
+
+        What :meth:`transform` averages and :meth:`sample_multiple_imputations` resamples,
+        for diagnostics (effective sample sizes, spread of the draws, unsolved draws).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        n_draws : int, optional
+            Draws per row; ``n_draws`` of the estimator by default.
+
+        Returns
+        -------
+        ImputationDraws
+        """
+        n_draws = self.n_draws if n_draws is None else n_draws
+        self._check_count("n_draws", n_draws)
+        X, original, mask = self._validate_input(X, reset=False)
         n = len(X)
-        d = int(self.modelled_features_.sum())
-        values = np.zeros((n_imputations, n, d))
-        if self.flow_ is not None and mask[:, self.modelled_features_].any():
-            generator = torch.Generator(device=self._device).manual_seed(self._seed + 2)
-            n_proposals = max(self.n_draws, 4 * n_imputations)
-            n_failed = 0
-            for start in range(0, n, self.batch_size):
-                z, _, draws = self._draws(X[start:start + self.batch_size], n_proposals, generator)
-                solved = draws.converged.any(dim=0)
-                if self._weighted(draws):
-                    weights, _ = self_normalized_weights(draws.log_weight)
-                else:
-                    weights = draws.converged.to(z.dtype)
-                weights = torch.where(solved, weights, 1.0)  # rows with no solved draw: replaced below
-                picks = torch.multinomial(weights.T, n_imputations, replacement=True, generator=generator)
-                rows = torch.arange(len(z), device=z.device)
-                chosen = draws.samples[picks.T, rows]  # (n_imputations, batch, d)
-                chosen = torch.where(solved.unsqueeze(-1), chosen, 0.0)  # the training mean on this scale
-                n_failed += int((~solved).sum())
-                values[:, start:start + len(z)] = chosen.cpu().double().numpy()
-            _warn_unsolved(n_failed, n, " in every imputation")
-        outputs = []
-        for k in range(n_imputations):
-            modelled = self.scaler_.inverse_transform(values[k]) if self.flow_ is not None else None
-            outputs.append(self._with_indicator(self._complete(original, mask, modelled), X))
-        return self._stack_container(outputs, X_in)
-
-    def _stack_container(self, outputs, X_in):
-        """Stack completed copies in the container that ``transform`` returns (``set_output``)."""
-        container = _get_output_config("transform", self)["dense"]
-        if container == "default":
-            return np.stack(outputs)
-        frames = [_wrap_data_with_container("transform", out, X_in, self) for out in outputs]
-        if container == "pandas":
-            import pandas as pd
-
-            return pd.concat(frames, keys=range(len(frames)), names=["imputation", *frames[0].index.names])
-        import polars as pl
-
-        return pl.concat([f.insert_column(0, pl.Series("imputation", [k] * len(f))) for k, f in enumerate(frames)])
+        samples = np.zeros((n_draws, n, int(self.modelled_features_.sum())))
+        weights, ess = np.full((n_draws, n), 1.0 / n_draws), np.full(n, float(n_draws))
+        converged = np.ones((n_draws, n), dtype=bool)
+        n_iter, method = np.zeros((n_draws, n), dtype=np.int64), np.zeros((n_draws, n), dtype=np.int64)
+        if self._has_hidden_modelled(mask):
+            start, n_failed = 0, 0
+            for draws in self._iter_draws(X, n_draws, self._streams.generator("conditional_draws", self._device)):
+                rows = slice(start, start + draws.samples.shape[1])
+                failed = ~draws.converged.any(dim=0)
+                n_failed += int(failed.sum())
+                samples[:, rows] = mean_where_unsolved(draws.samples, failed)
+                w, e = draw_weights(draws, weighted=self._uses_weights(draws))
+                weights[:, rows], ess[rows] = w.cpu().double().numpy(), e.cpu().double().numpy()
+                converged[:, rows] = draws.converged.cpu().numpy()
+                n_iter[:, rows], method[:, rows] = draws.n_iter.cpu().numpy(), draws.method.cpu().numpy()
+                start = rows.stop
+            warn_unsolved(n_failed, n)
+        layout = self._layout()
+        fills = [layout.unstandardise(s) for s in samples] if self.flow_ is not None else [None] * n_draws
+        values = np.stack([layout.complete(original, mask, f, self.keep_empty_features) for f in fills])
+        return ImputationDraws(values, weights, ess, converged, n_iter, method)
 
     def score_samples(self, X):
         """Estimated log-likelihood of each row's observed entries, on the input's scale.
 
         The importance-weighted bound with ``n_draws`` draws: a lower bound on
         ``log p(x^O)`` in expectation, tight as ``n_draws`` grows. Constant and empty
-        features contribute nothing.
+        features contribute nothing. Draws whose constraint was not solved are left out,
+        as in training (:func:`~skivcnf.conditional.masked_bound`); a row with no solved
+        draw has no estimate: its score is NaN, with one ``ConstraintWarning``.
 
         Parameters
         ----------
@@ -453,20 +416,24 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_samples,)
         """
-        X, _, mask = self._prepare(X)
+        X, _, mask = self._validate_input(X, reset=False)
         if self.flow_ is None:
             return np.zeros(len(X))
         if int(self.modelled_features_.sum()) > EXACT_LOGDET_MAX_FEATURES:
             raise ValueError(f"score_samples needs exact importance weights, available up to "
                              f"{EXACT_LOGDET_MAX_FEATURES} modelled columns.")
-        generator = torch.Generator(device=self._device).manual_seed(self._seed + 3)
+        generator = self._streams.generator("score_samples", self._device)
         scores = []
-        for start in range(0, len(X), self.batch_size):
-            _, _, draws = self._draws(X[start:start + self.batch_size], self.n_draws, generator)
-            scores.append(importance_weighted_bound(draws.log_weight).cpu().double().numpy())
-        observed = ~mask[:, self.modelled_features_]
+        for draws in self._iter_draws(X, self.n_draws, generator):
+            bound, _ = masked_bound(draws, "iwae")
+            scores.append(torch.where(draws.converged.any(dim=0), bound, float("nan")).cpu().double().numpy())
+        scores = np.concatenate(scores)
+        n_unscored = int(np.isnan(scores).sum())
+        if n_unscored:
+            warnings.warn(f"{n_unscored} of {len(X)} rows had no draw whose constraint was solved; their "
+                          "score_samples are NaN.", ConstraintWarning, stacklevel=2)
         # Change of variables from the standardised scale back to the input's.
-        return np.concatenate(scores) - observed @ np.log(self.scaler_.scale_)
+        return scores - self._layout().observed_log_scale(mask)
 
     def score(self, X, y=None):
         """Mean of :meth:`score_samples`: the average log-likelihood of the observed entries.
@@ -485,157 +452,3 @@ class IVCNFImputer(TransformerMixin, BaseEstimator):
         score : float
         """
         return float(np.mean(self.score_samples(X)))
-
-    def get_feature_names_out(self, input_features=None):
-        """Output feature names (empty features dropped unless kept, indicators appended)."""
-        check_is_fitted(self, "modelled_features_")
-        names = _check_feature_names_in(self, input_features)
-        out = names if self.keep_empty_features else names[~self.empty_features_]
-        if self.indicator_ is not None:
-            out = np.concatenate([out, self.indicator_.get_feature_names_out(names)])
-        return out
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path):
-        """Write the fitted imputer to ``path`` as weights, arrays and settings; no pickle.
-
-        The file holds only tensors, numbers and strings (``torch.save`` of plain data),
-        so :meth:`load` reads it with ``torch.load(weights_only=True)``, which runs no
-        code from the file, unlike unpickling.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-        """
-        check_is_fitted(self, "modelled_features_")
-        params = self.get_params()
-        if not (params["random_state"] is None or isinstance(params["random_state"], Integral)):
-            params["random_state"] = None  # a RandomState instance was only used to seed fit
-        params["hidden_layer_sizes"] = list(params["hidden_layer_sizes"])
-        fitted = {
-            "n_features_in": int(self.n_features_in_),
-            "feature_names_in": [str(n) for n in self.feature_names_in_] if hasattr(self, "feature_names_in_")
-            else None,
-            "seed": int(self._seed) if self.flow_ is not None else None,
-            "indicator_features": self.indicator_.features_.tolist() if self.indicator_ is not None else None,
-            "history": asdict(self.history_) if self.history_ is not None else None,
-        }
-        arrays = {"empty_features": self.empty_features_, "constant_values": self.constant_values_,
-                  "modelled_features": self.modelled_features_}
-        if self.flow_ is not None:
-            arrays.update(scaler_mean=self.scaler_.mean_, scaler_scale=self.scaler_.scale_,
-                          scaler_var=self.scaler_.var_,
-                          scaler_n_samples_seen=np.broadcast_to(self.scaler_.n_samples_seen_,
-                                                                self.scaler_.mean_.shape))
-        payload = {
-            "format": _SAVE_FORMAT,
-            "version": _SAVE_VERSION,
-            "params": json.dumps(params),
-            "fitted": json.dumps(fitted),
-            "arrays": {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()},
-            "flow": {k: v.detach().cpu() for k, v in self.flow_.state_dict().items()} if self.flow_ is not None
-            else None,
-            "posterior": {k: v.detach().cpu() for k, v in self.posterior_.state_dict().items()}
-            if self.posterior_ is not None else None,
-        }
-        torch.save(payload, os.fspath(path))
-
-    @classmethod
-    def load(cls, path):
-        """Read an imputer written by :meth:`save` (safe: no code in the file is run).
-
-        The imputer goes to its ``device`` setting, or to the CPU where that device is
-        not available.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-
-        Returns
-        -------
-        IVCNFImputer
-            Fitted; its transforms equal the saved imputer's.
-        """
-        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != _SAVE_FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a file written by IVCNFImputer.save.")
-        if payload["version"] > _SAVE_VERSION:
-            raise ValueError(f"{os.fspath(path)!r} was written by a newer skivcnf (format version "
-                             f"{payload['version']}); upgrade skivcnf to read it.")
-        params = json.loads(payload["params"])
-        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
-        if isinstance(params["missing_values"], float) and math.isnan(params["missing_values"]):
-            params["missing_values"] = np.nan
-        fitted = json.loads(payload["fitted"])
-        arrays = {k: v.numpy() for k, v in payload["arrays"].items()}
-        self = cls(**params)
-        self.n_features_in_ = fitted["n_features_in"]
-        if fitted["feature_names_in"] is not None:
-            self.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
-        self.empty_features_ = arrays["empty_features"].astype(bool)
-        self.constant_values_ = arrays["constant_values"]
-        self.modelled_features_ = arrays["modelled_features"].astype(bool)
-        self.indicator_ = None
-        if fitted["indicator_features"] is not None:
-            self.indicator_ = self._rebuild_indicator(np.asarray(fitted["indicator_features"], dtype=int))
-        self._device = self._available_device()
-        self.flow_, self.posterior_, self.history_ = None, None, None
-        if payload["flow"] is None:
-            return self
-        d = int(self.modelled_features_.sum())
-        self.scaler_ = StandardScaler()
-        self.scaler_.mean_, self.scaler_.scale_ = arrays["scaler_mean"], arrays["scaler_scale"]
-        self.scaler_.var_, self.scaler_.n_samples_seen_ = arrays["scaler_var"], arrays["scaler_n_samples_seen"]
-        self.scaler_.n_features_in_ = d
-        self.flow_ = self._build_flow(d)
-        self.flow_.load_state_dict(payload["flow"])
-        self.posterior_ = InferenceNetwork(d, n_reflections=self.n_reflections)
-        self.posterior_.load_state_dict(payload["posterior"])
-        self.flow_.to(self._device)
-        self.posterior_.to(self._device)
-        self.history_ = PosteriorFitHistory(**fitted["history"]) if fitted["history"] else None
-        self._seed = fitted["seed"]
-        return self
-
-    def _rebuild_indicator(self, features):
-        """A fitted MissingIndicator flagging ``features`` (fitted, as in ``fit``, on an array)."""
-        row = np.zeros((1, self.n_features_in_))
-        row[0, features] = np.nan
-        return MissingIndicator(missing_values=np.nan, error_on_new=False).fit(row)
-
-    def _available_device(self):
-        """The ``device`` setting, or the CPU where it names an absent GPU."""
-        wanted = torch.device("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" \
-            else torch.device(self.device)
-        return wanted if wanted.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.non_deterministic = False
-        return tags
-
-    def _build_flow(self, features):
-        return ResidualFlow(features, n_blocks=self.n_blocks, hidden_features=tuple(self.hidden_layer_sizes),
-                            lipschitz_coeff=self.lipschitz_coeff)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        # Parametrised modules pickle only through their state_dict; tensors travel on the
-        # CPU so that a fitted imputer unpickles on a machine without a GPU.
-        if state.get("flow_") is not None:
-            state["flow_"] = {k: v.detach().cpu() for k, v in self.flow_.state_dict().items()}
-            state["posterior_"] = copy.deepcopy(self.posterior_).cpu()
-        state.pop("_device", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if "modelled_features_" not in state:
-            return
-        self._device = self._available_device()
-        if isinstance(self.flow_, dict):
-            flow = self._build_flow(int(self.modelled_features_.sum()))
-            flow.load_state_dict(self.flow_)
-            self.flow_ = flow.to(self._device)
-            self.posterior_ = self.posterior_.to(self._device)

@@ -1,8 +1,27 @@
 """Helpers shared by the tests (fixtures live in conftest.py)."""
 
+import numpy as np
 import torch
+from sklearn.datasets import load_diabetes
 
 from skivcnf.flows import LipschitzLinear, ResidualFlow
+
+#: An imputer small enough for contract tests (one block of width 8, two epochs, four draws):
+#: they are about plumbing, not accuracy.
+TINY_IMPUTER = {"n_blocks": 1, "hidden_layer_sizes": (8,), "max_epochs": 2, "n_draws": 4, "n_train_draws": 2,
+                "early_stopping": False, "random_state": 0}
+
+
+def diabetes_with_holes(n_rows=80, rate=0.2, seed=0):
+    """The first rows of scikit-learn's diabetes table (times 10), with entries missing at random.
+
+    Returns ``X, X_missing, mask, y``: the complete table, the table with NaN where ``mask``,
+    and the regression target.
+    """
+    data = load_diabetes()
+    X = data.data[:n_rows] * 10
+    mask = np.random.default_rng(seed).random(X.shape) < rate
+    return X, np.where(mask, np.nan, X), mask, data.target[:n_rows]
 
 
 def saturate(module, generator, scale=10.0):
@@ -68,10 +87,16 @@ def affine_gaussian(flow):
 
 
 def gaussian_conditional(mean, cov, y, hidden_row):
-    """Mean and covariance of ``y^H | y^O`` and ``log p(y^O)`` for one row."""
+    """Mean and covariance of ``y^H | y^O`` and ``log p(y^O)`` for one row.
+
+    A row with nothing observed gets the marginal law and ``log p(y^O) = 0`` (the density
+    of no coordinates); one with nothing hidden gets empty moments and ``log p(y)``.
+    """
     h, o = hidden_row, ~hidden_row
     gain = cov[h][:, o] @ torch.linalg.inv(cov[o][:, o])
     cond_mean = mean[h] + gain @ (y[o] - mean[o])
     cond_cov = cov[h][:, h] - gain @ cov[o][:, h]
+    if not bool(o.any()):
+        return cond_mean, cond_cov, 0.0
     marginal = torch.distributions.MultivariateNormal(mean[o], cov[o][:, o]).log_prob(y[o])
     return cond_mean, cond_cov, marginal.item()

@@ -2,7 +2,7 @@
 
 The suite's figures are only as good as its masks, oracles and interval arithmetic, so those
 are tested on cases with known answers; the quick run then checks that every section
-produces its tables and plots.
+produces its tables and plots. (Rubin's rules are tested with ``skivcnf.pooling``.)
 """
 
 import json
@@ -10,8 +10,9 @@ import json
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn.impute import SimpleImputer
 
-from benchmarks import data, masks, measure, run
+from benchmarks import components, data, masks, measure, peers, report, run
 
 
 def test_masks_rates_and_no_empty_row():
@@ -58,7 +59,7 @@ def test_mixture_oracle_mean_is_the_mean_of_its_sampler():
     assert np.all(np.abs(draws.mean(axis=0) - ds.law.oracle_mean(X)) <= 5 * spread + 1e-12)
 
 
-def test_interval_coverage_and_rubin_rules():
+def test_interval_coverage():
     rng = np.random.default_rng(0)
     truth = rng.standard_normal((2000, 1))
     draws = rng.standard_normal((200, 2000, 1))  # an exact predictive law: 90% of truths fall inside
@@ -68,9 +69,28 @@ def test_interval_coverage_and_rubin_rules():
     # with probability about (51 - 2 * 3.45) / 51 = 0.865 (interpolated order statistics)
     assert abs(measure.exact_sampler_coverage(50, trials=20_000) - 0.865) < 0.01
     assert abs(measure.exact_sampler_coverage(2000, trials=2_000) - 0.9) < 0.02
-    # with no between-imputation variance, Rubin's interval is the complete-data t interval
-    q, lo, hi = measure.rubin_interval([1.0] * 5, [0.04] * 5, dof_complete=1e6, level=0.9)
-    assert q == 1.0 and abs((hi - lo) / 2 - stats.norm.ppf(0.95) * 0.2) < 1e-3
+
+
+def test_gaussian_log_likelihood_is_the_maximum_likelihood_gaussian_density():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(200, 3)), rng.normal(size=(50, 3))
+    expected = stats.multivariate_normal(train.mean(0), np.cov(train.T, bias=True)).logpdf(test).mean()
+    assert components.gaussian_log_likelihood(train, test) == pytest.approx(expected, rel=1e-12)
+
+
+def test_dequantised_digits_are_continuous_and_standardised():
+    X = data.dequantised_digits().X
+    assert X.shape == (1797, 64)
+    np.testing.assert_allclose(X.std(axis=0), 1.0, rtol=1e-9)
+    assert len(np.unique(X[:, 0])) == len(X)  # pixel 0 is always 0 in the digits; the noise makes it continuous
+
+
+def test_peers_are_named_records():
+    for name, peer in peers.PEERS.items():
+        assert isinstance(peer, peers.Peer) and peer.name == name
+    assert isinstance(peers.make("mean", 0), SimpleImputer)
+    assert peers.PEERS["IVCNFImputer"].inductive and not peers.PEERS["GAIN"].inductive
+    assert {p.package for p in peers.PEERS.values()} == {"skivcnf", "sklearn", "hyperimpute", "miceforest"}
 
 
 def test_check_output_flags_fallbacks_and_changed_observed_values():
@@ -96,8 +116,17 @@ def test_quick_run_writes_every_section(tmp_path):
             assert r["rmse"] > 0.9 * r["oracle_rmse"]
     text = (tmp_path / "results.md").read_text()
     for heading in ("## Accuracy", "## Uncertainty: 90%", "Rubin's rules", "MNIST protocol", "completion",
-                    "## Scaling"):
+                    "## Scaling", "## The flow fitted", "## Log-determinant", "## Constraint solvers", "## Posteriors"):
         assert heading in text
+    assert text.startswith(f"Produced by `python -m benchmarks.run --quick --workers 1 --out {tmp_path}` on ")
+    solvers = [json.loads(line) for line in (tmp_path / "solvers.jsonl").read_text().splitlines()]
+    newton = next(s for r in solvers for s in r["solvers"] if s["solver"] == "newton")
+    assert newton["converged"] == 1.0 and newton["max_iterations"] <= 10
+    for line in (tmp_path / "posteriors.jsonl").read_text().splitlines():
+        r = json.loads(line)  # no imputation beats the exact conditional mean by more than sampling noise
+        assert r["weighted_rmse"] > 0.9 * r["oracle_rmse"] and 1 <= r["mean_ess"] <= r["draws"]
+    # the report is rebuilt from the stored records alone, identically
+    assert report.write(tmp_path) == text
     for png in ("accuracy.png", "digits.png", "completion.png", "scaling.png"):
         assert (tmp_path / png).stat().st_size > 1000
     # a rerun finds every task stored and runs none
@@ -108,4 +137,24 @@ def test_quick_run_writes_every_section(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(run.SECTIONS))
 def test_every_section_plans_tasks(name):
-    assert run.plan(name, quick=False)
+    full, quick = run.plan(name, quick=False), run.plan(name, quick=True)
+    assert quick and len(quick) <= len(full)
+    assert len({key for key, _, _ in full}) == len(full)  # keys identify stored records
+
+
+def test_unknown_section_raises():
+    with pytest.raises(ValueError, match="unknown section"):
+        run.plan("flow", quick=True)
+
+
+def test_provenance_header_names_each_run(tmp_path):
+    first = {"command": "python -m benchmarks.run", "date": "2026-01-01", "machine": "A"}
+    second = dict(first, date="2026-02-02")
+    (tmp_path / report.PROVENANCE).write_text(json.dumps({"accuracy": first, "rubin": first}))
+    assert report.provenance_header(tmp_path, ["accuracy", "rubin"]) == (
+        "Produced by `python -m benchmarks.run` on 2026-01-01.\n\nMachine: A.\n")
+    (tmp_path / report.PROVENANCE).write_text(json.dumps({"accuracy": first, "solvers": second}))
+    header = report.provenance_header(tmp_path, ["accuracy", "solvers", "logdet"])
+    assert "- accuracy: `python -m benchmarks.run` on 2026-01-01; machine: A" in header
+    assert "- solvers: `python -m benchmarks.run` on 2026-02-02; machine: A" in header
+    assert "- logdet: provenance not recorded" in header

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from skivcnf.flows import ActNorm, ResidualBlock
+from skivcnf.flows import ActNorm, ResidualBlock, stochastic_block_logdet
 
 from .helpers import saturate
 
@@ -17,10 +18,18 @@ def test_block_inverse_recovers_input(generator):
 def test_block_inverse_flags_rows_out_of_iterations(generator):
     block = saturate(ResidualBlock(6, (32, 32), 0.9, generator=generator).double(), generator)
     z = torch.randn(10, 6, generator=generator, dtype=torch.float64)
-    result = block.inverse(block(z), tol=1e-13, max_iter=2)
+    x = block(z).detach()
+    result = block.inverse(x, tol=1e-13, max_iter=2)
     assert result.n_iter == 2
     assert not bool(result.converged.any())
-    assert bool((result.residual > 1e-13).all())
+    # The record holds the last iterate and the max-norm of the last step of z <- x - h(z); the
+    # same operations on the same rows, so equal up to rounding.
+    with torch.no_grad():
+        first = x - block.residual(x)
+        second = x - block.residual(first)
+        third = x - block.residual(second)
+    torch.testing.assert_close(result.solution, third, atol=1e-15, rtol=0)
+    torch.testing.assert_close(result.residual, (third - second).abs().amax(dim=1), atol=1e-15, rtol=0)
 
 
 def test_block_inverse_flags_non_finite_rows(generator):
@@ -38,6 +47,36 @@ def test_actnorm_initialisation_standardises_and_inverts(generator):
     out = layer(z)
     torch.testing.assert_close(out.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close(out.std(0, unbiased=False), torch.ones(4, dtype=torch.float64))
-    torch.testing.assert_close(layer.inverse(out), z)
+    inverse = layer.inverse(out)
+    torch.testing.assert_close(inverse.solution, z)
+    assert inverse.converged.all() and inverse.n_iter == 0 and inverse.residual.abs().max() == 0
     jac = torch.autograd.functional.jacobian(lambda t: layer(t[None])[0], z[0])
-    assert abs(layer.logdet().item() - torch.linalg.slogdet(jac).logabsdet.item()) < 1e-12
+    _, logdet = layer.forward_and_logdet(z[:3], method="stochastic")  # exact either way
+    torch.testing.assert_close(logdet.detach(), torch.linalg.slogdet(jac).logabsdet.expand(3), atol=1e-12, rtol=0)
+
+
+def test_actnorm_inverse_jacobian_products(generator):
+    layer = ActNorm(3).double()
+    with torch.no_grad():
+        layer.log_scale.normal_(generator=generator)
+    z, v = torch.randn(2, 4, 3, generator=generator, dtype=torch.float64)
+    products = layer.linearize_inverse(z, n_terms=1, tol=None)
+    scale = torch.exp(-layer.log_scale.detach())
+    torch.testing.assert_close(products.jvp(v), v * scale, atol=0, rtol=0)
+    torch.testing.assert_close(products.vjp(v), v * scale, atol=0, rtol=0)
+
+
+def test_residual_block_serves_both_log_determinants(generator):
+    block = ResidualBlock(3, (8,), 0.5, generator=generator).double()
+    z = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    state = generator.get_state()
+    _, stochastic = block.forward_and_logdet(z, "stochastic", generator, n_exact_terms=3, geom_p=0.4)
+    generator.set_state(state)
+    torch.testing.assert_close(stochastic, stochastic_block_logdet(block, z, generator, 3, 0.4)[1], atol=0, rtol=0)
+    out, exact = block.forward_and_logdet(z)
+    jac = block.forward_and_jacobian(z)[1]
+    torch.testing.assert_close(exact, torch.linalg.slogdet(jac).logabsdet, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="method"):
+        block.forward_and_logdet(z, "hutchinson")
+    block.initialize(z)  # nothing to initialise: the weights are unchanged
+    torch.testing.assert_close(block(z), out, atol=0, rtol=0)

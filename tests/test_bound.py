@@ -1,9 +1,18 @@
+import math
+
 import pytest
 import torch
 
 from skivcnf.conditional import SolverOptions, solve_constraint
-from skivcnf.conditional.bound import bound_integrand, elbo, importance_weighted_bound
-from skivcnf.conditional.posteriors import GaussianPosterior, prior_parameters
+from skivcnf.conditional.bound import (
+    OBJECTIVES,
+    BoundTerms,
+    bound_integrand,
+    bound_terms,
+    importance_weighted_bound,
+    masked_bound,
+)
+from skivcnf.conditional.posteriors import GaussianPosterior, prior_parameters, rsample
 
 from .helpers import affine_gaussian, gaussian_conditional, make_flow
 
@@ -76,19 +85,29 @@ def test_importance_weighted_bound_is_tighter_than_elbo(generator):
     flow = make_flow(4, generator, n_blocks=2, hidden_features=(8,))
     y = torch.randn(3, 4, generator=generator, dtype=torch.float64)
     with torch.no_grad():
-        estimate = elbo(flow, y, HIDDEN, prior_parameters(3, 4, torch.float64), n_samples=64, generator=generator)
-    assert bool((importance_weighted_bound(estimate.log_weight) >= estimate.log_weight.mean(0)).all())
-    assert estimate.samples.shape == (64, 3, 4) and bool(estimate.converged.all())
+        terms = bound_terms(flow, y, HIDDEN, prior_parameters(3, 4, torch.float64), n_samples=64, generator=generator)
+    assert bool((importance_weighted_bound(terms.log_weight) >= terms.log_weight.mean(0)).all())
+    assert terms.samples.shape == (64, 3, 4) and bool(terms.converged.all())
 
 
 def test_elbo_is_differentiable_in_posterior_parameters(generator):
     flow = make_flow(4, generator, n_blocks=2, hidden_features=(8,))
     y = torch.randn(3, 4, generator=generator, dtype=torch.float64)
     posterior = GaussianPosterior(3, 4, n_reflections=2, generator=generator).double()
-    estimate = elbo(flow, y, HIDDEN, posterior(), n_samples=4, generator=generator)
-    estimate.log_weight.mean().backward()
-    assert posterior.mean.grad[HIDDEN].abs().sum() > 0
+    state = generator.get_state()
+    terms = bound_terms(flow, y, HIDDEN, posterior(), n_samples=4, generator=generator)
+    terms.log_weight.mean(0).sum().backward()
     assert bool((posterior.mean.grad[~HIDDEN] == 0).all())  # observed coordinates play no part
+    # Reparameterised: x^H = mean^H + ..., and log q does not depend on the mean, so the mean's
+    # gradient is the draws' average gradient of log w. Same draws, same integrand: to rounding.
+    generator.set_state(state)
+    with torch.no_grad():
+        x_hidden, log_q = rsample(posterior(), HIDDEN, 4, generator)
+    x = x_hidden.reshape(-1, 4).requires_grad_()
+    log_w, _ = bound_integrand(flow, y.repeat(4, 1), HIDDEN.repeat(4, 1), x, log_q.reshape(-1))
+    log_w.sum().backward()
+    expected = torch.where(HIDDEN, x.grad.reshape(4, 3, 4).mean(0), 0.0)
+    torch.testing.assert_close(posterior.mean.grad, expected, atol=1e-12, rtol=0)
 
 
 def test_unknown_logdet_raises(generator):
@@ -102,7 +121,42 @@ def test_a_batch_with_nothing_hidden_is_the_exact_likelihood(generator):
     flow = make_flow(4, generator, n_blocks=2, hidden_features=(8,))
     y = torch.randn(3, 4, generator=generator, dtype=torch.float64)
     nothing = torch.zeros(3, 4, dtype=torch.bool)
-    estimate = elbo(flow, y, nothing, prior_parameters(3, 4, torch.float64), n_samples=2, generator=generator)
-    torch.testing.assert_close(estimate.log_weight, flow.log_prob(y).expand(2, 3))
-    estimate.log_weight.sum().backward()  # gradients flow to the weights as in maximum likelihood
-    assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)
+    terms = bound_terms(flow, y, nothing, prior_parameters(3, 4, torch.float64), n_samples=2, generator=generator)
+    torch.testing.assert_close(terms.log_weight, flow.log_prob(y).expand(2, 3))
+    params = [p for p in flow.parameters() if p.requires_grad]
+    # Gradients to the weights are those of maximum likelihood (two draws, each the full row),
+    # through another code path (no hidden tangents): equal to rounding.
+    grads = torch.autograd.grad(terms.log_weight.sum(), params)
+    expected = torch.autograd.grad(2 * flow.log_prob(y).sum(), params)
+    for grad, reference in zip(grads, expected, strict=True):
+        torch.testing.assert_close(grad, reference, atol=1e-12, rtol=1e-12)
+
+
+def _terms(log_weight, converged):
+    log_weight = torch.tensor(log_weight, dtype=torch.float64)
+    return BoundTerms(log_weight, None, torch.tensor(converged), None)
+
+
+def test_masked_bound_leaves_out_unsolved_draws():
+    # Three draws of three rows: all solved; one left out; none solved (bound 0 by convention).
+    terms = _terms([[0.0, 1.0, -2.0], [2.0, 5.0, -4.0], [4.0, 9.0, -6.0]],
+                   [[True, True, False], [True, False, False], [True, True, False]])
+    elbo, n_unsolved = masked_bound(terms, "elbo")
+    assert n_unsolved == 4
+    # Small exact binary fractions and logs of them: equal to the last bit or nearly.
+    torch.testing.assert_close(elbo, torch.tensor([2.0, 5.0, 0.0], dtype=torch.float64), atol=1e-15, rtol=0)
+    iwae, _ = masked_bound(terms, "iwae")
+    expected = [math.log((1 + math.exp(2) + math.exp(4)) / 3), math.log((math.exp(1) + math.exp(9)) / 2), 0.0]
+    torch.testing.assert_close(iwae, torch.tensor(expected, dtype=torch.float64), atol=1e-14, rtol=0)
+
+
+def test_masked_bound_with_every_draw_solved_is_the_plain_bound(generator):
+    log_weight = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    terms = BoundTerms(log_weight, None, torch.ones(5, 3, dtype=torch.bool), None)
+    # The same means and log-sum-exps, with masks that keep everything: equal to rounding.
+    torch.testing.assert_close(masked_bound(terms, "elbo")[0], log_weight.mean(0), atol=1e-15, rtol=0)
+    torch.testing.assert_close(masked_bound(terms, "iwae")[0], importance_weighted_bound(log_weight),
+                               atol=1e-15, rtol=0)
+    assert OBJECTIVES == ("elbo", "iwae")
+    with pytest.raises(ValueError, match="objective"):
+        masked_bound(terms, "vimco")

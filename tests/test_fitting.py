@@ -1,10 +1,15 @@
+import warnings
+
 import pytest
 import torch
 
+import skivcnf.conditional.fitting as fitting
+from skivcnf.conditional import SolverOptions
+from skivcnf.conditional.bound import bound_terms, masked_bound
 from skivcnf.conditional.fitting import fit_inference_network, fit_posterior
 from skivcnf.conditional.posteriors import GaussianPosterior, InferenceNetwork, prior_parameters
 from skivcnf.conditional.sampling import sample_conditional
-from skivcnf.exceptions import NumericalWarning
+from skivcnf.exceptions import ConstraintWarning, NumericalWarning
 
 from .helpers import make_flow
 
@@ -27,21 +32,30 @@ def test_inference_network_learns_a_better_posterior_than_the_prior(generator):
     net = InferenceNetwork(4, hidden_features=(32, 32), generator=generator).double()
     history = fit_inference_network(flow, torch.where(hidden, float("nan"), y), hidden, net, max_epochs=15,
                                     batch_size=64, lr=3e-3, n_samples=4, generator=generator)
-    assert len(history.elbo) == 15 and history.elbo[-1] > history.elbo[0]
+    assert len(history.train_loss) == 15 and history.train_loss[-1] < history.train_loss[0]
+    # 256 rows in batches of 64: 4 steps an epoch; no validation split, so the last epoch is kept.
+    assert (history.n_steps, history.best_epoch, history.validation_loss) == (60, 14, [])
     with torch.no_grad():
         amortised = mean_bound(flow, y, hidden, net(y, hidden), generator)
     prior = mean_bound(flow, y, hidden, prior_parameters(len(y), 4, torch.float64), generator)
     assert amortised > prior + 0.05
-    assert all(p.grad is None or p.requires_grad for p in flow.parameters())
+    # The fixed flow got no gradient and its parameters train again afterwards.
+    assert all(p.grad is None and p.requires_grad for p in flow.parameters())
 
 
-def test_joint_training_moves_the_flow(generator):
+def test_joint_training_moves_the_flow_by_one_adam_step(generator):
     flow, y, hidden = correlated_rows(generator, n=128)
     before = [p.detach().clone() for p in flow.parameters()]
     net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
-    fit_inference_network(flow, y, hidden, net, max_epochs=2, batch_size=64, n_samples=2, train_flow=True,
-                          generator=generator)
-    assert any(not torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
+    lr = 1e-3
+    history = fit_inference_network(flow, y, hidden, net, max_epochs=1, batch_size=128, lr=lr, n_samples=2,
+                                    train_flow=True, generator=generator)
+    assert history.n_steps == 1
+    # Adam's first step moves each entry by lr * g / (|g| + 1e-8): at most lr, and lr up to
+    # 1e-8 / |g| for the entries with the largest gradient (|g| well above 1e-3 here).
+    moves = torch.cat([(p.detach() - b).abs().flatten() for p, b in zip(flow.parameters(), before, strict=True)])
+    assert moves.max().item() == pytest.approx(lr, rel=1e-5)
+    assert moves.max().item() <= lr
     net_only = [p.detach().clone() for p in flow.parameters()]
     fit_inference_network(flow, y, hidden, net, max_epochs=1, batch_size=64, n_samples=2, generator=generator)
     assert all(torch.equal(a, b) for a, b in zip(net_only, flow.parameters(), strict=True))
@@ -51,45 +65,47 @@ def test_fit_posterior_improves_the_bound_and_restores_flow_gradients(generator)
     flow, y, hidden = correlated_rows(generator, n=16)
     posterior = GaussianPosterior(16, 4).double()
     history = fit_posterior(flow, y, hidden, posterior, max_steps=100, generator=generator)
-    assert history.elbo[-1] > history.elbo[0]
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert history.n_steps == len(history.train_loss) == len(history.epoch_seconds)
+    assert history.best_epoch == history.n_steps - 1  # fit_posterior keeps the last weights
     assert all(p.requires_grad for p in flow.parameters())
 
 
 def test_non_finite_bound_steps_are_skipped(generator, monkeypatch):
-    import skivcnf.conditional.fitting as fitting
-
     flow, y, hidden = correlated_rows(generator, n=8)
-    real, calls = fitting.elbo, []
+    real, calls = fitting.bound_terms, []
 
     def broken(*args, **kwargs):
         calls.append(1)
-        estimate = real(*args, **kwargs)
+        terms = real(*args, **kwargs)
         if len(calls) % 2:
-            return estimate._replace(log_weight=estimate.log_weight * float("nan"))
-        return estimate
+            return terms._replace(log_weight=terms.log_weight * float("nan"))
+        return terms
 
-    monkeypatch.setattr(fitting, "elbo", broken)
+    monkeypatch.setattr(fitting, "bound_terms", broken)
     posterior = GaussianPosterior(8, 4).double()
     with pytest.warns(NumericalWarning, match="skipped"):
         history = fit_posterior(flow, y, hidden, posterior, max_steps=6, generator=generator)
-    assert history.n_skipped_steps == 3
+    # Calls 1, 3 and 5 (steps 0, 2, 4) are NaN: skipped, recorded as NaN losses.
+    assert (history.n_steps, history.n_skipped_steps) == (6, 3)
+    assert [v != v for v in history.train_loss] == [True, False] * 3
     assert bool(torch.isfinite(posterior.mean).all())
 
 
-def test_iwae_objective_is_at_least_the_elbo(generator):
-    from skivcnf.conditional.bound import elbo
-    from skivcnf.conditional.fitting import masked_elbo_loss
-
+def test_masked_bound_iwae_is_at_least_the_elbo_and_leaves_out_unsolved_draws(generator):
     flow, y, hidden = correlated_rows(generator, n=32)
     with torch.no_grad():
-        estimate = elbo(flow, y, hidden, prior_parameters(32, 4, torch.float64), n_samples=16, generator=generator)
-    elbo_loss, _ = masked_elbo_loss(estimate, "elbo")
-    iwae_loss, _ = masked_elbo_loss(estimate, "iwae")
-    assert iwae_loss.item() <= elbo_loss.item()
-    # An unconverged draw is left out of both.
-    estimate = estimate._replace(converged=estimate.converged.clone())
-    estimate.converged[0, 0] = False
-    assert masked_elbo_loss(estimate, "iwae")[1] == 1
+        terms = bound_terms(flow, y, hidden, prior_parameters(32, 4, torch.float64), n_samples=16,
+                            generator=generator)
+    elbo, _ = masked_bound(terms, "elbo")
+    iwae, _ = masked_bound(terms, "iwae")
+    assert bool((iwae >= elbo).all())  # Jensen, row by row
+    terms = terms._replace(converged=terms.converged.clone())
+    terms.converged[0, 0] = False
+    elbo, n_unsolved = masked_bound(terms, "elbo")
+    assert n_unsolved == 1
+    # Row 0's bound is the mean over its 15 other draws (sum then divide, as masked_bound does).
+    assert elbo[0].item() == pytest.approx(terms.log_weight[1:, 0].mean().item(), rel=1e-14)
 
 
 def test_iwae_trains_an_inference_network(generator):
@@ -97,15 +113,37 @@ def test_iwae_trains_an_inference_network(generator):
     net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
     history = fit_inference_network(flow, y, hidden, net, max_epochs=4, batch_size=64, lr=3e-3, n_samples=4,
                                     objective="iwae", generator=generator)
-    assert history.elbo[-1] > history.elbo[0]
+    assert history.train_loss[-1] < history.train_loss[0]
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"objective": "kl"}, "objective"),
-                                               ({"objective": "iwae", "logdet": "clade"}, "exact")])
-def test_bad_objectives_raise(generator, kwargs, match):
+                                               ({"objective": "iwae", "logdet": "clade"}, "exact"),
+                                               ({"monitor": "loss"}, "monitor"),
+                                               ({"validation_fraction": 1.0}, r"\[0, 1\)"),
+                                               ({"validation_fraction": 0.1}, "holds out no row"),
+                                               ({"monitor": "imputation"}, "validation_fraction > 0")])
+def test_bad_inference_network_arguments_raise(generator, kwargs, match):
     flow, y, hidden = correlated_rows(generator, n=8)
     with pytest.raises(ValueError, match=match):
         fit_inference_network(flow, y, hidden, InferenceNetwork(4).double(), **kwargs)
+
+
+def test_stick_the_landing_with_iwae_raises_naming_both(generator):
+    flow, y, hidden = correlated_rows(generator, n=8)
+    with pytest.raises(ValueError, match=r"stick_the_landing=True.*objective='iwae'"):
+        fit_posterior(flow, y, hidden, GaussianPosterior(8, 4).double(), objective="iwae", stick_the_landing=True)
+
+
+@pytest.mark.parametrize(("objective", "meaning"), [("elbo", True), ("iwae", False)])
+def test_stick_the_landing_default_is_on_for_the_elbo_only(objective, meaning):
+    flow, y, hidden = correlated_rows(torch.Generator().manual_seed(0), n=8)
+    fitted = []
+    for stick_the_landing in (None, meaning):
+        posterior = GaussianPosterior(8, 4).double()
+        fit_posterior(flow, y, hidden, posterior, max_steps=3, objective=objective,
+                      stick_the_landing=stick_the_landing, generator=torch.Generator().manual_seed(1))
+        fitted.append(posterior.state_dict())
+    assert all(torch.equal(fitted[0][k], fitted[1][k]) for k in fitted[0])
 
 
 def test_validation_split_early_stops_and_restores_the_best(generator):
@@ -113,18 +151,14 @@ def test_validation_split_early_stops_and_restores_the_best(generator):
     net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
     history = fit_inference_network(flow, y, hidden, net, max_epochs=40, batch_size=32, lr=0.05, n_samples=2,
                                     train_flow=True, validation_fraction=0.25, patience=2, generator=generator)
-    assert len(history.validation) == len(history.elbo)
-    assert history.validation[history.best_epoch] == max(history.validation)
-    if history.converged:
-        assert len(history.validation) - 1 - history.best_epoch == 2
+    assert len(history.validation_loss) == len(history.train_loss) == len(history.epoch_seconds)
+    assert history.validation_loss[history.best_epoch] == min(history.validation_loss)
+    # lr=0.05 overshoots within a few epochs (measured: stops at epoch 5 of 40).
+    assert history.stopped_early and len(history.train_loss) < 40
+    assert len(history.validation_loss) - 1 - history.best_epoch == 2
 
 
 def test_unsolved_draws_are_left_out_and_reported_once(generator):
-    import warnings
-
-    from skivcnf.conditional import SolverOptions
-    from skivcnf.exceptions import ConstraintWarning
-
     flow, y, hidden = correlated_rows(generator, n=128)
     net = InferenceNetwork(4, hidden_features=(8,), generator=generator).double()
     # One Newton step at a tolerance below rounding: most draws with a hidden entry stay unsolved
@@ -145,7 +179,5 @@ def test_imputation_monitor_records_held_out_rmse(generator):
     net = InferenceNetwork(4, hidden_features=(8,), generator=generator).double()
     history = fit_inference_network(flow, y, hidden, net, max_epochs=3, batch_size=32, n_samples=2,
                                     validation_fraction=0.25, monitor="imputation", generator=generator)
-    # Minus an RMSE of standardised-scale completions: negative, and far below the ~1 of guessing 0.
-    assert len(history.validation) == 3 and all(-1.0 < v < 0.0 for v in history.validation)
-    with pytest.raises(ValueError, match="monitor"):
-        fit_inference_network(flow, y, hidden, net, max_epochs=1, monitor="loss")
+    # An RMSE of completions of unit-scale columns: positive, and below the ~1 of guessing 0.
+    assert len(history.validation_loss) == 3 and all(0.0 < v < 1.0 for v in history.validation_loss)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from skivcnf.conditional import SolverOptions, solve_constraint
+from skivcnf.conditional import SolverOptions, solve_constraint, solve_hidden_block
 from skivcnf.conditional.implicit import attach_implicit_gradients
 
 from .helpers import make_flow
@@ -61,6 +61,22 @@ def test_values_are_the_solution_and_observed_entries(setting):
     out = solve_with_gradients(flow, y.requires_grad_(), x_target, "exact")
     assert torch.equal(out.detach()[~HIDDEN], y.detach()[~HIDDEN])
     assert (flow(out.detach()) - x_target).abs()[HIDDEN].max().item() < 1e-12
+
+
+@pytest.mark.parametrize("method", ["exact", "gmres"])
+def test_backward_solves_with_the_transposed_block(setting, generator, method):
+    flow, y, x_target = setting
+    solution = solve_constraint(flow, y, HIDDEN, x_target, options=OPTIONS).solution
+    x = x_target.clone().requires_grad_()
+    # One GMRES cycle of one Krylov vector: a rough solve, so the settings visibly reach the backward.
+    rough = SolverOptions(backward_krylov_restart=1, backward_krylov_max_restarts=1)
+    out = attach_implicit_gradients(flow, solution, y, HIDDEN, x, method=method, options=rough)
+    weight = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    (out * weight).sum().backward()
+    # dy^H/dx^H = (G^HH)^{-1}, so the gradient is (G^HH)^{-T} w^H: the same solve, run directly.
+    expected = solve_hidden_block(flow, solution, HIDDEN, weight, transpose=True, method=method,
+                                  restart=1, max_restarts=1)
+    torch.testing.assert_close(x.grad, expected, atol=1e-14, rtol=0)
 
 
 def test_unknown_method_raises(setting):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from skivcnf.conditional import gmres, masked_block
+from skivcnf.conditional import gmres
 from skivcnf.conditional.linalg import masked_operator
 
 
@@ -18,18 +18,12 @@ def matvec(a):
     return lambda v: torch.einsum("bij,bj->bi", a, v)
 
 
-def test_masked_block_has_the_hidden_blocks_determinant_and_solve(system):
+def test_masked_operator_is_the_masked_matrix(system):
     a, b, hidden = system
-    m = masked_block(a, hidden)
-    for row in range(1, 6):
-        h = hidden[row]
-        block = a[row][h][:, h]
-        assert torch.linalg.slogdet(m[row]).logabsdet.item() == pytest.approx(
-            torch.linalg.slogdet(block).logabsdet.item(), abs=1e-12)
-        rhs = torch.where(h, b[row], 0.0)
-        sol = torch.linalg.solve(m[row], rhs)
-        torch.testing.assert_close(sol[h], torch.linalg.solve(block, b[row][h]))
-        assert bool((sol[~h] == 0).all())
+    h = hidden.to(a.dtype)
+    masked = h.unsqueeze(-1) * a * h.unsqueeze(-2) + torch.diag_embed(1.0 - h)
+    # Products with the formed matrix: the same sums in another order, equal to rounding.
+    torch.testing.assert_close(masked_operator(matvec(a), hidden)(b), matvec(masked)(b), atol=1e-14, rtol=0)
 
 
 def test_gmres_solves_full_and_masked_systems(system):
@@ -40,8 +34,12 @@ def test_gmres_solves_full_and_masked_systems(system):
     rhs = torch.where(hidden, b, 0.0)
     masked = gmres(masked_operator(matvec(a), hidden), rhs, rtol=1e-12, restart=8)
     assert bool(masked.converged.all())
-    torch.testing.assert_close(masked.solution, torch.linalg.solve(masked_block(a, hidden), rhs),
-                               atol=1e-10, rtol=0)
+    for row in range(6):
+        h = hidden[row]
+        # ||A^-1|| is O(1) here (A = I + 0.2 noise), so rtol 1e-12 leaves errors far below 1e-10.
+        torch.testing.assert_close(masked.solution[row, h], torch.linalg.solve(a[row][h][:, h], b[row, h]),
+                                   atol=1e-10, rtol=0)
+        assert masked.solution[row, ~h].tolist() == [0.0] * int((~h).sum())
 
 
 def test_gmres_restarts_and_warm_start(system):
@@ -65,5 +63,7 @@ def test_gmres_exact_preconditioner_converges_in_one_step(system):
 def test_gmres_reports_unconverged_rows(system):
     a, b, _ = system
     result = gmres(matvec(a), b, rtol=1e-14, restart=2, max_restarts=1)
-    assert not bool(result.converged.all())
-    assert bool((result.residual > 1e-14 * b.norm(dim=1))[~result.converged].all())
+    # Two Krylov vectors cannot solve a generic 8 x 8 system: every row is reported unconverged.
+    assert result.converged.tolist() == [False] * 6
+    assert result.n_iter == 3  # two Krylov vectors and the final residual
+    torch.testing.assert_close(result.residual, (b - matvec(a)(result.solution)).norm(dim=1), atol=1e-14, rtol=0)

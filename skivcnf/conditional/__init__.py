@@ -11,10 +11,19 @@ Typical use, for rows ``y`` with hidden entries ``hidden``::
     fit_posterior(flow, y, hidden, posterior)          # per-row refinement (paper 4.2.2)
 """
 
-from .bound import LOGDET_METHODS, BoundEstimate, bound_integrand, elbo, importance_weighted_bound
-from .fitting import OBJECTIVES, PosteriorFitHistory, fit_inference_network, fit_posterior
+from .bound import (
+    LOGDET_METHODS,
+    OBJECTIVES,
+    BoundTerms,
+    bound_integrand,
+    bound_terms,
+    importance_weighted_bound,
+    masked_bound,
+)
+from .fitting import fit_inference_network, fit_posterior
+from .hidden_block import hidden_jacobian, log_prob_and_hidden_jacobian, solve_hidden_block
 from .implicit import attach_implicit_gradients
-from .linalg import GMRESResult, gmres, masked_block
+from .linalg import GMRESResult, gmres
 from .posteriors import (
     GaussianParameters,
     GaussianPosterior,
@@ -23,36 +32,35 @@ from .posteriors import (
     prior_parameters,
     rsample,
 )
-from .sampling import ConditionalDraws, conditional_mean, sample_conditional, self_normalized_weights
-from .solvers import (
-    SOLVERS,
-    ConstraintSolution,
-    SolverOptions,
-    default_constraint_tolerance,
-    hidden_jacobian,
-    log_prob_and_hidden_jacobian,
-    resolve_chain,
-    solve_constraint,
+from .sampling import (
+    ConditionalDraws,
+    conditional_mean,
+    draw_weights,
+    importance_resample,
+    sample_conditional,
+    self_normalized_weights,
 )
+from .solver_options import SOLVERS, ConstraintSolution, SolverOptions, default_constraint_tolerance
+from .solvers import resolve_chain, solve_constraint
 
 __all__ = [
     "LOGDET_METHODS",
     "OBJECTIVES",
     "SOLVERS",
-    "BoundEstimate",
+    "BoundTerms",
     "ConditionalDraws",
     "ConstraintSolution",
     "GMRESResult",
     "GaussianParameters",
     "GaussianPosterior",
     "InferenceNetwork",
-    "PosteriorFitHistory",
     "SolverOptions",
     "attach_implicit_gradients",
     "bound_integrand",
+    "bound_terms",
     "conditional_mean",
+    "draw_weights",
     "default_constraint_tolerance",
-    "elbo",
     "fit_inference_network",
     "fit_posterior",
     "gmres",
@@ -60,11 +68,13 @@ __all__ = [
     "importance_weighted_bound",
     "log_density",
     "log_prob_and_hidden_jacobian",
-    "masked_block",
+    "masked_bound",
     "prior_parameters",
     "resolve_chain",
     "rsample",
     "sample_conditional",
+    "importance_resample",
     "self_normalized_weights",
     "solve_constraint",
+    "solve_hidden_block",
 ]

@@ -31,17 +31,29 @@ from typing import NamedTuple
 import torch
 from torch.func import jvp
 
-from .implicit import _solve_transposed, attach_implicit_gradients
+from .hidden_block import log_prob_and_hidden_jacobian, solve_hidden_block
+from .implicit import attach_implicit_gradients
 from .posteriors import rsample
-from .solvers import log_prob_and_hidden_jacobian, solve_constraint
+from .solver_options import SolverOptions
+from .solvers import solve_constraint
 
-__all__ = ["LOGDET_METHODS", "BoundEstimate", "bound_integrand", "elbo", "importance_weighted_bound"]
+__all__ = [
+    "LOGDET_METHODS",
+    "OBJECTIVES",
+    "BoundTerms",
+    "bound_integrand",
+    "bound_terms",
+    "importance_weighted_bound",
+    "masked_bound",
+]
 
 LOGDET_METHODS = ("exact", "clade", "nlade")
+#: The bounds :func:`masked_bound` computes: the ELBO and the importance-weighted bound.
+OBJECTIVES = ("elbo", "iwae")
 
 
-class BoundEstimate(NamedTuple):
-    """Per-draw terms of the bound.
+class BoundTerms(NamedTuple):
+    """Per-draw terms of the bound (:func:`bound_terms`).
 
     Attributes
     ----------
@@ -62,12 +74,12 @@ class BoundEstimate(NamedTuple):
     >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
     >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
     >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
-    >>> from skivcnf.conditional import elbo, prior_parameters
+    >>> from skivcnf.conditional import bound_terms, prior_parameters
     >>> params = prior_parameters(2, 3, dtype=torch.float64)
-    >>> estimate = elbo(flow, y, hidden, params, n_samples=4, generator=torch.Generator().manual_seed(1))
-    >>> estimate.log_weight.shape, estimate.samples.shape
+    >>> terms = bound_terms(flow, y, hidden, params, n_samples=4, generator=torch.Generator().manual_seed(1))
+    >>> terms.log_weight.shape, terms.samples.shape
     (torch.Size([4, 2]), torch.Size([4, 2, 3]))
-    >>> bool(estimate.converged.all()), estimate.log_weight.mean(0).shape  # the Monte Carlo ELBO per row
+    >>> bool(terms.converged.all()), terms.log_weight.mean(0).shape  # the Monte Carlo ELBO per row
     (True, torch.Size([2]))
     """
 
@@ -82,16 +94,23 @@ def _hutchinson_probe(shape, mask, generator, dtype, device):
     return torch.where(mask, probe, 0.0)
 
 
-def _clade_hidden_surrogate(flow, y, hidden, generator, rtol):
+def _solve_transposed_by_gmres(flow, y, hidden, rhs, rtol, options):
+    """``(G^HH)^{-T} rhs`` by GMRES with the backward Krylov settings of ``options``."""
+    return solve_hidden_block(flow, y, hidden, rhs, transpose=True, method="gmres", rtol=rtol,
+                              restart=options.backward_krylov_restart,
+                              max_restarts=options.backward_krylov_max_restarts)
+
+
+def _clade_hidden_surrogate(flow, y, hidden, generator, rtol, options):
     """Zero-valued term whose gradient estimates that of ``log|det G^HH(y)|``."""
     probe = _hutchinson_probe(y.shape, hidden, generator, y.dtype, y.device)
-    u = _solve_transposed(flow, y.detach(), hidden, probe, "gmres", rtol)
+    u = _solve_transposed_by_gmres(flow, y.detach(), hidden, probe, rtol, options)
     g_probe = jvp(flow, (y,), (probe,))[1]
     surrogate = (u * torch.where(hidden, g_probe, 0.0)).sum(dim=-1)
     return surrogate - surrogate.detach()
 
 
-def _nlade_observed_surrogate(flow, y, hidden, generator, rtol):
+def _nlade_observed_surrogate(flow, y, hidden, generator, rtol, options):
     """Zero-valued term whose gradient estimates that of ``-log|det J^OO(y)|``."""
     observed = ~hidden
     probe = _hutchinson_probe(y.shape, observed, generator, y.dtype, y.device)
@@ -99,7 +118,7 @@ def _nlade_observed_surrogate(flow, y, hidden, generator, rtol):
     with torch.no_grad():
         forward = flow.linearize(y0)
         t = forward.vjp(probe)  # G^T v: (G^OO)^T v on O, (G^OH)^T v on H
-        mu = _solve_transposed(flow, y0, hidden, torch.where(hidden, t, 0.0), "gmres", rtol)
+        mu = _solve_transposed_by_gmres(flow, y0, hidden, torch.where(hidden, t, 0.0), rtol, options)
         correction = forward.vjp(torch.where(hidden, mu, 0.0))
         w = torch.where(observed, t - correction, 0.0)  # (J^OO)^{-T} v, by Eq. 5
         inverse = flow.linearize_inverse(y0)
@@ -125,8 +144,12 @@ def bound_integrand(flow, y, hidden, x_hidden, log_q, logdet="exact", solver="au
     log_q : Tensor (batch,)
         ``log q(x^H)`` of the draws.
     logdet : {"exact", "clade", "nlade"}
-    solver, options
+    solver : str or sequence of str
         Passed to :func:`~.solvers.solve_constraint`.
+    options : SolverOptions, optional
+        Passed to :func:`~.solvers.solve_constraint`; its backward Krylov settings also
+        steer the solves with ``(G^HH)^T`` of the implicit gradients and the stochastic
+        estimators.
     warm_start : Tensor (batch, d), optional
         Initial guess for the hidden entries.
     generator : torch.Generator, optional
@@ -159,26 +182,29 @@ def bound_integrand(flow, y, hidden, x_hidden, log_q, logdet="exact", solver="au
     """
     if logdet not in LOGDET_METHODS:
         raise ValueError(f"logdet must be one of {LOGDET_METHODS}, got {logdet!r}.")
+    options = options if options is not None else SolverOptions()
     guess = torch.where(hidden, warm_start, y) if warm_start is not None else y
     solution = solve_constraint(flow, guess.detach(), hidden, x_hidden.detach(), solver, options)
-    y_full = attach_implicit_gradients(flow, solution.solution, y, hidden, x_hidden)
+    y_full = attach_implicit_gradients(flow, solution.solution, y, hidden, x_hidden, options=options)
     if logdet == "exact":
         log_p, block, _, _ = log_prob_and_hidden_jacobian(flow, y_full, hidden)
         return log_p - log_q - torch.linalg.slogdet(block).logabsdet, solution
     if logdet == "clade":
         x, logdet_g = flow.forward_and_logdet(y_full, generator, method="stochastic")
         value = flow.base_log_prob(x) + logdet_g - log_q
-        return value - _clade_hidden_surrogate(flow, y_full, hidden, generator, rtol), solution
+        return value - _clade_hidden_surrogate(flow, y_full, hidden, generator, rtol, options), solution
     x = flow(y_full)
-    return flow.base_log_prob(x) - log_q + _nlade_observed_surrogate(flow, y_full, hidden, generator, rtol), solution
+    value = flow.base_log_prob(x) - log_q
+    return value + _nlade_observed_surrogate(flow, y_full, hidden, generator, rtol, options), solution
 
 
-def elbo(flow, y, hidden, params, n_samples=8, logdet="exact", solver="auto", options=None,
-         warm_start=None, generator=None, stick_the_landing=False):
-    """Draw ``n_samples`` from ``q`` per row and return the terms of the bound.
+def bound_terms(flow, y, hidden, params, n_samples=8, logdet="exact", solver="auto", options=None,
+                warm_start=None, generator=None, stick_the_landing=False):
+    """Draw ``n_samples`` from ``q`` per row and return the per-draw terms of the bound.
 
-    ``BoundEstimate.log_weight.mean(0)`` is the Monte Carlo ELBO of each row;
-    :func:`importance_weighted_bound` gives the tighter importance-weighted bound.
+    ``BoundTerms.log_weight.mean(0)`` is the Monte Carlo ELBO of each row;
+    :func:`importance_weighted_bound` gives the tighter importance-weighted bound, and
+    :func:`masked_bound` either of them over each row's converged draws only.
 
     Parameters
     ----------
@@ -197,7 +223,7 @@ def elbo(flow, y, hidden, params, n_samples=8, logdet="exact", solver="auto", op
 
     Returns
     -------
-    BoundEstimate
+    BoundTerms
 
     Examples
     --------
@@ -206,12 +232,12 @@ def elbo(flow, y, hidden, params, n_samples=8, logdet="exact", solver="auto", op
     >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
     >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 2.0, 0.0]], dtype=torch.float64)
     >>> hidden = torch.tensor([[False, True, False], [False, False, True]])
-    >>> from skivcnf.conditional import GaussianParameters, elbo, importance_weighted_bound
+    >>> from skivcnf.conditional import GaussianParameters, bound_terms, importance_weighted_bound
     >>> mean = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
     >>> params = GaussianParameters(mean, torch.zeros(2, 3, dtype=torch.float64))
-    >>> estimate = elbo(flow, y, hidden, params, n_samples=4, generator=torch.Generator().manual_seed(1))
-    >>> bound = estimate.log_weight.mean(0)
-    >>> bool((bound <= importance_weighted_bound(estimate.log_weight)).all())  # Jensen
+    >>> terms = bound_terms(flow, y, hidden, params, n_samples=4, generator=torch.Generator().manual_seed(1))
+    >>> bound = terms.log_weight.mean(0)
+    >>> bool((bound <= importance_weighted_bound(terms.log_weight)).all())  # Jensen
     True
     >>> (-bound.sum()).backward()
     >>> bool((mean.grad[~hidden] == 0).all()), bool((mean.grad[hidden] != 0).all())
@@ -219,16 +245,17 @@ def elbo(flow, y, hidden, params, n_samples=8, logdet="exact", solver="auto", op
     """
     batch, d = y.shape
     x_hidden, log_q = rsample(params, hidden, n_samples, generator, stick_the_landing)
-    rep = hidden.expand(n_samples, batch, d).reshape(-1, d)
-    y_rep = y.expand(n_samples, batch, d).reshape(-1, d)
+    # One row per draw: the draws of every row, stacked.
+    hidden_per_draw = hidden.expand(n_samples, batch, d).reshape(-1, d)
+    y_per_draw = y.expand(n_samples, batch, d).reshape(-1, d)
     warm = warm_start.reshape(-1, d) if warm_start is not None else None
     # Each spectral norm (an SVD) is computed once per call, with its graph, not per use.
     with flow.cached_weights():
-        log_w, sol = bound_integrand(flow, y_rep, rep, x_hidden.reshape(-1, d), log_q.reshape(-1), logdet,
-                                     solver, options, warm, generator)
+        log_w, solved = bound_integrand(flow, y_per_draw, hidden_per_draw, x_hidden.reshape(-1, d),
+                                        log_q.reshape(-1), logdet, solver, options, warm, generator)
     shape = (n_samples, batch)
-    return BoundEstimate(log_w.reshape(shape), sol.solution.reshape(n_samples, batch, d),
-                         sol.converged.reshape(shape), sol.n_iter.reshape(shape))
+    return BoundTerms(log_w.reshape(shape), solved.solution.reshape(n_samples, batch, d),
+                      solved.converged.reshape(shape), solved.n_iter.reshape(shape))
 
 
 def importance_weighted_bound(log_weight):
@@ -244,3 +271,57 @@ def importance_weighted_bound(log_weight):
     """
     n = log_weight.shape[0]
     return torch.logsumexp(log_weight, dim=0) - torch.log(torch.tensor(float(n), dtype=log_weight.dtype))
+
+
+def masked_bound(terms, objective="elbo"):
+    """The bound per row over each row's converged draws, and the number of draws left out.
+
+    Training and scoring both use it, so an unsolved draw (its constraint not solved to
+    tolerance) counts the same way everywhere: it is left out of its row's bound.
+
+    Parameters
+    ----------
+    terms : BoundTerms
+        From :func:`bound_terms`; only ``log_weight`` and ``converged`` are read.
+    objective : {"elbo", "iwae"}, default="elbo"
+        ``"elbo"`` averages the log-weights of the converged draws; ``"iwae"`` takes the
+        log of their mean weight (the importance-weighted bound, as MIWAE does for VAEs),
+        tighter with more draws.
+
+    Returns
+    -------
+    per_row : Tensor (batch,)
+        The bound of each row; 0 for a row with no converged draw.
+    n_unsolved : int
+        Draws left out.
+
+    Raises
+    ------
+    ValueError
+        If ``objective`` is not one of :data:`OBJECTIVES`.
+
+    Examples
+    --------
+    >>> import math
+    >>> import torch
+    >>> from skivcnf.conditional import BoundTerms, masked_bound
+    >>> log_weight = torch.log(torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64))
+    >>> converged = torch.tensor([[True, True], [True, False]])
+    >>> terms = BoundTerms(log_weight, None, converged, None)
+    >>> per_row, n_unsolved = masked_bound(terms, "iwae")  # row 1 keeps only its first draw
+    >>> [round(v, 4) for v in per_row.tolist()], round(math.log(2), 4), n_unsolved
+    ([0.6931, 0.6931], 0.6931, 1)
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+    converged = terms.converged
+    n_unsolved = int((~converged).sum())
+    if objective == "iwae":
+        log_w = torch.where(converged, terms.log_weight, float("-inf"))
+        n_converged = converged.sum(0)
+        per_row = torch.logsumexp(log_w, dim=0) - torch.log(n_converged.clamp_min(1).to(log_w.dtype))
+        return torch.where(n_converged > 0, per_row, 0.0), n_unsolved
+    weight = converged.to(terms.log_weight.dtype)
+    per_row = (torch.where(converged, terms.log_weight, 0.0) * weight).sum(0) / weight.sum(0).clamp_min(1)
+    return per_row, n_unsolved
+

@@ -11,44 +11,34 @@ graph to ``x^H``, ``y^O`` and the weights but with ``y^H`` detached, is passed t
 (as in deep-equilibrium models).
 """
 
+from functools import partial
+
 import torch
 
 from ..flows import EXACT_LOGDET_MAX_FEATURES
-from .linalg import gmres, masked_operator
-from .solvers import _from_compact, _to_compact, hidden_jacobian
+from .hidden_block import HIDDEN_SOLVE_METHODS, solve_hidden_block
+from .solver_options import SolverOptions
 
 __all__ = ["attach_implicit_gradients"]
-
-
-def _solve_transposed(flow, y, hidden, rhs, method, rtol):
-    """``(G^HH)^{-T} rhs`` per row, zero on observed entries."""
-    with torch.no_grad(), flow.cached_weights():
-        if method == "exact":
-            block, order, valid = hidden_jacobian(flow, y, hidden)
-            sol = torch.linalg.solve(block.transpose(-1, -2), _to_compact(rhs, order, valid).unsqueeze(-1))
-            return _from_compact(sol.squeeze(-1), order, valid, y.shape[1])
-        operator = masked_operator(flow.linearize(y).vjp, hidden)
-        result = gmres(operator, torch.where(hidden, rhs, 0.0), rtol=rtol, restart=20, max_restarts=20)
-        return torch.where(hidden, result.solution, 0.0)
 
 
 class _ImplicitCorrection(torch.autograd.Function):
     """Zero in value; backward maps ``w`` to ``-(G^HH)^{-T} w``."""
 
     @staticmethod
-    def forward(ctx, residual, y, hidden, flow, method, rtol):
+    def forward(ctx, residual, y, hidden, solve_transposed):
         ctx.save_for_backward(y, hidden)
-        ctx.flow, ctx.method, ctx.rtol = flow, method, rtol
+        ctx.solve_transposed = solve_transposed
         return torch.zeros_like(residual)
 
     @staticmethod
     def backward(ctx, grad):
         y, hidden = ctx.saved_tensors
-        mu = _solve_transposed(ctx.flow, y, hidden, torch.where(hidden, grad, 0.0), ctx.method, ctx.rtol)
-        return -mu, None, None, None, None, None
+        mu = ctx.solve_transposed(y, hidden, torch.where(hidden, grad, 0.0))
+        return -mu, None, None, None
 
 
-def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto", rtol=1e-10):
+def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto", rtol=1e-10, options=None):
     """Rows equal to ``solution`` whose gradients follow the implicit function theorem.
 
     Parameters
@@ -66,6 +56,9 @@ def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto"
         vector-Jacobian products; ``"auto"`` picks exact up to ``EXACT_LOGDET_MAX_FEATURES``.
     rtol : float
         Relative tolerance of the backward GMRES.
+    options : SolverOptions, optional
+        Its ``backward_krylov_restart`` and ``backward_krylov_max_restarts`` steer the
+        backward GMRES.
 
     Returns
     -------
@@ -93,8 +86,12 @@ def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto"
     """
     if method == "auto":
         method = "exact" if y.shape[1] <= EXACT_LOGDET_MAX_FEATURES else "gmres"
-    if method not in ("exact", "gmres"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'gmres', got {method!r}.")
+    if method not in HIDDEN_SOLVE_METHODS:
+        raise ValueError(f"method must be 'auto' or one of {HIDDEN_SOLVE_METHODS}, got {method!r}.")
+    options = options if options is not None else SolverOptions()
+    solve_transposed = partial(solve_hidden_block, flow, transpose=True, method=method, rtol=rtol,
+                               restart=options.backward_krylov_restart,
+                               max_restarts=options.backward_krylov_max_restarts)
     base = torch.where(hidden, solution.detach(), y)
     residual = torch.where(hidden, flow(base) - x_target, 0.0)
-    return base + _ImplicitCorrection.apply(residual, solution.detach(), hidden, flow, method, rtol)
+    return base + _ImplicitCorrection.apply(residual, solution.detach(), hidden, solve_transposed)

@@ -2,43 +2,32 @@
 
 Rows of a batch hide different entries. The hidden block ``A^HH`` of a matrix ``A`` has
 the same determinant and solves as ``M = diag(h) A diag(h) + diag(1 - h)`` (``h`` the
-hidden indicator), so one batched ``slogdet`` / ``solve`` / GMRES serves every mask, with
-observed entries of the right-hand side and the solution held at zero.
+hidden indicator), so one batched GMRES on products with ``M`` (:func:`masked_operator`)
+serves every mask, with observed entries of the right-hand side and the solution held at
+zero. (Formed blocks are stored compactly instead: :mod:`.hidden_block`.)
 """
 
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["masked_block", "masked_operator", "gmres", "GMRESResult"]
+__all__ = ["masked_operator", "gmres", "GMRESResult"]
 
 
-def masked_block(matrix, hidden):
-    """``diag(h) A diag(h) + diag(1 - h)`` per row.
+def masked_operator(matvec, hidden):
+    """The operator ``v -> h * A(h * v) + (1 - h) * v`` for a batched ``matvec``.
 
-    Parameters
-    ----------
-    matrix : Tensor (batch, d, d)
-    hidden : BoolTensor (batch, d)
-
-    Returns
-    -------
-    Tensor (batch, d, d)
+    Products with ``M = diag(h) A diag(h) + diag(1 - h)``, per row.
 
     Examples
     --------
     >>> import torch
-    >>> from skivcnf.conditional import masked_block
+    >>> from skivcnf.conditional.linalg import masked_operator
     >>> matrix = torch.tensor([[[2.0, 3.0], [4.0, 5.0]]])
-    >>> masked_block(matrix, torch.tensor([[True, False]])).tolist()
-    [[[2.0, 0.0], [0.0, 1.0]]]
+    >>> operator = masked_operator(lambda v: (matrix @ v.unsqueeze(-1)).squeeze(-1), torch.tensor([[True, False]]))
+    >>> operator(torch.tensor([[1.0, 1.0]])).tolist()  # M = [[2, 0], [0, 1]]
+    [[2.0, 1.0]]
     """
-    h = hidden.to(matrix.dtype)
-    return h.unsqueeze(-1) * matrix * h.unsqueeze(-2) + torch.diag_embed(1.0 - h)
-
-
-def masked_operator(matvec, hidden):
-    """The operator ``v -> h * A(h * v) + (1 - h) * v`` for a batched ``matvec``."""
 
     def apply(v):
         return torch.where(hidden, matvec(torch.where(hidden, v, 0.0)), v)

@@ -11,10 +11,18 @@ from typing import NamedTuple
 import torch
 
 from ..flows import EXACT_LOGDET_MAX_FEATURES
+from .hidden_block import log_prob_and_hidden_jacobian
 from .posteriors import prior_parameters, rsample
-from .solvers import log_prob_and_hidden_jacobian, solve_constraint
+from .solvers import solve_constraint
 
-__all__ = ["ConditionalDraws", "sample_conditional", "self_normalized_weights", "conditional_mean"]
+__all__ = [
+    "ConditionalDraws",
+    "conditional_mean",
+    "draw_weights",
+    "importance_resample",
+    "sample_conditional",
+    "self_normalized_weights",
+]
 
 
 class ConditionalDraws(NamedTuple):
@@ -95,7 +103,7 @@ def sample_conditional(flow, y, hidden, params=None, n_samples=1, generator=None
     >>> point[0, 0].item(), 1 <= ess.item() <= 16
     (0.5, True)
     """
-    y = flow._as_input(y)
+    y = flow.as_input(y)
     hidden = torch.as_tensor(hidden, dtype=torch.bool, device=y.device)
     y = torch.where(hidden, 0.0, y)
     batch, d = y.shape
@@ -150,6 +158,83 @@ def self_normalized_weights(log_weight):
     return weights, ess
 
 
+def draw_weights(draws, weighted=True):
+    """Normalised weights of each row's draws, and their effective sample size.
+
+    Parameters
+    ----------
+    draws : ConditionalDraws
+    weighted : bool, default=True
+        Self-normalised importance weights (needs ``draws.log_weight``); else equal
+        weights on the converged draws (uniform where none converged).
+
+    Returns
+    -------
+    weights : Tensor (n_samples, batch)
+        Sum to 1 over draws.
+    ess : Tensor (batch,)
+        Effective sample size (the number of converged draws when unweighted).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import ConditionalDraws, draw_weights
+    >>> converged = torch.tensor([[True, False], [True, False], [False, False]])
+    >>> draws = ConditionalDraws(torch.zeros(3, 2, 1), None, converged, None, None)
+    >>> weights, ess = draw_weights(draws, weighted=False)
+    >>> weights[:, 0].tolist(), ess.tolist()  # row 2 has no converged draw
+    ([0.5, 0.5, 0.0], [2.0, 0.0])
+    """
+    if weighted:
+        if draws.log_weight is None:
+            raise ValueError("weighted=True needs draws with log_weight (sample with weights=True).")
+        return self_normalized_weights(draws.log_weight)
+    ok = draws.converged.to(draws.samples.dtype)
+    count = ok.sum(dim=0)
+    weights = torch.where(count > 0, ok / count.clamp_min(1), torch.full_like(ok, 1.0 / ok.shape[0]))
+    return weights, count
+
+
+def importance_resample(draws, n_resamples, generator=None, weighted=True):
+    """Sampling-importance-resampling: ``n_resamples`` completions per row, picked by weight.
+
+    The picks are drawn with replacement with probabilities :func:`draw_weights`, so they
+    follow the flow's conditional as the number of draws grows, not the proposal ``q``.
+
+    Parameters
+    ----------
+    draws : ConditionalDraws
+    n_resamples : int
+    generator : torch.Generator, optional
+    weighted : bool, default=True
+        See :func:`draw_weights`.
+
+    Returns
+    -------
+    Tensor (n_resamples, batch, d)
+        Rows with no converged draw get uniform picks among their (unsolved) draws: check
+        ``draws.converged.any(0)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import ConditionalDraws, importance_resample
+    >>> samples = torch.tensor([[[1.0]], [[2.0]]])  # two draws of one row
+    >>> draws = ConditionalDraws(samples, torch.tensor([[0.0], [float("-inf")]]), torch.ones(2, 1, dtype=torch.bool),
+    ...                          None, None)
+    >>> importance_resample(draws, 4, generator=torch.Generator().manual_seed(0)).ravel().tolist()  # all weight on 1
+    [1.0, 1.0, 1.0, 1.0]
+    """
+    if weighted:
+        weights, _ = draw_weights(draws, weighted=True)
+    else:  # multinomial normalises: the converged indicator is the equal-weight law
+        weights = draws.converged.to(draws.samples.dtype)
+    weights = torch.where(draws.converged.any(dim=0), weights, 1.0)
+    picks = torch.multinomial(weights.T, n_resamples, replacement=True, generator=generator)
+    rows = torch.arange(draws.samples.shape[1], device=draws.samples.device)
+    return draws.samples[picks.T, rows]
+
+
 def conditional_mean(draws, weighted=True):
     """Point completion per row: the (importance-weighted) mean of the draws.
 
@@ -183,15 +268,7 @@ def conditional_mean(draws, weighted=True):
     >>> count.tolist()
     [8.0, 8.0]
     """
-    if weighted:
-        if draws.log_weight is None:
-            raise ValueError("weighted=True needs draws with log_weight (sample with weights=True).")
-        weights, ess = self_normalized_weights(draws.log_weight)
-    else:
-        ok = draws.converged.to(draws.samples.dtype)
-        count = ok.sum(dim=0)
-        weights = torch.where(count > 0, ok / count.clamp_min(1), torch.full_like(ok, 1.0 / ok.shape[0]))
-        ess = count
+    weights, ess = draw_weights(draws, weighted)
     mean = (weights.unsqueeze(-1) * draws.samples).sum(dim=0)
     # Where every draw agrees (observed entries above all) the weighted sum may round off
     # the last bit; return the common value exactly.

@@ -3,10 +3,10 @@
 Torch only: tensors in, tensors out; nothing here knows of NaN, pandas or scikit-learn.
 """
 
-from .blocks import ActNorm, BlockInverse, ResidualBlock
+from .blocks import ActNorm, BlockInverse, FlowLayer, ResidualBlock
 from .flow import EXACT_LOGDET_MAX_FEATURES, FlowInverse, ResidualFlow
 from .lipschitz import LipschitzLinear, LipSwish, SpectralNormBound
-from .logdet import exact_block_logdet, stochastic_block_logdet
+from .logdet import stochastic_block_logdet
 from .training import TrainingHistory, fit_flow
 
 __all__ = [
@@ -14,13 +14,13 @@ __all__ = [
     "BlockInverse",
     "EXACT_LOGDET_MAX_FEATURES",
     "FlowInverse",
+    "FlowLayer",
     "LipSwish",
     "LipschitzLinear",
     "ResidualBlock",
     "ResidualFlow",
     "SpectralNormBound",
     "TrainingHistory",
-    "exact_block_logdet",
     "fit_flow",
     "stochastic_block_logdet",
 ]

@@ -1,32 +1,42 @@
-"""The two transforms a residual flow is made of: residual blocks and ActNorm.
+"""The layers a residual flow is made of: residual blocks and ActNorm, under one contract.
 
-Both map in the data -> latent direction (``g``). Each exposes ``forward``, ``inverse``
-and what its log-determinant needs.
+Every layer maps in the data -> latent direction (``g``) and is a :class:`FlowLayer`: it
+knows its own inverse, Jacobian-vector products, log-determinant and inverse-Jacobian
+products, so :class:`~skivcnf.flows.ResidualFlow` composes layers in one loop without
+asking which kind each is (as zuko and nflows compose transforms).
 """
 
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .linearize import DiagonalProducts, NeumannInverse
 from .lipschitz import LipschitzLinear, activation_derivative, make_activation
+from .logdet import stochastic_block_logdet
 
-__all__ = ["ResidualBlock", "ActNorm", "BlockInverse"]
+__all__ = ["FlowLayer", "ResidualBlock", "ActNorm", "BlockInverse", "LOGDET_ESTIMATES"]
+
+#: How a layer's log-determinant is computed: exactly, or by an unbiased estimate.
+LOGDET_ESTIMATES = ("exact", "stochastic")
 
 
 class BlockInverse(NamedTuple):
-    """Result of inverting one block by fixed-point iteration.
+    """Result of inverting one layer (:meth:`FlowLayer.inverse`).
 
     Attributes
     ----------
     solution : Tensor (batch, d)
-        The block's input ``z`` with ``z + h(z) = x``.
+        The layer's input ``z`` with ``layer(z) = x``.
     converged : BoolTensor (batch,)
-        Whether the row's last step was at most ``tol``.
+        Whether the row's last fixed-point step was at most ``tol`` (always true for a
+        layer inverted in closed form).
     n_iter : int
-        Iterations run (the slowest row's).
+        Fixed-point iterations run (the slowest row's; 0 in closed form).
     residual : Tensor (batch,)
-        Max-norm of the last step; the residual ``|z + h(z) - x|`` is at most ``c`` times it.
+        Max-norm of the last step (0 in closed form); for a residual block the residual
+        ``|z + h(z) - x|`` is at most ``c`` times it.
 
     Examples
     --------
@@ -47,7 +57,81 @@ class BlockInverse(NamedTuple):
     residual: torch.Tensor
 
 
-class ResidualBlock(nn.Module):
+class FlowLayer(nn.Module, ABC):
+    """One invertible layer ``z -> g_l(z)`` of a residual flow, in the data -> latent direction.
+
+    The contract :class:`~skivcnf.flows.ResidualFlow` relies on. A layer implements
+    :meth:`forward`, :meth:`inverse`, :meth:`forward_and_tangents`,
+    :meth:`forward_tangents_and_logdet` and :meth:`linearize_inverse`; it may override
+    :meth:`initialize` (data-dependent set-up, nothing by default) and
+    :meth:`forward_and_logdet` (exact by default; a layer with a cheaper unbiased
+    estimate serves ``method="stochastic"`` with it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ActNorm, FlowLayer, ResidualBlock
+    >>> layers = [ActNorm(2).double(), ResidualBlock(2, (8,), generator=torch.Generator().manual_seed(0)).double()]
+    >>> all(isinstance(layer, FlowLayer) for layer in layers)
+    True
+    >>> z = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    >>> for layer in layers:  # one loop composes them, whatever each layer is
+    ...     z, logdet = layer.forward_and_logdet(z)
+    >>> z.shape, logdet.shape
+    (torch.Size([4, 2]), torch.Size([4]))
+    """
+
+    @abstractmethod
+    def forward(self, z):
+        """The layer's output, ``Tensor (batch, d)``."""
+
+    @abstractmethod
+    def inverse(self, x, tol, max_iter):
+        """The input ``z`` with ``layer(z) = x`` and a convergence record, :class:`BlockInverse`.
+
+        ``tol`` and ``max_iter`` steer a fixed-point inversion; a layer inverted in closed
+        form ignores them. Computed without a graph.
+        """
+
+    @abstractmethod
+    def forward_and_tangents(self, z, tangents):
+        """Output and the Jacobian-vector products of stacked tangents ``(batch, k, d)``."""
+
+    @abstractmethod
+    def forward_tangents_and_logdet(self, z, tangents):
+        """Output, Jacobian-vector products of ``tangents`` and the exact ``log|det|`` per row."""
+
+    @abstractmethod
+    def linearize_inverse(self, z, n_terms, tol):
+        """Products with the inverse of the layer's Jacobian at ``z`` (an object with ``jvp`` and ``vjp``).
+
+        ``n_terms`` and ``tol`` bound a Neumann series where the layer needs one (see
+        :class:`~skivcnf.flows.linearize.NeumannInverse`).
+        """
+
+    def initialize(self, z):
+        """Data-dependent initialisation from a batch ``z``; nothing by default."""
+
+    def forward_and_logdet(self, z, method="exact", generator=None, n_exact_terms=2, geom_p=0.5):
+        """Output and ``log|det|`` of the layer's Jacobian per row, ``Tensor (batch,)``.
+
+        Parameters
+        ----------
+        z : Tensor (batch, d)
+        method : {"exact", "stochastic"}, default="exact"
+            The stochastic estimate is unbiased; a layer whose exact log-determinant is
+            cheap returns it for both.
+        generator, n_exact_terms, geom_p
+            Settings of the stochastic estimator (see
+            :func:`~skivcnf.flows.logdet.stochastic_block_logdet`).
+        """
+        if method not in LOGDET_ESTIMATES:
+            raise ValueError(f"method must be one of {LOGDET_ESTIMATES}, got {method!r}.")
+        out, _, logdet = self.forward_tangents_and_logdet(z, z.new_zeros(z.shape[0], 0, z.shape[1]))
+        return out, logdet
+
+
+class ResidualBlock(FlowLayer):
     """``z -> z + h(z)`` with ``h`` an MLP whose Lipschitz constant is at most ``lipschitz_coeff``.
 
     Every linear layer of ``h`` has spectral norm at most ``lipschitz_coeff ** (1 / L)``
@@ -82,6 +166,9 @@ class ResidualBlock(nn.Module):
     >>> out.shape, jac.shape
     (torch.Size([4, 2]), torch.Size([4, 2, 2]))
     >>> torch.allclose(out, block(z))
+    True
+    >>> _, logdet = block.forward_and_logdet(z)
+    >>> torch.allclose(logdet, torch.linalg.slogdet(jac).logabsdet)
     True
     """
 
@@ -148,6 +235,30 @@ class ResidualBlock(nn.Module):
         out, products = self.forward_and_tangents(z, eye)
         return out, products.transpose(-1, -2)
 
+    def forward_tangents_and_logdet(self, z, tangents):
+        """Output, ``(I + dh/dz) t`` for stacked tangents and the exact ``log|det(I + dh/dz)|``.
+
+        The per-row Jacobian is formed (:meth:`forward_and_jacobian`, ``O(d^2 w)`` per row)
+        for its ``slogdet`` and the tangents are carried through it; meant for tabular widths.
+        """
+        out, jacobian = self.forward_and_jacobian(z)
+        logdet = torch.linalg.slogdet(jacobian).logabsdet
+        return out, tangents @ jacobian.transpose(-1, -2), logdet
+
+    def forward_and_logdet(self, z, method="exact", generator=None, n_exact_terms=2, geom_p=0.5):
+        """Output and ``log|det(I + dh/dz)|`` per row: exact, or the Residual Flows estimate.
+
+        See :meth:`FlowLayer.forward_and_logdet`; ``"stochastic"`` is
+        :func:`~skivcnf.flows.logdet.stochastic_block_logdet`.
+        """
+        if method == "stochastic":
+            return stochastic_block_logdet(self, z, generator, n_exact_terms, geom_p)
+        return super().forward_and_logdet(z, method)
+
+    def linearize_inverse(self, z, n_terms, tol):
+        """Products with ``(I + dh/dz)^{-1}`` at ``z`` by the Neumann series ``sum_j (-dh/dz)^j``."""
+        return NeumannInverse(self.residual, z, n_terms, tol)
+
     def lipschitz_bound(self):
         """Exact upper bound on ``Lip(h)``: the product of the layers' spectral norms."""
         bound = 1.0
@@ -191,12 +302,12 @@ class ResidualBlock(nn.Module):
         return BlockInverse(z, step <= tol, n_iter, step)
 
 
-class ActNorm(nn.Module):
+class ActNorm(FlowLayer):
     """Per-feature affine map ``z -> (z + bias) * exp(log_scale)``.
 
     Initialised from data by :meth:`initialize` so that its output has zero mean and unit
     variance on the first batch (Glow). Its log-determinant is ``sum(log_scale)`` for
-    every row.
+    every row; it is inverted in closed form.
 
     Parameters
     ----------
@@ -211,10 +322,11 @@ class ActNorm(nn.Module):
     >>> z = torch.tensor([[1.0, 10.0], [3.0, 30.0]], dtype=torch.float64)
     >>> norm.initialize(z)  # mean 0 and variance 1 per feature on this batch
     >>> standard = torch.tensor([[-1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
-    >>> torch.allclose(norm(z), standard), torch.allclose(norm.inverse(norm(z)), z)
+    >>> torch.allclose(norm(z), standard), torch.allclose(norm.inverse(norm(z)).solution, z)
     (True, True)
-    >>> round(float(norm.logdet().detach()), 4)  # -log(1) - log(10)
-    -2.3026
+    >>> _, logdet = norm.forward_and_logdet(z)
+    >>> [round(v, 4) for v in logdet.tolist()]  # -log(1) - log(10) for every row
+    [-2.3026, -2.3026]
     """
 
     def __init__(self, features):
@@ -233,9 +345,25 @@ class ActNorm(nn.Module):
     def forward(self, z):
         return (z + self.bias) * torch.exp(self.log_scale)
 
-    def inverse(self, x):
-        return x * torch.exp(-self.log_scale) - self.bias
+    @torch.no_grad()
+    def inverse(self, x, tol=None, max_iter=None):
+        """``z = x * exp(-log_scale) - bias`` in closed form (``tol`` and ``max_iter`` unused).
 
-    def logdet(self):
-        """Log-determinant of the Jacobian, the same for every row (a scalar)."""
-        return self.log_scale.sum()
+        Returns a :class:`BlockInverse` with every row converged after 0 iterations.
+        """
+        solution = x * torch.exp(-self.log_scale) - self.bias
+        converged = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return BlockInverse(solution, converged, 0, x.new_zeros(x.shape[0]))
+
+    def forward_and_tangents(self, z, tangents):
+        """Output and ``exp(log_scale) * t`` for stacked tangents ``(batch, k, d)``."""
+        return self(z), tangents * torch.exp(self.log_scale)
+
+    def forward_tangents_and_logdet(self, z, tangents):
+        """Output, scaled tangents and ``sum(log_scale)`` repeated for every row."""
+        out, products = self.forward_and_tangents(z, tangents)
+        return out, products, self.log_scale.sum().expand(z.shape[0])
+
+    def linearize_inverse(self, z, n_terms=None, tol=None):
+        """Products with the inverse Jacobian ``diag(exp(-log_scale))``, exact (``n_terms`` and ``tol`` unused)."""
+        return DiagonalProducts(torch.exp(-self.log_scale))

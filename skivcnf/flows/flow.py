@@ -7,18 +7,16 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.func import jvp, vjp
 from torch.nn.utils import parametrize
 
 from ..exceptions import InversionWarning
 from .blocks import ActNorm, ResidualBlock
 from .linearize import InverseLinearization, Linearization
-from .logdet import stochastic_block_logdet
 
 __all__ = ["ResidualFlow", "FlowInverse", "EXACT_LOGDET_MAX_FEATURES"]
 
 #: ``logdet="auto"`` computes exact log-determinants up to this many features. Measured
-#: (``python -m benchmarks.flow_fit --part logdet``, 6 blocks of width 64, batch 128): a
+#: (``python -m benchmarks.run --section logdet``, 6 blocks of width 64, batch 128): a
 #: training step with the exact log-det costs 2.1x / 3.4x / 6.0x / 9.2x the stochastic one
 #: at d = 10 / 30 / 64 / 100. Up to 100 the exact path is kept for what it buys: no
 #: variance in training, and exact importance weights for imputation, which the
@@ -26,6 +24,9 @@ __all__ = ["ResidualFlow", "FlowInverse", "EXACT_LOGDET_MAX_FEATURES"]
 EXACT_LOGDET_MAX_FEATURES = 100
 
 _LOG_2PI = math.log(2.0 * math.pi)
+#: :meth:`ResidualFlow.linearize_inverse` with at least this many Neumann terms and no
+#: ``tol`` sums each series to ``eps ** 0.75`` (exact products) instead of truncating it.
+_EXACT_NEUMANN_TERMS = 1000
 
 
 class FlowInverse(NamedTuple):
@@ -76,9 +77,15 @@ class ResidualFlow(nn.Module):
         ``log p(y) = log N(g(y); 0, I) + log|det dg/dy|``,
 
     takes one forward pass, and the IVCNF equality constraint ``g^H([y^O, y^H]) = x^H``
-    is solved with the explicit map and its Jacobian. METHOD.md measured this direction
-    to be the cheap one for both likelihood training and Newton solves; the price is that
-    :meth:`sample` and :meth:`inverse` run a fixed point per block.
+    is solved with the explicit map and its Jacobian. This direction is the cheap one for
+    both: likelihood training needs no inversion, and in a preliminary study (6 blocks of
+    width 128, d = 10-30) Newton on the explicit map solved every row in 2-4 iterations,
+    where each inversion of the flow took 100-500 fixed-point steps per block. The price
+    is that :meth:`sample` and :meth:`inverse` run a fixed point per block.
+
+    The layers (:class:`~skivcnf.flows.blocks.FlowLayer`) each know their inverse,
+    Jacobian-vector products and log-determinant, so every method below is one loop over
+    them.
 
     Parameters
     ----------
@@ -151,7 +158,21 @@ class ResidualFlow(nn.Module):
     def _reference(self):
         return next(self.parameters())
 
-    def _as_input(self, y):
+    def as_input(self, y):
+        """``y`` as a tensor of the flow's dtype and device; raises unless its shape is ``(batch, d)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from skivcnf.flows import ResidualFlow
+        >>> flow = ResidualFlow(3, n_blocks=1, generator=torch.Generator().manual_seed(0)).double()
+        >>> flow.as_input([[1, 2, 3]]).dtype
+        torch.float64
+        >>> flow.as_input(torch.zeros(2, 4))
+        Traceback (most recent call last):
+            ...
+        ValueError: expected a tensor of shape (batch, 3), got (2, 4).
+        """
         ref = self._reference()
         y = torch.as_tensor(y, dtype=ref.dtype, device=ref.device)
         if y.ndim != 2 or y.shape[1] != self.features:
@@ -200,22 +221,16 @@ class ResidualFlow(nn.Module):
         x : Tensor (batch, d)
         logdet : Tensor (batch,)
         """
-        y = self._as_input(y)
+        y = self.as_input(y)
         if method not in (None, "exact", "stochastic"):
             raise ValueError(f"method must be None, 'exact' or 'stochastic', got {method!r}.")
-        if self.use_exact_logdet() if method is None else method == "exact":
-            x, _, logdet = self.forward_and_jvps(y, y.new_zeros(y.shape[0], 0, self.features), logdet=True)
-            return x, logdet
+        if method is None:
+            method = "exact" if self.use_exact_logdet() else "stochastic"
         z = y
         logdet = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
         for layer in self.layers:
-            if isinstance(layer, ActNorm):
-                z, logdet = layer(z), logdet + layer.logdet()
-            else:
-                z, block_logdet = stochastic_block_logdet(
-                    layer, z, generator, self.n_exact_terms, self.geom_p
-                )
-                logdet = logdet + block_logdet
+            z, layer_logdet = layer.forward_and_logdet(z, method, generator, self.n_exact_terms, self.geom_p)
+            logdet = logdet + layer_logdet
         return z, logdet
 
     def log_prob(self, y, generator=None, method=None):
@@ -246,7 +261,7 @@ class ResidualFlow(nn.Module):
         -------
         FlowInverse
         """
-        x = self._as_input(x)
+        x = self.as_input(x)
         tol = tol if tol is not None else (
             self.inverse_tol if self.inverse_tol is not None else default_tolerance(x.dtype)
         )
@@ -256,9 +271,6 @@ class ResidualFlow(nn.Module):
             converged = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             n_iter = 0
             for layer in reversed(self.layers):
-                if isinstance(layer, ActNorm):
-                    z = layer.inverse(z)
-                    continue
                 result = layer.inverse(z, tol, max_iter)
                 z, n_iter = result.solution, n_iter + result.n_iter
                 converged &= result.converged
@@ -290,30 +302,23 @@ class ResidualFlow(nn.Module):
         return self.inverse(x)
 
     # ------------------------------------------------------------------ Jacobians
-    def jvp(self, y, v):
-        """``(g(y), G(y) v)`` per row; ``y, v : Tensor (batch, d)``."""
-        return jvp(self, (self._as_input(y),), (v,))
-
-    def vjp(self, y, u):
-        """``(g(y), u^T G(y))`` per row; ``y, u : Tensor (batch, d)``."""
-        x, pullback = vjp(self, self._as_input(y))
-        return x, pullback(u)[0]
-
     def jacobian(self, y):
         """Per-row Jacobian ``G(y) = dg/dy``, ``Tensor (batch, d, d)``; meant for small ``d``."""
-        y = self._as_input(y)
+        y = self.as_input(y)
         eye = torch.eye(self.features, dtype=y.dtype, device=y.device).expand(y.shape[0], -1, -1)
         return self.forward_and_jvps(y, eye)[1].transpose(-1, -2)
 
     def forward_and_jvps(self, y, tangents, logdet=False):
         """Latent ``x = g(y)``, products ``G(y) t`` for stacked tangents, and optionally ``log|det G|``.
 
-        Every block is differentiated in closed form
-        (:meth:`~skivcnf.flows.blocks.ResidualBlock.forward_and_tangents`), so the result
+        Every layer is differentiated in closed form
+        (:meth:`~skivcnf.flows.blocks.FlowLayer.forward_and_tangents`), so the result
         is differentiable by ordinary autograd with respect to ``y``, the tangents and
-        the weights. With ``logdet=True`` each block's full Jacobian is formed for its
-        ``slogdet`` (summed block by block, better conditioned than the determinant of
-        the product) and the tangents are carried through it.
+        the weights. With ``logdet=True`` each layer adds its exact log-determinant
+        (:meth:`~skivcnf.flows.blocks.FlowLayer.forward_tangents_and_logdet`: a residual
+        block forms its full Jacobian for its ``slogdet``, summed block by block, better
+        conditioned than the determinant of the product) and the tangents are carried
+        through it.
 
         Parameters
         ----------
@@ -328,37 +333,16 @@ class ResidualFlow(nn.Module):
             ``products[b, i] = G(y_b) tangents[b, i]``.
         logdet : Tensor (batch,) or None
         """
-        z = self._as_input(y)
+        z = self.as_input(y)
         t = tangents
         total = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device) if logdet else None
         for layer in self.layers:
-            if isinstance(layer, ActNorm):
-                z, t = layer(z), t * torch.exp(layer.log_scale)
-                total = total + layer.logdet() if logdet else None
-            elif logdet:
-                z, block_jac = layer.forward_and_jacobian(z)
-                total = total + torch.linalg.slogdet(block_jac).logabsdet
-                t = t @ block_jac.transpose(-1, -2)
+            if logdet:
+                z, t, layer_logdet = layer.forward_tangents_and_logdet(z, t)
+                total = total + layer_logdet
             else:
                 z, t = layer.forward_and_tangents(z, t)
         return z, t, total
-
-    def forward_and_jacobian(self, y):
-        """Latent ``x = g(y)``, the per-row Jacobian ``G(y)`` and ``log|det G(y)|``, exactly.
-
-        See :meth:`forward_and_jvps`; here the tangents are the identity. Meant for small
-        ``d`` (``O(d^2 w + d^3)`` per row and block).
-
-        Returns
-        -------
-        x : Tensor (batch, d)
-        jacobian : Tensor (batch, d, d)
-        logdet : Tensor (batch,)
-        """
-        y = self._as_input(y)
-        eye = torch.eye(self.features, dtype=y.dtype, device=y.device).expand(y.shape[0], -1, -1)
-        x, products, logdet = self.forward_and_jvps(y, eye, logdet=True)
-        return x, products.transpose(-1, -2), logdet
 
     def linearize(self, y):
         """Products with ``G(y)`` that reuse one graph (for solvers; no graph is returned).
@@ -366,28 +350,27 @@ class ResidualFlow(nn.Module):
         Returns a :class:`~skivcnf.flows.linearize.Linearization` whose ``value`` is
         ``g(y)`` and whose ``jvp``/``vjp`` take ``(batch, d)`` or stacked ``(k, batch, d)``.
         """
-        return Linearization(self, self._as_input(y))
+        return Linearization(self, self.as_input(y))
 
-    def linearize_inverse(self, y, n_terms=1000, tol=None):
+    def linearize_inverse(self, y, n_terms=_EXACT_NEUMANN_TERMS, tol=None):
         """Products with ``J(y) = G(y)^{-1}`` by a Neumann series in each block.
 
         ``tol=None`` with the default ``n_terms`` sums each series to ``eps ** 0.75`` of
         the dtype (exact products); a small ``n_terms`` with ``tol=None`` gives a fixed,
         cheap approximation. Returns an :class:`~skivcnf.flows.linearize.InverseLinearization`.
         """
-        y = self._as_input(y)
-        if tol is None and n_terms >= 1000:
+        y = self.as_input(y)
+        if tol is None and n_terms >= _EXACT_NEUMANN_TERMS:
             tol = default_tolerance(y.dtype)
         return InverseLinearization(self, y, n_terms, tol)
 
     # ------------------------------------------------------------------ set-up and checks
     @torch.no_grad()
     def initialize(self, y):
-        """Data-dependent initialisation of every ActNorm, in order, from a batch ``y``."""
-        z = self._as_input(y)
+        """Data-dependent initialisation of every layer (ActNorm), in order, from a batch ``y``."""
+        z = self.as_input(y)
         for layer in self.layers:
-            if isinstance(layer, ActNorm):
-                layer.initialize(z)
+            layer.initialize(z)
             z = layer(z)
         return self
 

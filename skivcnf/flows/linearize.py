@@ -10,7 +10,7 @@ costs one backward pass, and a stack of ``k`` tangents is one batched backward
 
 import torch
 
-__all__ = ["Linearization", "InverseLinearization"]
+__all__ = ["Linearization", "NeumannInverse", "DiagonalProducts", "InverseLinearization"]
 
 
 def _batched(v, reference):
@@ -55,13 +55,75 @@ class Linearization:
         return out
 
 
-class InverseLinearization:
-    """Products with ``J = G^{-1}`` of a residual flow at ``y``, by Neumann series per block.
+class NeumannInverse:
+    """Products with ``(I + A)^{-1}``, ``A = dfn/dz`` at ``z``, by the Neumann series ``sum_j (-A)^j``.
 
-    ``G = G_L ... G_1`` (one factor per layer), so ``J v = G_1^{-1} ... G_L^{-1} v``, and
-    each residual block's ``(I + dh)^{-1}`` is ``sum_j (-dh)^j``, which converges at rate
-    ``Lip(h) <= c``. With a small ``n_terms`` and ``tol=None`` it is a fixed linear
-    approximation of ``J`` (a preconditioner).
+    The series converges at rate ``||A||``; for a residual block's branch that is at most
+    ``Lip(h) <= c < 1``.
+
+    Parameters
+    ----------
+    fn : callable
+        ``Tensor (batch, d) -> Tensor (batch, d)``, rows independent (a residual branch ``h``).
+    z : Tensor (batch, d)
+    n_terms : int
+        Series terms at most.
+    tol : float or None
+        Stop when a term's max-norm is at most ``tol``; ``None`` always sums ``n_terms``
+        terms (a fixed linear approximation, e.g. a preconditioner).
+    """
+
+    def __init__(self, fn, z, n_terms, tol):
+        self._branch = Linearization(fn, z)
+        self.n_terms, self.tol = n_terms, tol
+
+    def _series(self, v, product):
+        total, term = v, v
+        for _ in range(self.n_terms):
+            term = -product(term)
+            total = total + term
+            if self.tol is not None and float(term.abs().max()) <= self.tol:
+                break
+        return total
+
+    def jvp(self, v):
+        """``(I + A)^{-1} v``, ``v : Tensor (batch, d)``."""
+        return self._series(v, self._branch.jvp)
+
+    def vjp(self, u):
+        """``u^T (I + A)^{-1}``, ``u : Tensor (batch, d)``."""
+        return self._series(u, self._branch.vjp)
+
+
+class DiagonalProducts:
+    """Products with ``diag(scale)``, the same for every row (``jvp`` and ``vjp`` agree).
+
+    Parameters
+    ----------
+    scale : Tensor (d,)
+    """
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def jvp(self, v):
+        """``scale * v``."""
+        return v * self.scale
+
+    def vjp(self, u):
+        """``u * scale``."""
+        return u * self.scale
+
+
+class InverseLinearization:
+    """Products with ``J = G^{-1}`` of a residual flow at ``y``, one layer at a time.
+
+    ``G = G_L ... G_1`` (one factor per layer), so ``J v = G_1^{-1} ... G_L^{-1} v``; each
+    layer supplies products with its own inverse Jacobian
+    (:meth:`~skivcnf.flows.blocks.FlowLayer.linearize_inverse`): a residual block's
+    ``(I + dh)^{-1}`` is a Neumann series, which converges at rate ``Lip(h) <= c``. With a
+    small ``n_terms`` and ``tol=None`` it is a fixed linear approximation of ``J`` (a
+    preconditioner).
 
     Parameters
     ----------
@@ -74,41 +136,21 @@ class InverseLinearization:
     """
 
     def __init__(self, flow, y, n_terms, tol):
-        from .blocks import ActNorm
-
         self._factors = []
         z = y.detach()
         with torch.no_grad():
             for layer in flow.layers:
-                if isinstance(layer, ActNorm):
-                    self._factors.append(torch.exp(-layer.log_scale))
-                else:
-                    self._factors.append(Linearization(layer.residual, z))
+                self._factors.append(layer.linearize_inverse(z, n_terms, tol))
                 z = layer(z)
-        self.n_terms, self.tol = n_terms, tol
-
-    def _series(self, lin, v, transpose):
-        total, term = v, v
-        for _ in range(self.n_terms):
-            term = -(lin.vjp(term) if transpose else lin.jvp(term))
-            total = total + term
-            if self.tol is not None and float(term.abs().max()) <= self.tol:
-                break
-        return total
-
-    def _apply(self, factor, v, transpose):
-        if isinstance(factor, torch.Tensor):
-            return v * factor
-        return self._series(factor, v, transpose)
 
     def jvp(self, v):
         """``J v``, ``v : Tensor (batch, d)``."""
         for factor in reversed(self._factors):
-            v = self._apply(factor, v, False)
+            v = factor.jvp(v)
         return v
 
     def vjp(self, u):
         """``u^T J``, ``u : Tensor (batch, d)``."""
         for factor in self._factors:
-            u = self._apply(factor, u, True)
+            u = factor.vjp(u)
         return u

@@ -1,54 +1,19 @@
-"""Log-determinants of a residual block ``z -> z + h(z)``, exact or stochastic.
+"""The stochastic log-determinant of a residual block ``z -> z + h(z)``.
 
-- ``exact``: the per-row Jacobian ``I + dh/dz`` in closed form
-  (:meth:`~skivcnf.flows.blocks.ResidualBlock.forward_and_jacobian`, batched matrix
-  products), then a batched ``slogdet``. No variance; costs ``O(d w^2)`` per row, so it
-  is the choice for tabular widths.
-- ``stochastic``: the Residual Flows estimator (Chen et al. 2019). The value is the power
-  series ``log det(I + J) = sum_k (-1)^(k+1) tr(J^k) / k`` truncated by a Russian
-  roulette and reweighted so that it stays unbiased, with Hutchinson's trace estimator.
-  The gradient is the Neumann series
-  ``d log det(I + J) = sum_k (-1)^k tr(J^k dJ)``, estimated with the same roulette and
-  probe vector, so that the graph holds one vector-Jacobian product instead of the
-  whole series.
+The exact one, :meth:`~skivcnf.flows.blocks.ResidualBlock.forward_and_logdet`, forms the
+per-row Jacobian ``I + dh/dz`` in closed form and takes a batched ``slogdet``: no
+variance and ``O(d w^2)`` per row, the choice for tabular widths. Above them, the
+Residual Flows estimator (Chen et al. 2019): the value is the power series
+``log det(I + J) = sum_k (-1)^(k+1) tr(J^k) / k`` truncated by a Russian roulette and
+reweighted so that it stays unbiased, with Hutchinson's trace estimator. The gradient is
+the Neumann series ``d log det(I + J) = sum_k (-1)^k tr(J^k dJ)``, estimated with the
+same roulette and probe vector, so that the graph holds one vector-Jacobian product
+instead of the whole series.
 """
 
 import torch
 
-__all__ = ["exact_block_logdet", "stochastic_block_logdet"]
-
-
-def exact_block_logdet(block, z):
-    """Block output and exact ``log|det(I + dh/dz)|`` per row.
-
-    Parameters
-    ----------
-    block : ResidualBlock
-    z : Tensor (batch, d)
-
-    Returns
-    -------
-    out : Tensor (batch, d)
-        ``block(z)``, differentiable.
-    logdet : Tensor (batch,)
-        Differentiable with respect to ``z`` and the block's weights.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skivcnf.flows import ResidualBlock, exact_block_logdet
-    >>> block = ResidualBlock(3, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
-    >>> z = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    >>> out, logdet = exact_block_logdet(block, z)
-    >>> out.shape, logdet.shape
-    (torch.Size([4, 3]), torch.Size([4]))
-    >>> jac = torch.autograd.functional.jacobian(lambda v: block(v.unsqueeze(0))[0], z[0])
-    >>> torch.allclose(logdet[0], torch.linalg.slogdet(jac).logabsdet)
-    True
-    """
-
-    out, jac = block.forward_and_jacobian(z)
-    return out, torch.linalg.slogdet(jac).logabsdet
+__all__ = ["stochastic_block_logdet"]
 
 
 def _roulette_coefficients(n_exact_terms, geom_p, generator, dtype, device):
@@ -92,13 +57,13 @@ def stochastic_block_logdet(block, z, generator=None, n_exact_terms=2, geom_p=0.
     Examples
     --------
     >>> import torch
-    >>> from skivcnf.flows import ResidualBlock, exact_block_logdet, stochastic_block_logdet
+    >>> from skivcnf.flows import ResidualBlock, stochastic_block_logdet
     >>> block = ResidualBlock(3, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
     >>> z = torch.randn(1, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     >>> _, estimate = stochastic_block_logdet(block, z.expand(500, 3), generator=torch.Generator().manual_seed(2))
     >>> estimate.shape
     torch.Size([500])
-    >>> _, exact = exact_block_logdet(block, z)
+    >>> _, exact = block.forward_and_logdet(z)
     >>> bool((estimate.mean() - exact).abs() < 0.02)  # the average of many estimates
     True
     """

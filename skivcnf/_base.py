@@ -1,0 +1,210 @@
+"""Plumbing shared by the imputers over a flow, written once: validation, the missing mask,
+the column layout, the missing indicator, output containers, feature names and persistence.
+
+An estimator built on :class:`BaseFlowImputer` holds only its algorithm: it fits
+``flow_``/``posterior_`` on the standardised modelled columns and produces their values;
+the base class turns those into completed tables.
+"""
+
+import warnings
+from numbers import Integral
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.impute import MissingIndicator
+from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, validate_data
+
+from . import _persistence
+from ._columns import ColumnLayout, missing_mask
+from ._sklearn_compat import MissingValues, check_feature_names_in, output_container, wrap_in_output_container
+from ._utils import RandomStreams, resolve_device
+from .exceptions import ConstraintWarning
+
+__all__ = ["BaseFlowImputer", "ImputationDraws", "mean_where_unsolved", "warn_unsolved"]
+
+
+class ImputationDraws(NamedTuple):
+    """Conditional draws of a block of rows (:meth:`IVCNFImputer.conditional_draws`).
+
+    Attributes
+    ----------
+    values : ndarray (n_draws, n_samples, n_features_out)
+        Completed copies on the input's scale (without indicator columns); observed entries
+        are the input's in every copy. A row none of whose draws was solved has its missing
+        entries at the training means.
+    weights : ndarray (n_draws, n_samples)
+        Self-normalised importance weights (sum to 1 over draws); the weighted mean of
+        ``values`` is a point imputation as :meth:`IVCNFImputer.transform` computes it (from
+        its own draws). Equal weights on the solved draws where exact weights are off or
+        unavailable.
+    ess : ndarray (n_samples,)
+        Effective sample size of each row's weights (``1 / sum w^2``).
+    converged : ndarray of bool (n_draws, n_samples)
+        Whether each draw's equality constraint was solved to tolerance.
+    n_iter : ndarray of int (n_draws, n_samples)
+        Solver iterations per draw (summed over the fallback chain).
+    method : ndarray of int (n_draws, n_samples)
+        Index into :data:`skivcnf.conditional.SOLVERS` of the solver that finished the draw.
+    """
+
+    values: np.ndarray
+    weights: np.ndarray
+    ess: np.ndarray
+    converged: np.ndarray
+    n_iter: np.ndarray
+    method: np.ndarray
+
+
+def warn_unsolved(n_failed, n_rows, where=""):
+    """One ConstraintWarning for the rows none of whose draws was solved."""
+    if n_failed:
+        warnings.warn(f"{n_failed} of {n_rows} rows had no draw whose constraint was solved; their missing "
+                      f"entries were filled with the training means{where}.", ConstraintWarning, stacklevel=3)
+
+
+def mean_where_unsolved(values, failed):
+    """``values`` as float64 numpy, with rows in ``failed`` at 0, the training mean on the flow's scale."""
+    return torch.where(failed.unsqueeze(-1), 0.0, values).cpu().double().numpy()
+
+
+class BaseFlowImputer(TransformerMixin, BaseEstimator):
+    """Base class of the flow imputers (not for direct use).
+
+    Subclasses define ``_build_modules(n_modelled, generator=None) -> (flow, posterior)``
+    and the parameters ``missing_values``, ``add_indicator``, ``keep_empty_features``,
+    ``device`` and ``random_state``.
+    """
+
+    _parameter_constraints: dict = {
+        "missing_values": [MissingValues()],
+        "add_indicator": ["boolean"],
+        "keep_empty_features": ["boolean"],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def _validate_input(self, X, reset):
+        """Validated float copy of ``X`` with NaN at every missing entry, the input's values, and the mask."""
+        if not reset:
+            check_is_fitted(self, "modelled_features_")
+        # NaN always means missing (whatever missing_values is); infinities are refused.
+        X = validate_data(self, X, reset=reset, dtype=FLOAT_DTYPES, copy=True, ensure_all_finite="allow-nan",
+                          ensure_min_samples=2 if reset else 1)
+        mask = missing_mask(X, self.missing_values)
+        original = X.copy()
+        X[mask] = np.nan
+        return X, original, mask
+
+    def _fit_layout(self, X, mask):
+        """Fit the indicator and the column layout, choose the device, root the random streams."""
+        self.indicator_ = MissingIndicator(missing_values=np.nan, error_on_new=False).fit(X) \
+            if self.add_indicator else None
+        layout = ColumnLayout.fit(X, mask)
+        self.empty_features_, self.constant_values_ = layout.empty, layout.constant_values
+        self.modelled_features_, self.center_, self.scale_ = layout.modelled, layout.center, layout.scale
+        self._device = resolve_device(self.device)
+        self._streams = RandomStreams.from_random_state(self.random_state)
+        return layout
+
+    def _has_hidden_modelled(self, mask):
+        """Whether the flow has entries to fill in rows with missing ``mask``."""
+        return self.flow_ is not None and bool(mask[:, self.modelled_features_].any())
+
+    def _layout(self):
+        return ColumnLayout(self.empty_features_, self.constant_values_, self.modelled_features_, self.center_,
+                            self.scale_)
+
+    def _completed(self, original, mask, standardised_values, X):
+        """The output table: ``original`` with its missing entries filled, then the indicator columns.
+
+        ``standardised_values`` (n_samples, n_modelled) are the flow's values of the modelled
+        columns on its own scale, or None when the flow fills nothing.
+        """
+        layout = self._layout()
+        values = None if standardised_values is None else layout.unstandardise(standardised_values)
+        out = layout.complete(original, mask, values, self.keep_empty_features)
+        return out if self.indicator_ is None else np.hstack([out, self.indicator_.transform(X)])
+
+    def _stack_in_output_container(self, outputs, X_in):
+        """Stack completed copies in the container that ``transform`` returns (``set_output``)."""
+        container = output_container(self)
+        if container == "default":
+            return np.stack(outputs)
+        frames = [wrap_in_output_container(out, X_in, self) for out in outputs]
+        if container == "pandas":
+            import pandas as pd
+
+            return pd.concat(frames, keys=range(len(frames)), names=["imputation", *frames[0].index.names])
+        import polars as pl
+
+        return pl.concat([f.insert_column(0, pl.Series("imputation", [k] * len(f))) for k, f in enumerate(frames)])
+
+    @staticmethod
+    def _check_count(name, value):
+        if not isinstance(value, Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names (empty features dropped unless kept, indicators appended).
+
+        Parameters
+        ----------
+        input_features : array-like of str, optional
+
+        Returns
+        -------
+        ndarray of str
+        """
+        check_is_fitted(self, "modelled_features_")
+        names = check_feature_names_in(self, input_features)
+        out = names if self.keep_empty_features else names[~self.empty_features_]
+        if self.indicator_ is not None:
+            out = np.concatenate([out, self.indicator_.get_feature_names_out(names)])
+        return out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.non_deterministic = False
+        return tags
+
+    def save(self, path):
+        """Write the fitted imputer to ``path`` as weights, arrays and settings; no pickle.
+
+        The file holds only tensors, numbers and strings, so :meth:`load` reads it with
+        ``torch.load(weights_only=True)``, which runs no code from the file, unlike
+        unpickling. The ``set_output`` configuration is saved too.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        """
+        check_is_fitted(self, "modelled_features_")
+        _persistence.save_imputer(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """Read an imputer written by :meth:`save` (safe: no code in the file is run).
+
+        The imputer goes to its ``device`` setting, or to the CPU (with a warning) where
+        that device is not available.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Returns
+        -------
+        imputer
+            Fitted; its transforms equal the saved imputer's.
+        """
+        return _persistence.load_imputer(cls, path)
+
+    def __getstate__(self):
+        return _persistence.pickled_state(self)
+
+    def __setstate__(self, state):
+        _persistence.restore_pickled_state(self, state)

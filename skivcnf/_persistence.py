@@ -1,0 +1,133 @@
+"""Saving, loading and pickling a fitted IVCNFImputer.
+
+``save`` writes plain data only (tensors, numbers, strings; ``torch.save`` of a dict), so
+``load`` reads it with ``torch.load(weights_only=True)``, which runs no code from the file.
+Pickling keeps the modules' weights as state dicts on the CPU, so a fitted imputer unpickles
+on a machine without a GPU. Both rebuild the flow and the posterior with the estimator's own
+builder, so fit, load and unpickling make the same architecture.
+"""
+
+import json
+import math
+import os
+from dataclasses import asdict
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.impute import MissingIndicator
+
+from ._training import TrainingHistory
+from ._utils import RandomStreams, resolve_device
+
+__all__ = ["FORMAT", "VERSION", "load_imputer", "save_imputer", "pickled_state", "restore_pickled_state"]
+
+FORMAT = "skivcnf.IVCNFImputer"
+#: Version 2: centre and scale instead of StandardScaler's internals, the ``set_output``
+#: configuration, the unified training history, the root seed of the named random streams.
+VERSION = 2
+
+_ARRAYS = ("empty_features_", "constant_values_", "modelled_features_", "center_", "scale_")
+
+
+def _cpu_state(module):
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def save_imputer(imputer, path):
+    """Write a fitted ``imputer`` to ``path`` (see :meth:`IVCNFImputer.save`)."""
+    params = imputer.get_params()
+    if not (params["random_state"] is None or isinstance(params["random_state"], Integral)):
+        params["random_state"] = None  # a RandomState instance was only used to seed fit
+    params["hidden_layer_sizes"] = list(params["hidden_layer_sizes"])
+    fitted = {
+        "n_features_in": int(imputer.n_features_in_),
+        "feature_names_in": [str(n) for n in imputer.feature_names_in_] if hasattr(imputer, "feature_names_in_")
+        else None,
+        "root_seed": imputer._streams.root_seed,
+        "indicator_features": imputer.indicator_.features_.tolist() if imputer.indicator_ is not None else None,
+        "history": asdict(imputer.history_) if imputer.history_ is not None else None,
+        # set_output's choice (e.g. {"transform": "pandas"}) is estimator state too.
+        "output_config": dict(getattr(imputer, "_sklearn_output_config", {})),
+    }
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "params": json.dumps(params),
+        "fitted": json.dumps(fitted),
+        "arrays": {name: torch.from_numpy(np.array(getattr(imputer, name))) for name in _ARRAYS},
+        "flow": _cpu_state(imputer.flow_) if imputer.flow_ is not None else None,
+        "posterior": _cpu_state(imputer.posterior_) if imputer.posterior_ is not None else None,
+    }
+    torch.save(payload, os.fspath(path))
+
+
+def load_imputer(cls, path):
+    """Read an imputer written by :func:`save_imputer` (see :meth:`IVCNFImputer.load`)."""
+    payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} is not a file written by IVCNFImputer.save.")
+    if payload["version"] != VERSION:
+        newer = payload["version"] > VERSION
+        raise ValueError(f"{os.fspath(path)!r} was written by {'a newer' if newer else 'an older'} skivcnf (format "
+                         f"version {payload['version']}, this one reads {VERSION}); "
+                         f"{'upgrade skivcnf' if newer else 'refit the imputer'} to use it.")
+    params = json.loads(payload["params"])
+    params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    if isinstance(params["missing_values"], float) and math.isnan(params["missing_values"]):
+        params["missing_values"] = np.nan
+    fitted = json.loads(payload["fitted"])
+    imputer = cls(**params)
+    imputer.n_features_in_ = fitted["n_features_in"]
+    if fitted["feature_names_in"] is not None:
+        imputer.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
+    for name in _ARRAYS:
+        setattr(imputer, name, payload["arrays"][name].numpy())
+    imputer.empty_features_ = imputer.empty_features_.astype(bool)
+    imputer.modelled_features_ = imputer.modelled_features_.astype(bool)
+    imputer.indicator_ = None
+    if fitted["indicator_features"] is not None:
+        imputer.indicator_ = _rebuild_indicator(imputer.n_features_in_, fitted["indicator_features"])
+    if fitted["output_config"]:
+        imputer._sklearn_output_config = fitted["output_config"]
+    imputer._streams = RandomStreams(fitted["root_seed"])
+    imputer.history_ = TrainingHistory(**fitted["history"]) if fitted["history"] else None
+    imputer._device = resolve_device(imputer.device, fall_back_to_cpu=True)
+    imputer.flow_, imputer.posterior_ = None, None
+    if payload["flow"] is not None:
+        imputer.flow_, imputer.posterior_ = imputer._build_modules(int(imputer.modelled_features_.sum()))
+        imputer.flow_.load_state_dict(payload["flow"])
+        imputer.posterior_.load_state_dict(payload["posterior"])
+        imputer.flow_.to(imputer._device)
+        imputer.posterior_.to(imputer._device)
+    return imputer
+
+
+def _rebuild_indicator(n_features, features):
+    """A fitted MissingIndicator flagging ``features`` (fitted, as in ``fit``, on an array)."""
+    row = np.zeros((1, n_features))
+    row[0, np.asarray(features, dtype=int)] = np.nan
+    return MissingIndicator(missing_values=np.nan, error_on_new=False).fit(row)
+
+
+def pickled_state(imputer):
+    """``__getstate__``: modules as CPU state dicts (parametrised modules pickle only so)."""
+    state = imputer.__dict__.copy()
+    for name in ("flow_", "posterior_"):
+        if state.get(name) is not None:
+            state[name] = _cpu_state(state[name])
+    state.pop("_device", None)
+    return state
+
+
+def restore_pickled_state(imputer, state):
+    """``__setstate__``: rebuild the modules on the ``device`` setting (the CPU if it is absent)."""
+    imputer.__dict__.update(state)
+    if isinstance(state.get("flow_"), dict):
+        flow, posterior = imputer._build_modules(int(imputer.modelled_features_.sum()))
+        flow.load_state_dict(state["flow_"])
+        posterior.load_state_dict(state["posterior_"])
+        imputer._device = resolve_device(imputer.device, fall_back_to_cpu=True)
+        imputer.flow_, imputer.posterior_ = flow.to(imputer._device), posterior.to(imputer._device)
+    elif "modelled_features_" in state:
+        imputer._device = resolve_device(imputer.device, fall_back_to_cpu=True)
