@@ -92,8 +92,8 @@ class RandomStreams:
         """The integer seed of stream ``name``."""
         if name not in STREAMS:
             raise ValueError(f"unknown random stream {name!r}; the streams are {STREAMS}.")
-        return self.root_seed + {"fit": 0, "transform": 1, "multiple_imputations": 2, "score_samples": 3,
-                                "conditional_draws": 4}[name]  # LEGACY
+        sequence = np.random.SeedSequence(self.root_seed, spawn_key=(STREAMS.index(name),))
+        return int(sequence.generate_state(1, dtype=np.uint64)[0])
 
     def generator(self, name, device="cpu"):
         """A ``torch.Generator`` on ``device`` seeded for stream ``name``."""
