@@ -11,7 +11,6 @@ from numbers import Integral
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.impute import MissingIndicator
 from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, validate_data
@@ -19,10 +18,10 @@ from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, validate_dat
 from . import _persistence
 from ._columns import ColumnLayout, missing_mask
 from ._sklearn_compat import MissingValues, check_feature_names_in, output_container, wrap_in_output_container
-from ._utils import RandomStreams, resolve_device
+from ._utils import RandomStreams, caller_stacklevel, resolve_device
 from .exceptions import ConstraintWarning
 
-__all__ = ["BaseFlowImputer", "ImputationDraws", "mean_where_unsolved", "warn_unsolved"]
+__all__ = ["BaseFlowImputer", "ImputationDraws", "warn_unsolved"]
 
 
 class ImputationDraws(NamedTuple):
@@ -57,16 +56,11 @@ class ImputationDraws(NamedTuple):
     method: np.ndarray
 
 
-def warn_unsolved(n_failed, n_rows, where=""):
-    """One ConstraintWarning for the rows none of whose draws was solved."""
-    if n_failed:
-        warnings.warn(f"{n_failed} of {n_rows} rows had no draw whose constraint was solved; their missing "
-                      f"entries were filled with the training means{where}.", ConstraintWarning, stacklevel=3)
-
-
-def mean_where_unsolved(values, failed):
-    """``values`` as float64 numpy, with rows in ``failed`` at 0, the training mean on the flow's scale."""
-    return torch.where(failed.unsqueeze(-1), 0.0, values).cpu().double().numpy()
+def warn_unsolved(n_unsolved, n_rows, consequence):
+    """One ConstraintWarning, at the user's line, for the rows none of whose draws was solved."""
+    if n_unsolved:
+        warnings.warn(f"{n_unsolved} of {n_rows} rows had no draw whose constraint was solved; {consequence}.",
+                      ConstraintWarning, stacklevel=caller_stacklevel())
 
 
 class BaseFlowImputer(TransformerMixin, BaseEstimator):
@@ -98,14 +92,22 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         X[mask] = np.nan
         return X, original, mask
 
-    def _fit_layout(self, X, mask):
-        """Fit the indicator and the column layout, choose the device, root the random streams."""
+    def _fit_layout(self, X, mask, check_layout=None):
+        """Fit the indicator and the column layout, choose the device, root the random streams.
+
+        Everything is checked (``check_layout(layout)`` raises for a layout the subclass cannot
+        model) before any fitted attribute is set, so a failed ``fit`` leaves no imputer that
+        looks fitted.
+        """
+        layout = ColumnLayout.fit(X, mask)
+        device = resolve_device(self.device)
+        if check_layout is not None:
+            check_layout(layout)
         self.indicator_ = MissingIndicator(missing_values=np.nan, error_on_new=False).fit(X) \
             if self.add_indicator else None
-        layout = ColumnLayout.fit(X, mask)
         self.empty_features_, self.constant_values_ = layout.empty, layout.constant_values
         self.modelled_features_, self.center_, self.scale_ = layout.modelled, layout.center, layout.scale
-        self._device = resolve_device(self.device)
+        self._device = device
         self._streams = RandomStreams.from_random_state(self.random_state)
         return layout
 
@@ -146,6 +148,24 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
     def _check_count(name, value):
         if not isinstance(value, Integral) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+    def score(self, X, y=None):
+        """Mean of :meth:`score_samples`: the average log-likelihood of the observed entries.
+
+        Higher is better, so that :class:`~sklearn.model_selection.GridSearchCV` can pick an
+        imputer's settings by held-out likelihood, as it does for density estimators.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        score : float
+        """
+        return float(np.mean(self.score_samples(X)))
 
     def get_feature_names_out(self, input_features=None):
         """Output feature names (empty features dropped unless kept, indicators appended).
@@ -204,7 +224,8 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         return _persistence.load_imputer(cls, path)
 
     def __getstate__(self):
-        return _persistence.pickled_state(self)
+        return _persistence.pickled_state(super().__getstate__())
 
     def __setstate__(self, state):
-        _persistence.restore_pickled_state(self, state)
+        super().__setstate__(state)  # scikit-learn's check of the version that pickled it
+        _persistence.restore_pickled_state(self)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.impute import MissingIndicator
 
+from ._sklearn_compat import own_output_config
 from ._training import TrainingHistory
 from ._utils import RandomStreams, resolve_device
 
@@ -48,18 +49,25 @@ def save_imputer(imputer, path):
         "indicator_features": imputer.indicator_.features_.tolist() if imputer.indicator_ is not None else None,
         "history": asdict(imputer.history_) if imputer.history_ is not None else None,
         # set_output's choice (e.g. {"transform": "pandas"}) is estimator state too.
-        "output_config": dict(getattr(imputer, "_sklearn_output_config", {})),
+        "output_config": own_output_config(imputer),
     }
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "params": json.dumps(params),
-        "fitted": json.dumps(fitted),
+        "params": json.dumps(params, default=_plain_number),
+        "fitted": json.dumps(fitted, default=_plain_number),
         "arrays": {name: torch.from_numpy(np.array(getattr(imputer, name))) for name in _ARRAYS},
         "flow": _cpu_state(imputer.flow_) if imputer.flow_ is not None else None,
         "posterior": _cpu_state(imputer.posterior_) if imputer.posterior_ is not None else None,
     }
     torch.save(payload, os.fspath(path))
+
+
+def _plain_number(value):
+    """JSON for NumPy scalars among the parameters (e.g. ``n_draws`` from ``np.arange`` in a grid search)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"parameter value {value!r} of type {type(value).__name__} cannot be saved.")
 
 
 def load_imputer(cls, path):
@@ -89,7 +97,7 @@ def load_imputer(cls, path):
     if fitted["indicator_features"] is not None:
         imputer.indicator_ = _rebuild_indicator(imputer.n_features_in_, fitted["indicator_features"])
     if fitted["output_config"]:
-        imputer._sklearn_output_config = fitted["output_config"]
+        imputer.set_output(**fitted["output_config"])
     imputer._streams = RandomStreams(fitted["root_seed"])
     imputer.history_ = TrainingHistory(**fitted["history"]) if fitted["history"] else None
     imputer._device = resolve_device(imputer.device, fall_back_to_cpu=True)
@@ -110,9 +118,9 @@ def _rebuild_indicator(n_features, features):
     return MissingIndicator(missing_values=np.nan, error_on_new=False).fit(row)
 
 
-def pickled_state(imputer):
-    """``__getstate__``: modules as CPU state dicts (parametrised modules pickle only so)."""
-    state = imputer.__dict__.copy()
+def pickled_state(state):
+    """``__getstate__``: the estimator's state, its modules as CPU state dicts (parametrised modules pickle so)."""
+    state = dict(state)
     for name in ("flow_", "posterior_"):
         if state.get(name) is not None:
             state[name] = _cpu_state(state[name])
@@ -120,9 +128,9 @@ def pickled_state(imputer):
     return state
 
 
-def restore_pickled_state(imputer, state):
-    """``__setstate__``: rebuild the modules on the ``device`` setting (the CPU if it is absent)."""
-    imputer.__dict__.update(state)
+def restore_pickled_state(imputer):
+    """After ``__setstate__``: rebuild the modules on the ``device`` setting (the CPU if it is absent)."""
+    state = imputer.__dict__
     if isinstance(state.get("flow_"), dict):
         flow, posterior = imputer._build_modules(int(imputer.modelled_features_.sum()))
         flow.load_state_dict(state["flow_"])

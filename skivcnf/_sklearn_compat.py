@@ -18,6 +18,7 @@ __all__ = [
     "check_feature_names_in",
     "fit_context",
     "output_container",
+    "own_output_config",
     "wrap_in_output_container",
 ]
 
@@ -31,6 +32,11 @@ check_feature_names_in = _check_feature_names_in
 def output_container(estimator, method="transform"):
     """The dense container chosen by ``set_output``: ``"default"``, ``"pandas"`` or ``"polars"``."""
     return _get_output_config(method, estimator)["dense"]
+
+
+def own_output_config(estimator):
+    """What ``set_output`` was told on this estimator (not the global setting), e.g. ``{"transform": "pandas"}``."""
+    return dict(getattr(estimator, "_sklearn_output_config", {}))
 
 
 def wrap_in_output_container(data, original_input, estimator, method="transform"):

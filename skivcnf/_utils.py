@@ -1,12 +1,13 @@
 """The estimator's device and its named random streams."""
 
+import sys
 import warnings
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-__all__ = ["STREAMS", "RandomStreams", "resolve_device"]
+__all__ = ["STREAMS", "RandomStreams", "caller_stacklevel", "resolve_device"]
 
 
 def resolve_device(device, fall_back_to_cpu=False):
@@ -45,13 +46,30 @@ def resolve_device(device, fall_back_to_cpu=False):
         if not fall_back_to_cpu:
             raise ValueError(f"device={device!r} was asked for but CUDA is not available.")
         warnings.warn(f"device={device!r} is not available here; the imputer runs on the CPU.", UserWarning,
-                      stacklevel=3)
+                      stacklevel=caller_stacklevel())
         return torch.device("cpu")
     return resolved
 
 
-#: The estimator's random streams, one per use, so that no use shifts another's draws.
-STREAMS = ("fit", "transform", "multiple_imputations", "score_samples", "conditional_draws")
+#: The estimator's random streams, one per use, so that no use shifts another's draws
+#: (a new stream goes at the end: a stream's seed depends on its position).
+STREAMS = ("fit", "transform", "multiple_imputations", "score_samples", "conditional_draws", "initial_weights")
+
+#: Packages whose frames a warning skips, so that it points at the user's call.
+_INTERNAL_PACKAGES = ("skivcnf", "sklearn", "torch")
+
+
+def caller_stacklevel():
+    """``stacklevel`` for ``warnings.warn`` that points at the first frame outside skivcnf.
+
+    Frames of skivcnf, scikit-learn (``set_output`` wraps ``transform``, ``fit_transform``
+    calls ``fit``) and torch (``no_grad`` decorators) are skipped, so a warning names the
+    line of the user's own code, whichever public method it came from.
+    """
+    level, frame = 1, sys._getframe(1)  # stacklevel 1 is the function that calls warnings.warn
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _INTERNAL_PACKAGES:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class RandomStreams:
@@ -77,7 +95,7 @@ class RandomStreams:
     Traceback (most recent call last):
         ...
     ValueError: unknown random stream 'warm-up'; the streams are ('fit', 'transform', 'multiple_imputations', \
-'score_samples', 'conditional_draws').
+'score_samples', 'conditional_draws', 'initial_weights').
     """
 
     def __init__(self, root_seed):

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from ._base import BaseFlowImputer, ImputationDraws, mean_where_unsolved, warn_unsolved
+from ._base import BaseFlowImputer, ImputationDraws, warn_unsolved
 from ._sklearn_compat import Interval, StrOptions, fit_context
+from ._utils import caller_stacklevel
 from .conditional import (
     GaussianPosterior,
     InferenceNetwork,
@@ -26,7 +27,6 @@ from .conditional import (
     masked_bound,
     sample_conditional,
 )
-from .exceptions import ConstraintWarning
 from .flows import EXACT_LOGDET_MAX_FEATURES, ResidualFlow
 
 __all__ = ["IVCNFImputer"]
@@ -208,6 +208,12 @@ class IVCNFImputer(BaseFlowImputer):
                              "does not give (its values are gradient surrogates): use logdet='exact' with "
                              "objective='iwae', or objective='elbo' with logdet='clade' or 'nlade'.")
 
+    def _check_width(self, layout):
+        if self.logdet == "exact" and layout.n_modelled > EXACT_LOGDET_MAX_FEATURES:
+            raise ValueError(f"logdet='exact' supports up to {EXACT_LOGDET_MAX_FEATURES} modelled columns, got "
+                             f"{layout.n_modelled}; use logdet='clade' (or 'nlade') with objective='elbo' for wider "
+                             "tables.")
+
     def _build_modules(self, features, generator=None):
         """The flow and the amortised posterior for ``features`` modelled columns (fit, load, unpickling)."""
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -232,17 +238,14 @@ class IVCNFImputer(BaseFlowImputer):
         """
         self._check_parameter_pairs()
         X, _, mask = self._validate_input(X, reset=True)
-        layout = self._fit_layout(X, mask)
+        layout = self._fit_layout(X, mask, check_layout=self._check_width)
         self.flow_, self.posterior_, self.history_ = None, None, None
         d = layout.n_modelled
         if d == 0:
             return self
-        if self.logdet == "exact" and d > EXACT_LOGDET_MAX_FEATURES:
-            raise ValueError(f"logdet='exact' supports up to {EXACT_LOGDET_MAX_FEATURES} modelled columns, got {d}; "
-                             "use logdet='clade' (or 'nlade') with objective='elbo' for wider tables.")
         z = torch.as_tensor(layout.standardise(X), dtype=torch.float32)
         hidden = torch.isnan(z)
-        self.flow_, self.posterior_ = self._build_modules(d, self._streams.generator("fit"))
+        self.flow_, self.posterior_ = self._build_modules(d, self._streams.generator("initial_weights"))
         self.flow_.initialize(torch.where(hidden, 0.0, z))
         self.flow_.to(self._device)
         self.posterior_.to(self._device)
@@ -260,18 +263,22 @@ class IVCNFImputer(BaseFlowImputer):
             warnings.warn(
                 f"Training stopped at max_epochs={self.max_epochs} while the held-out bound was still "
                 f"improving (best epoch {self.history_.best_epoch + 1}); raise max_epochs for a better fit.",
-                ConvergenceWarning, stacklevel=3)
+                ConvergenceWarning, stacklevel=caller_stacklevel())
         return self
 
     # ------------------------------------------------------------------ conditional draws
-    def _iter_draws(self, X, n_draws, generator):
+    def _iter_draws(self, X, n_draws, stream, unsolved_consequence, generator=None):
         """Conditional draws of each batch of rows of ``X`` (NaN = missing), on the flow's scale.
 
         The one batch loop of ``transform``, ``sample_multiple_imputations``,
         ``score_samples`` and ``conditional_draws``: memory grows with ``batch_size *
-        n_draws``, never with the number of rows.
+        n_draws``, never with the number of rows. A row none of whose draws was solved gets
+        the training means (0 on the flow's scale) as every draw, and the rows are counted in
+        one warning that says ``unsolved_consequence``.
         """
+        generator = generator if generator is not None else self._streams.generator(stream, self._device)
         standardised = self._layout().standardise(X)
+        n_unsolved = 0
         for start in range(0, len(X), self.batch_size):
             z = torch.as_tensor(standardised[start:start + self.batch_size], dtype=torch.float32,
                                 device=self._device)
@@ -284,8 +291,12 @@ class IVCNFImputer(BaseFlowImputer):
                               max_steps=self.refinement_steps, solver=self.solver, generator=generator)
                 with torch.no_grad():
                     params = posterior()
-            yield sample_conditional(self.flow_, z, hidden, params, n_samples=n_draws, generator=generator,
-                                     solver=self.solver)
+            draws = sample_conditional(self.flow_, z, hidden, params, n_samples=n_draws, generator=generator,
+                                       solver=self.solver)
+            unsolved = ~draws.converged.any(dim=0)
+            n_unsolved += int(unsolved.sum())
+            yield draws._replace(samples=torch.where(unsolved.unsqueeze(-1), 0.0, draws.samples))
+        warn_unsolved(n_unsolved, len(X), unsolved_consequence)
 
     def _uses_weights(self, draws):
         """Importance weighting, where the draws carry exact weights (up to 100 modelled columns)."""
@@ -308,14 +319,9 @@ class IVCNFImputer(BaseFlowImputer):
         X, original, mask = self._validate_input(X, reset=False)
         values = None
         if self._has_hidden_modelled(mask):
-            parts, n_failed = [], 0
-            for draws in self._iter_draws(X, self.n_draws, self._streams.generator("transform", self._device)):
-                point, _ = conditional_mean(draws, weighted=self._uses_weights(draws))
-                failed = ~draws.converged.any(dim=0) | ~torch.isfinite(point).all(dim=1)
-                n_failed += int(failed.sum())
-                parts.append(mean_where_unsolved(point, failed))
-            warn_unsolved(n_failed, len(X))
-            values = np.concatenate(parts)
+            batches = self._iter_draws(X, self.n_draws, "transform", "their missing entries are the training means")
+            values = np.concatenate([conditional_mean(draws, weighted=self._uses_weights(draws))[0].cpu().double()
+                                     .numpy() for draws in batches])
         return self._completed(original, mask, values, X)
 
     def sample_multiple_imputations(self, X, n_imputations=5):
@@ -339,23 +345,18 @@ class IVCNFImputer(BaseFlowImputer):
             ``n_imputations * n_samples`` rows indexed by ``("imputation", <X's index>)``;
             iterate with ``frame.groupby(level="imputation")``.
         """
-        X_in = X
         self._check_count("n_imputations", n_imputations)
-        X, original, mask = self._validate_input(X, reset=False)
-        copies = np.zeros((n_imputations, len(X), int(self.modelled_features_.sum())))
+        X_checked, original, mask = self._validate_input(X, reset=False)
+        copies = [None] * n_imputations
         if self._has_hidden_modelled(mask):
             generator = self._streams.generator("multiple_imputations", self._device)
             n_proposals = max(self.n_draws, PROPOSALS_PER_IMPUTATION * n_imputations)
-            parts, n_failed = [], 0
-            for draws in self._iter_draws(X, n_proposals, generator):
-                picks = importance_resample(draws, n_imputations, generator, weighted=self._uses_weights(draws))
-                failed = ~draws.converged.any(dim=0)
-                n_failed += int(failed.sum())
-                parts.append(mean_where_unsolved(picks, failed))
-            warn_unsolved(n_failed, len(X), " in every imputation")
-            copies = np.concatenate(parts, axis=1)
-        fills = copies if self.flow_ is not None else [None] * n_imputations
-        return self._stack_in_output_container([self._completed(original, mask, f, X) for f in fills], X_in)
+            batches = self._iter_draws(X_checked, n_proposals, "multiple_imputations",
+                                       "their missing entries are the training means in every imputation", generator)
+            copies = np.concatenate([importance_resample(draws, n_imputations, generator, self._uses_weights(draws))
+                                     .cpu().double().numpy() for draws in batches], axis=1)
+        completed = [self._completed(original, mask, copy, X_checked) for copy in copies]
+        return self._stack_in_output_container(completed, X)
 
     def conditional_draws(self, X, n_draws=None):
         """Conditional draws of the rows of ``X``, with their weights and convergence.
@@ -376,28 +377,23 @@ class IVCNFImputer(BaseFlowImputer):
         n_draws = self.n_draws if n_draws is None else n_draws
         self._check_count("n_draws", n_draws)
         X, original, mask = self._validate_input(X, reset=False)
-        n = len(X)
-        samples = np.zeros((n_draws, n, int(self.modelled_features_.sum())))
-        weights, ess = np.full((n_draws, n), 1.0 / n_draws), np.full(n, float(n_draws))
-        converged = np.ones((n_draws, n), dtype=bool)
-        n_iter, method = np.zeros((n_draws, n), dtype=np.int64), np.zeros((n_draws, n), dtype=np.int64)
-        if self._has_hidden_modelled(mask):
-            start, n_failed = 0, 0
-            for draws in self._iter_draws(X, n_draws, self._streams.generator("conditional_draws", self._device)):
-                rows = slice(start, start + draws.samples.shape[1])
-                failed = ~draws.converged.any(dim=0)
-                n_failed += int(failed.sum())
-                samples[:, rows] = mean_where_unsolved(draws.samples, failed)
-                w, e = draw_weights(draws, weighted=self._uses_weights(draws))
-                weights[:, rows], ess[rows] = w.cpu().double().numpy(), e.cpu().double().numpy()
-                converged[:, rows] = draws.converged.cpu().numpy()
-                n_iter[:, rows], method[:, rows] = draws.n_iter.cpu().numpy(), draws.method.cpu().numpy()
-                start = rows.stop
-            warn_unsolved(n_failed, n)
-        layout = self._layout()
-        fills = [layout.unstandardise(s) for s in samples] if self.flow_ is not None else [None] * n_draws
-        values = np.stack([layout.complete(original, mask, f, self.keep_empty_features) for f in fills])
-        return ImputationDraws(values, weights, ess, converged, n_iter, method)
+        n, layout = len(X), self._layout()
+        if not self._has_hidden_modelled(mask):  # every draw is the row itself
+            values = np.broadcast_to(layout.complete(original, mask, None, self.keep_empty_features), (n_draws, n, -1))
+            return ImputationDraws(values.copy(), np.full((n_draws, n), 1.0 / n_draws), np.full(n, float(n_draws)),
+                                   np.ones((n_draws, n), dtype=bool), np.zeros((n_draws, n), dtype=np.int64),
+                                   np.zeros((n_draws, n), dtype=np.int64))
+        fields = {name: [] for name in ImputationDraws._fields}
+        for draws in self._iter_draws(X, n_draws, "conditional_draws", "their missing entries are the training means"):
+            weights, ess = draw_weights(draws, weighted=self._uses_weights(draws))
+            for name, value in (("values", draws.samples), ("weights", weights), ("ess", ess),
+                                ("converged", draws.converged), ("n_iter", draws.n_iter), ("method", draws.method)):
+                fields[name].append(value.cpu())
+        record = {name: torch.cat(parts, dim=-1 if name != "values" else 1).numpy() for name, parts in fields.items()}
+        record["values"] = np.stack([layout.complete(original, mask, layout.unstandardise(sample.astype(np.float64)),
+                                                     self.keep_empty_features) for sample in record["values"]])
+        record["weights"], record["ess"] = record["weights"].astype(np.float64), record["ess"].astype(np.float64)
+        return ImputationDraws(**record)
 
     def score_samples(self, X):
         """Estimated log-likelihood of each row's observed entries, on the input's scale.
@@ -422,33 +418,8 @@ class IVCNFImputer(BaseFlowImputer):
         if int(self.modelled_features_.sum()) > EXACT_LOGDET_MAX_FEATURES:
             raise ValueError(f"score_samples needs exact importance weights, available up to "
                              f"{EXACT_LOGDET_MAX_FEATURES} modelled columns.")
-        generator = self._streams.generator("score_samples", self._device)
-        scores = []
-        for draws in self._iter_draws(X, self.n_draws, generator):
-            bound, _ = masked_bound(draws, "iwae")
-            scores.append(torch.where(draws.converged.any(dim=0), bound, float("nan")).cpu().double().numpy())
-        scores = np.concatenate(scores)
-        n_unscored = int(np.isnan(scores).sum())
-        if n_unscored:
-            warnings.warn(f"{n_unscored} of {len(X)} rows had no draw whose constraint was solved; their "
-                          "score_samples are NaN.", ConstraintWarning, stacklevel=2)
+        batches = self._iter_draws(X, self.n_draws, "score_samples", "their scores are NaN")
+        scores = np.concatenate([torch.where(draws.converged.any(dim=0), masked_bound(draws, "iwae")[0], float("nan"))
+                                 .cpu().double().numpy() for draws in batches])
         # Change of variables from the standardised scale back to the input's.
         return scores - self._layout().observed_log_scale(mask)
-
-    def score(self, X, y=None):
-        """Mean of :meth:`score_samples`: the average log-likelihood of the observed entries.
-
-        Higher is better, so that :class:`~sklearn.model_selection.GridSearchCV` can pick an
-        imputer's settings by held-out likelihood, as it does for density estimators.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        score : float
-        """
-        return float(np.mean(self.score_samples(X)))

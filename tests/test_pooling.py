@@ -56,7 +56,7 @@ def test_rubin_1987_dof_is_m_minus_1_over_lambda_squared():
     pooled = pool_estimates([0.0, 1.0, 2.0, 3.0], [1.0] * 4)
     assert pooled.missing_variance_share == pytest.approx(25 / 37, rel=1e-12)
     assert pooled.dof == pytest.approx(4107 / 625, rel=1e-12)
-    # the same dof in the form of the method notes: (m - 1) (1 + W / ((1 + 1/m) B))^2
+    # the same dof in Rubin's (1987) form: (m - 1) (1 + W / ((1 + 1/m) B))^2
     assert pooled.dof == pytest.approx(3 * (1 + 1 / (5 / 4 * 5 / 3)) ** 2, rel=1e-12)
 
 

@@ -180,3 +180,14 @@ def test_importance_resample_without_weights_and_without_solved_draws():
     expected = torch.tensor([[1 / 3, 0.25], [1 / 3, 0.25], [0.0, 0.25], [1 / 3, 0.25]], dtype=torch.float64)
     assert frequencies[2, 0] == 0
     assert bool(((frequencies - expected).abs() < 4 * (expected * (1 - expected) / 6000).sqrt() + 1e-12).all())
+
+
+def test_unsolved_non_finite_draws_do_not_poison_the_mean():
+    # Row 0: draw 1 was not solved and its values are NaN; it has weight 0, so the mean is draw 0.
+    samples = torch.tensor([[[1.0, 2.0]], [[float("nan"), float("inf")]]], dtype=torch.float64)
+    converged = torch.tensor([[True], [False]])
+    log_weight = torch.tensor([[0.0], [float("-inf")]], dtype=torch.float64)
+    draws = ConditionalDraws(samples, log_weight, converged, torch.zeros(2, 1), torch.zeros(2, 1))
+    for weighted in (True, False):
+        mean, _ = conditional_mean(draws, weighted=weighted)
+        assert mean.tolist() == [[1.0, 2.0]]

@@ -152,10 +152,16 @@ def test_armijo_constant_sets_the_sufficient_decrease(problem):
     # takes the last, halved step. The same step recomputed on the batch: equal to rounding.
     step = _first_newton_step(flow, y, hidden, x_target)
     torch.testing.assert_close(result.solution, y - 0.5 * step, atol=1e-12, rtol=0)
+    # The halving factor is the options' too: a quarter step where it is 0.25.
+    quarter = SolverOptions(max_iter=1, max_backtracks=1, armijo_constant=1 - 1e-9, backtrack_factor=0.25)
+    with pytest.warns(ConstraintWarning):
+        result = solve_constraint(flow, y, hidden, x_target, solver="newton", options=quarter)
+    torch.testing.assert_close(result.solution, y - 0.25 * step, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize(("field", "value"), [("max_forcing_term", 1.0), ("armijo_constant", 0.0),
-                                              ("backward_krylov_restart", 0), ("backward_krylov_max_restarts", 0)])
+                                              ("backtrack_factor", 1.0), ("backward_krylov_restart", 0),
+                                              ("backward_krylov_max_restarts", 0)])
 def test_bad_new_options_raise(field, value):
     with pytest.raises(ValueError, match=field):
         SolverOptions(**{field: value})

@@ -269,7 +269,9 @@ def conditional_mean(draws, weighted=True):
     [8.0, 8.0]
     """
     weights, ess = draw_weights(draws, weighted)
-    mean = (weights.unsqueeze(-1) * draws.samples).sum(dim=0)
+    weights = weights.unsqueeze(-1)
+    # A draw with no weight adds exactly nothing, even where its (unsolved) values are not finite.
+    mean = torch.where(weights > 0, weights * draws.samples, 0.0).sum(dim=0)
     # Where every draw agrees (observed entries above all) the weighted sum may round off
     # the last bit; return the common value exactly.
     first = draws.samples[0]

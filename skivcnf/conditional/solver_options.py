@@ -42,6 +42,8 @@ class SolverOptions:
         Newton iterations at most (both Newton variants).
     max_backtracks : int, default=8
         Step halvings per Newton iteration before the step is taken anyway.
+    backtrack_factor : float, default=0.5
+        Factor of each step halving (the step length is multiplied by it), in ``(0, 1)``.
     krylov_restart : int, default=20
         Krylov vectors per GMRES cycle.
     krylov_max_restarts : int, default=10
@@ -105,6 +107,7 @@ class SolverOptions:
     tol: float | None = None
     max_iter: int = 30
     max_backtracks: int = 8
+    backtrack_factor: float = 0.5
     krylov_restart: int = 20
     krylov_max_restarts: int = 10
     max_forcing_term: float = 0.1
@@ -127,7 +130,7 @@ class SolverOptions:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ValueError(f"{name} must lie in (0, 1], got {value!r}.")
-        for name in ("max_forcing_term", "armijo_constant"):
+        for name in ("max_forcing_term", "armijo_constant", "backtrack_factor"):
             value = getattr(self, name)
             if not 0 < value < 1:
                 raise ValueError(f"{name} must lie in (0, 1), got {value!r}.")

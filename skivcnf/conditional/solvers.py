@@ -34,8 +34,6 @@ from .solver_options import SOLVERS, ConstraintSolution, SolverOptions
 __all__ = ["solve_constraint", "resolve_chain"]
 
 # ---------------------------------------------------------------------- Newton
-#: A rejected Newton step is shortened by this factor (step halving).
-_BACKTRACK_FACTOR = 0.5
 
 
 def _constraint_residual(flow, y, hidden, x_target):
@@ -90,7 +88,7 @@ def _newton(flow, y, hidden, x_target, options, newton_step):
             next_y[done], next_x[done], next_residual[done] = (
                 candidate[accepted], candidate_x[accepted], candidate_residual[accepted])
             searching[done] = False
-            step_length[trying[~accepted]] *= _BACKTRACK_FACTOR
+            step_length[trying[~accepted]] *= options.backtrack_factor
             if not bool(searching.any()):
                 break
         y[rows], x[rows], residual[rows] = next_y, next_x, next_residual
@@ -149,7 +147,7 @@ def resolve_chain(solver, features):
 
     ``"auto"`` is ``("newton", "fixed_point")`` up to ``EXACT_LOGDET_MAX_FEATURES``
     features and ``("newton_krylov", "fixed_point")`` above: Newton converged for every
-    row in 2-5 iterations in the measurements (a preliminary study at d = 10-30, and
+    row in 2-5 iterations in the measurements (the first measurements at d = 10-30 in docs/method.rst, and
     ``python -m benchmarks.run --section solvers``), and the fixed point, globally
     convergent when ``L_a L_b < 1``, catches what it misses.
 

@@ -78,7 +78,7 @@ class ResidualFlow(nn.Module):
 
     takes one forward pass, and the IVCNF equality constraint ``g^H([y^O, y^H]) = x^H``
     is solved with the explicit map and its Jacobian. This direction is the cheap one for
-    both: likelihood training needs no inversion, and in a preliminary study (6 blocks of
+    both: likelihood training needs no inversion, and in the first measurements (docs/method.rst: 6 blocks of
     width 128, d = 10-30) Newton on the explicit map solved every row in 2-4 iterations,
     where each inversion of the flow took 100-500 fixed-point steps per block. The price
     is that :meth:`sample` and :meth:`inverse` run a fixed point per block.
