@@ -309,8 +309,12 @@ def test_bad_counts_at_imputation_name_the_parameter(fitted, data):
 
 def test_exact_logdet_refuses_very_wide_tables():
     X = np.random.default_rng(0).standard_normal((30, 101))
+    imputer = IVCNFImputer(**TINY)
     with pytest.raises(ValueError, match="logdet='clade'"):
-        IVCNFImputer(**TINY).fit(X)
+        imputer.fit(X)
+    # The failed fit leaves nothing that looks fitted (no silent NaN output from transform).
+    with pytest.raises(NotFittedError):
+        imputer.transform(X)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -363,8 +367,10 @@ def test_unsolved_rows_fall_back_to_the_training_means_with_a_warning(fitted, da
     patch_everywhere(monkeypatch, "sample_conditional", failing_row_0)
     means = np.zeros(X_missing.shape[1])
     means[fitted.modelled_features_] = fitted.center_
-    with pytest.warns(ConstraintWarning, match="no draw"):
+    with pytest.warns(ConstraintWarning, match="no draw") as caught:
         out = fitted.transform(X_missing[:5])
+    # One warning, at this line (not inside skivcnf, scikit-learn's set_output wrapper or torch).
+    assert [w.filename for w in caught if w.category is ConstraintWarning] == [__file__]
     # Row 0's missing entries take the training means; its observed entries are untouched.
     np.testing.assert_allclose(out[0, mask[0]], means[mask[0]], rtol=1e-12)
     np.testing.assert_array_equal(out[0, ~mask[0]], X_missing[0, ~mask[0]])

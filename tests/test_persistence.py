@@ -45,6 +45,15 @@ def assert_same_imputer(copy, original, X):
         np.testing.assert_array_equal(mine, theirs)
 
 
+def test_save_takes_numpy_scalar_parameters(tmp_path, frame):
+    # A grid built with np.arange hands NumPy integers to set_params.
+    imputer = IVCNFImputer(**{**TINY, "n_draws": np.int64(3), "missing_values": np.float64(np.nan)}).fit(frame)
+    imputer.save(tmp_path / "imputer.pt")
+    loaded = IVCNFImputer.load(tmp_path / "imputer.pt")
+    assert loaded.n_draws == 3 and type(loaded.n_draws) is int
+    np.testing.assert_array_equal(loaded.transform(frame), imputer.transform(frame))
+
+
 def test_pickle_round_trip(frame, fitted):
     assert_same_imputer(pickle.loads(pickle.dumps(fitted)), fitted, frame)
 
