@@ -142,7 +142,8 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
             return pd.concat(frames, keys=range(len(frames)), names=["imputation", *frames[0].index.names])
         import polars as pl
 
-        return pl.concat([f.insert_column(0, pl.Series("imputation", [k] * len(f))) for k, f in enumerate(frames)])
+        return pl.concat([frame.insert_column(0, pl.Series("imputation", [k] * len(frame)))
+                          for k, frame in enumerate(frames)])
 
     @staticmethod
     def _check_count(name, value):
