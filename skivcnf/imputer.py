@@ -1,9 +1,5 @@
-"""IVCNFImputer: a scikit-learn imputer that samples missing entries from a residual flow.
-
-The estimator holds its parameters and the imputation algorithm. The plumbing it shares with
-any flow imputer (validation, column layout, indicator, output containers, persistence) is in
-:class:`skivcnf._base.BaseFlowImputer`; everything it does with the flow goes through
-:mod:`skivcnf.conditional`.
+"""IVCNFImputer: its parameters and the imputation algorithm; the plumbing shared by flow
+imputers is in :class:`skivcnf._base.BaseFlowImputer`, the work on the flow in :mod:`skivcnf.conditional`.
 """
 
 import warnings
@@ -61,11 +57,10 @@ class IVCNFImputer(BaseFlowImputer):
     lipschitz_coeff : float, default=0.9
         Bound ``c < 1`` on each block's Lipschitz constant (invertibility margin).
     n_reflections : int, default=0
-        Householder reflections of the amortised posterior (0: diagonal Gaussian).
+        Householder reflections of the amortised posterior (0: diagonal).
     n_draws : int, default=64
-        Completions per row behind each point imputation (and each row's
-        :meth:`score_samples`); their Monte Carlo error shrinks like ``1 / n_draws``,
-        at a proportional cost of ``transform``.
+        Completions per row behind each point imputation and each :meth:`score_samples`
+        (Monte Carlo variance ``~ 1 / n_draws``, cost ``~ n_draws``).
     n_train_draws : int, default=2
         Draws per row and step when training on the bound.
     importance_weighting : bool, default=True
@@ -73,11 +68,9 @@ class IVCNFImputer(BaseFlowImputer):
         ``False`` takes their plain mean. Exact weights exist up to
         ``EXACT_LOGDET_MAX_FEATURES`` (100) modelled columns; wider tables get the plain mean.
     refinement_steps : int, default=0
-        Adam steps of per-row posterior refinement before drawing at ``transform`` (the
-        paper's post-training completion, 4.2.2): each row's Gaussian posterior starts
-        from the amortised one and is fitted on the ELBO with the flow fixed. Costs about
-        ``refinement_steps`` training steps per batch (``REFINEMENT_DRAWS`` draws each);
-        0 uses the amortised posterior.
+        Adam steps fitting each row's Gaussian posterior on the ELBO, from the amortised
+        one, before drawing (the paper's post-training completion, 4.2.2); each costs about
+        a training step per batch (``REFINEMENT_DRAWS`` draws). 0: the amortised posterior.
     objective : {"elbo", "iwae"}, default="iwae"
         Training bound: the ELBO or the importance-weighted bound (which needs the values
         of the log-weights, so ``logdet="exact"``).
@@ -95,13 +88,10 @@ class IVCNFImputer(BaseFlowImputer):
     validation_fraction : float, default=0.1
         Rows held out for early stopping; ignored when ``early_stopping=False``.
     early_stopping : bool, default=True
-        Hold out ``validation_fraction`` of the rows (when that is at least
-        ``MIN_VALIDATION_ROWS`` rows and ``MIN_TRAINING_ROWS`` remain) and stop when the
-        median of their bounds has not improved for ``n_iter_no_change`` epochs, keeping
-        the best weights (``history_.validation_loss`` holds minus that median). A
-        ``ConvergenceWarning`` says when ``max_epochs`` ended training first. On small
-        tables the held-out bound can peak before the imputations stop improving (see the
-        user guide); ``early_stopping=False`` with a fixed ``max_epochs`` is then worth a try.
+        Hold out ``validation_fraction`` of the rows (at least ``MIN_VALIDATION_ROWS``,
+        leaving ``MIN_TRAINING_ROWS``; else off) and stop when the median of their bounds
+        has not improved for ``n_iter_no_change`` epochs, keeping the best weights. A
+        ``ConvergenceWarning`` says when ``max_epochs`` came first (see the user guide).
     n_iter_no_change : int, default=8
         Epochs without improvement of the held-out bound before stopping.
     missing_values : float, int or None, default=np.nan
@@ -119,10 +109,8 @@ class IVCNFImputer(BaseFlowImputer):
 
     Attributes
     ----------
-    flow_ : ResidualFlow or None
-        The flow on the standardised modelled columns (None when no column is modelled).
-    posterior_ : InferenceNetwork or None
-        The amortised posterior.
+    flow_, posterior_ : ResidualFlow, InferenceNetwork or None
+        The flow on the standardised modelled columns and the amortised posterior.
     history_ : TrainingHistory or None
         Losses (minus the bound per row) per epoch, held-out losses, steps, timings.
     modelled_features_ : ndarray of bool (n_features,)
@@ -201,14 +189,12 @@ class IVCNFImputer(BaseFlowImputer):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
-    def _check_parameter_pairs(self):
-        """Settings that cannot work together fail here, before any training."""
+    def _check_settings(self, layout):
+        """Settings that cannot work together, or with this table, fail before anything is fitted."""
         if self.objective == "iwae" and self.logdet != "exact":
             raise ValueError(f"objective='iwae' needs the values of the log-weights, which logdet={self.logdet!r} "
                              "does not give (its values are gradient surrogates): use logdet='exact' with "
                              "objective='iwae', or objective='elbo' with logdet='clade' or 'nlade'.")
-
-    def _check_width(self, layout):
         if self.logdet == "exact" and layout.n_modelled > EXACT_LOGDET_MAX_FEATURES:
             raise ValueError(f"logdet='exact' supports up to {EXACT_LOGDET_MAX_FEATURES} modelled columns, got "
                              f"{layout.n_modelled}; use logdet='clade' (or 'nlade') with objective='elbo' for wider "
@@ -236,9 +222,8 @@ class IVCNFImputer(BaseFlowImputer):
         -------
         self : IVCNFImputer
         """
-        self._check_parameter_pairs()
         X, _, mask = self._validate_input(X, reset=True)
-        layout = self._fit_layout(X, mask, check_layout=self._check_width)
+        layout = self._fit_layout(X, mask, check_layout=self._check_settings)
         self.flow_, self.posterior_, self.history_ = None, None, None
         d = layout.n_modelled
         if d == 0:
@@ -270,11 +255,9 @@ class IVCNFImputer(BaseFlowImputer):
     def _iter_draws(self, X, n_draws, stream, unsolved_consequence, generator=None):
         """Conditional draws of each batch of rows of ``X`` (NaN = missing), on the flow's scale.
 
-        The one batch loop of ``transform``, ``sample_multiple_imputations``,
-        ``score_samples`` and ``conditional_draws``: memory grows with ``batch_size *
-        n_draws``, never with the number of rows. A row none of whose draws was solved gets
-        the training means (0 on the flow's scale) as every draw, and the rows are counted in
-        one warning that says ``unsolved_consequence``.
+        The one batch loop of every method that draws (memory ``~ batch_size * n_draws``). A row
+        with no solved draw gets the training means (0 here) as every draw; such rows are
+        counted in one warning that says ``unsolved_consequence``.
         """
         generator = generator if generator is not None else self._streams.generator(stream, self._device)
         standardised = self._layout().standardise(X)
@@ -303,10 +286,8 @@ class IVCNFImputer(BaseFlowImputer):
         return self.importance_weighting and draws.log_weight is not None
 
     def transform(self, X):
-        """Impute every missing entry of ``X``; observed entries are returned unchanged.
-
-        Each row's missing entries are the importance-weighted mean of ``n_draws``
-        conditional draws.
+        """Impute every missing entry of ``X`` by the importance-weighted mean of ``n_draws``
+        conditional draws; observed entries are returned unchanged.
 
         Parameters
         ----------
@@ -327,10 +308,9 @@ class IVCNFImputer(BaseFlowImputer):
     def sample_multiple_imputations(self, X, n_imputations=5):
         """Draw ``n_imputations`` completed copies of ``X`` from the fitted conditional.
 
-        Each row's copies are resampled by importance weight from
-        ``max(n_draws, PROPOSALS_PER_IMPUTATION * n_imputations)`` posterior draws
-        (sampling-importance-resampling), so they follow the flow's conditional rather
-        than the variational posterior.
+        Each row's copies are resampled by importance weight from ``max(n_draws,
+        PROPOSALS_PER_IMPUTATION * n_imputations)`` posterior draws (sampling-importance-
+        resampling), so they follow the flow's conditional, not the variational posterior.
 
         Parameters
         ----------
@@ -378,31 +358,27 @@ class IVCNFImputer(BaseFlowImputer):
         self._check_count("n_draws", n_draws)
         X, original, mask = self._validate_input(X, reset=False)
         n, layout = len(X), self._layout()
-        if not self._has_hidden_modelled(mask):  # every draw is the row itself
-            values = np.broadcast_to(layout.complete(original, mask, None, self.keep_empty_features), (n_draws, n, -1))
-            return ImputationDraws(values.copy(), np.full((n_draws, n), 1.0 / n_draws), np.full(n, float(n_draws)),
-                                   np.ones((n_draws, n), dtype=bool), np.zeros((n_draws, n), dtype=np.int64),
-                                   np.zeros((n_draws, n), dtype=np.int64))
-        fields = {name: [] for name in ImputationDraws._fields}
+        if not self._has_hidden_modelled(mask):  # every draw is the row itself, solved without an iteration
+            copy = layout.complete(original, mask, None, self.keep_empty_features)
+            return ImputationDraws(np.repeat(copy[None], n_draws, axis=0), np.full((n_draws, n), 1.0 / n_draws),
+                                   np.full(n, float(n_draws)), np.ones((n_draws, n), dtype=bool),
+                                   *np.zeros((2, n_draws, n), dtype=np.int64))
+        batches = []
         for draws in self._iter_draws(X, n_draws, "conditional_draws", "their missing entries are the training means"):
             weights, ess = draw_weights(draws, weighted=self._uses_weights(draws))
-            for name, value in (("values", draws.samples), ("weights", weights), ("ess", ess),
-                                ("converged", draws.converged), ("n_iter", draws.n_iter), ("method", draws.method)):
-                fields[name].append(value.cpu())
-        record = {name: torch.cat(parts, dim=-1 if name != "values" else 1).numpy() for name, parts in fields.items()}
-        record["values"] = np.stack([layout.complete(original, mask, layout.unstandardise(sample.astype(np.float64)),
-                                                     self.keep_empty_features) for sample in record["values"]])
-        record["weights"], record["ess"] = record["weights"].astype(np.float64), record["ess"].astype(np.float64)
-        return ImputationDraws(**record)
+            batches.append((draws.samples, weights, ess, draws.converged, draws.n_iter, draws.method))
+        samples, weights, ess, converged, n_iter, method = (torch.cat(parts, dim=-2 if parts[0].dim() == 3 else -1)
+                                                             .cpu().numpy() for parts in zip(*batches, strict=True))
+        values = np.stack([layout.complete(original, mask, layout.unstandardise(sample.astype(np.float64)),
+                                           self.keep_empty_features) for sample in samples])
+        return ImputationDraws(values, weights.astype(np.float64), ess.astype(np.float64), converged, n_iter, method)
 
     def score_samples(self, X):
         """Estimated log-likelihood of each row's observed entries, on the input's scale.
 
-        The importance-weighted bound with ``n_draws`` draws: a lower bound on
-        ``log p(x^O)`` in expectation, tight as ``n_draws`` grows. Constant and empty
-        features contribute nothing. Draws whose constraint was not solved are left out,
-        as in training (:func:`~skivcnf.conditional.masked_bound`); a row with no solved
-        draw has no estimate: its score is NaN, with one ``ConstraintWarning``.
+        The importance-weighted bound over ``n_draws`` draws (a lower bound on ``log p(x^O)``
+        in expectation; constant and empty features add nothing). Unsolved draws are left
+        out as in training; a row with none solved scores NaN, with a ``ConstraintWarning``.
 
         Parameters
         ----------
