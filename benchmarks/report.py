@@ -267,8 +267,9 @@ def scaling_report(records, out):
              f"{r['peak_mib']:.0f}", f"{r['rmse']:.4f}", f"{r['oracle_rmse']:.4f}"] for r in ok]
     text = ("AR(1) Gaussian tables (correlation 0.8), 20% MCAR; each imputer fitted on the incomplete table, then "
             "transforms it. IVCNFImputer's fit time is proportional to its epochs, so the grid trains a fixed "
-            "number of epochs to show how one epoch grows with the table; two rows train to early stopping, as "
-            "users would.\n\n"
+            "number of epochs to show how one epoch grows with the table (an epoch is at most 4,096 rows, "
+            "`ROWS_PER_EPOCH`, so it stops growing past that); the rows marked 'to early stopping' use the "
+            "defaults, as users would.\n\n"
             + _table(["imputer", "training", "rows", "columns", "fit s", "transform s", "total s", "peak MiB", "RMSE",
                       "oracle RMSE"], rows))
     fixed = [r for r in ok if r["imputer"] != OURS or r.get("max_epochs")]

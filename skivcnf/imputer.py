@@ -22,6 +22,7 @@ from .conditional import (
     importance_resample,
     masked_bound,
     sample_conditional,
+    sample_until_precise,
 )
 from .flows import EXACT_LOGDET_MAX_FEATURES, ResidualFlow
 
@@ -31,6 +32,13 @@ __all__ = ["IVCNFImputer"]
 MIN_VALIDATION_ROWS = 2
 #: ...and at least this many remain to train on (below, the whole table trains).
 MIN_TRAINING_ROWS = 18
+#: An epoch trains on at most this many rows, drawn afresh each epoch (larger tables are
+#: subsampled), and at most ``MAX_VALIDATION_ROWS`` are held out: the work between two
+#: early-stopping checks, and each check, stop growing with the table (docs/benchmarks.md).
+ROWS_PER_EPOCH = 4096
+MAX_VALIDATION_ROWS = 1024
+#: Default ``draw_tolerance``: measured in docs/benchmarks.md ("Speed").
+DRAW_TOLERANCE_DEFAULT = 0.02
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
 REFINEMENT_DRAWS = 8
 #: ``sample_multiple_imputations`` resamples each row's copies from at least this many
@@ -60,7 +68,13 @@ class IVCNFImputer(BaseFlowImputer):
         Householder reflections of the amortised posterior (0: diagonal).
     n_draws : int, default=64
         Completions per row behind each point imputation and each :meth:`score_samples`
-        (Monte Carlo variance ``~ 1 / n_draws``, cost ``~ n_draws``).
+        (Monte Carlo variance ``~ 1 / n_draws``, cost ``~ n_draws``); at ``transform``, the
+        most a row gets (see ``draw_tolerance``).
+    draw_tolerance : float, default=DRAW_TOLERANCE_DEFAULT
+        At ``transform`` a row stops drawing once the Monte Carlo standard error of its
+        imputed values is at most this many standard deviations of each column (with an
+        effective sample size of at least 8): rows start with 16 draws and the others get
+        as many again, up to ``n_draws``. 0 draws ``n_draws`` for every row.
     n_train_draws : int, default=2
         Draws per row and step when training on the bound.
     importance_weighting : bool, default=True
@@ -79,14 +93,17 @@ class IVCNFImputer(BaseFlowImputer):
     logdet : {"exact", "clade", "nlade"}, default="exact"
         Log-determinant estimator of the bound.
     max_epochs : int, default=100
-        Passes over the training rows (early stopping usually ends training sooner).
+        Passes over the training rows (early stopping usually ends training sooner); on
+        tables of more than ``ROWS_PER_EPOCH`` (4,096) training rows an epoch is a fresh
+        random 4,096 of them.
     batch_size : int, default=64
         Rows per training step, and per batch at ``transform`` (memory grows with
         ``batch_size * n_draws * d^2``, never with the number of rows).
     learning_rate : float, default=2e-3
         Adam's step size for the flow and the inference network.
     validation_fraction : float, default=0.1
-        Rows held out for early stopping; ignored when ``early_stopping=False``.
+        Rows held out for early stopping (at most ``MAX_VALIDATION_ROWS``, 1,024); ignored
+        when ``early_stopping=False``.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the rows (at least ``MIN_VALIDATION_ROWS``,
         leaving ``MIN_TRAINING_ROWS``; else off) and stop when the median of their bounds
@@ -144,6 +161,7 @@ class IVCNFImputer(BaseFlowImputer):
         "lipschitz_coeff": [Interval(Real, 0, 1, closed="neither")],
         "n_reflections": [Interval(Integral, 0, None, closed="left")],
         "n_draws": [Interval(Integral, 1, None, closed="left")],
+        "draw_tolerance": [Interval(Real, 0, None, closed="left")],
         "n_train_draws": [Interval(Integral, 1, None, closed="left")],
         "importance_weighting": ["boolean"],
         "refinement_steps": [Interval(Integral, 0, None, closed="left")],
@@ -159,7 +177,7 @@ class IVCNFImputer(BaseFlowImputer):
     }
 
     def __init__(self, *, n_blocks=4, hidden_layer_sizes=(64, 64), lipschitz_coeff=0.9, n_reflections=0,
-                 n_draws=64, n_train_draws=2, importance_weighting=True, refinement_steps=0,
+                 n_draws=64, draw_tolerance=DRAW_TOLERANCE_DEFAULT, n_train_draws=2, importance_weighting=True, refinement_steps=0,
                  objective="iwae", solver="auto",
                  logdet="exact", max_epochs=100, batch_size=64, learning_rate=2e-3, validation_fraction=0.1,
                  early_stopping=True, n_iter_no_change=8, missing_values=np.nan, add_indicator=False,
@@ -169,6 +187,7 @@ class IVCNFImputer(BaseFlowImputer):
         self.lipschitz_coeff = lipschitz_coeff
         self.n_reflections = n_reflections
         self.n_draws = n_draws
+        self.draw_tolerance = draw_tolerance
         self.n_train_draws = n_train_draws
         self.importance_weighting = importance_weighting
         self.refinement_steps = refinement_steps
@@ -242,7 +261,8 @@ class IVCNFImputer(BaseFlowImputer):
             self.flow_, z, hidden, self.posterior_, max_epochs=self.max_epochs, batch_size=self.batch_size,
             lr=self.learning_rate, n_samples=self.n_train_draws, logdet=self.logdet, solver=self.solver,
             objective=self.objective, train_flow=True, validation_fraction=self.validation_fraction if holds_out
-            else 0.0, monitor="bound", patience=self.n_iter_no_change,
+            else 0.0, monitor="bound", patience=self.n_iter_no_change, rows_per_epoch=ROWS_PER_EPOCH,
+            max_validation_rows=MAX_VALIDATION_ROWS,
             generator=self._streams.generator("fit", self._device), verbose=bool(self.verbose))
         if holds_out and not self.history_.stopped_early:
             warnings.warn(
@@ -252,12 +272,13 @@ class IVCNFImputer(BaseFlowImputer):
         return self
 
     # ------------------------------------------------------------------ conditional draws
-    def _iter_draws(self, X, n_draws, stream, unsolved_consequence, generator=None):
+    def _iter_draws(self, X, n_draws, stream, unsolved_consequence, generator=None, tolerance=0.0):
         """Conditional draws of each batch of rows of ``X`` (NaN = missing), on the flow's scale.
 
         The one batch loop of every method that draws (memory ``~ batch_size * n_draws``). A row
         with no solved draw gets the training means (0 here) as every draw; such rows are
-        counted in one warning that says ``unsolved_consequence``.
+        counted in one warning that says ``unsolved_consequence``. A positive ``tolerance``
+        stops each row's draws once its mean is that precise (:func:`sample_until_precise`).
         """
         generator = generator if generator is not None else self._streams.generator(stream, self._device)
         standardised = self._layout().standardise(X)
@@ -274,8 +295,12 @@ class IVCNFImputer(BaseFlowImputer):
                               max_steps=self.refinement_steps, solver=self.solver, generator=generator)
                 with torch.no_grad():
                     params = posterior()
-            draws = sample_conditional(self.flow_, z, hidden, params, n_samples=n_draws, generator=generator,
-                                       solver=self.solver)
+            if tolerance:
+                draws = sample_until_precise(self.flow_, z, hidden, params, n_draws, tolerance, generator=generator,
+                                             solver=self.solver, weighted=self.importance_weighting)
+            else:
+                draws = sample_conditional(self.flow_, z, hidden, params, n_samples=n_draws, generator=generator,
+                                           solver=self.solver)
             unsolved = ~draws.converged.any(dim=0)
             n_unsolved += int(unsolved.sum())
             yield draws._replace(samples=torch.where(unsolved.unsqueeze(-1), 0.0, draws.samples))
@@ -286,8 +311,8 @@ class IVCNFImputer(BaseFlowImputer):
         return self.importance_weighting and draws.log_weight is not None
 
     def transform(self, X):
-        """Impute every missing entry of ``X`` by the importance-weighted mean of ``n_draws``
-        conditional draws; observed entries are returned unchanged.
+        """Impute every missing entry of ``X`` by the importance-weighted mean of up to ``n_draws``
+        conditional draws (fewer where ``draw_tolerance`` is met); observed entries are returned unchanged.
 
         Parameters
         ----------
@@ -300,7 +325,8 @@ class IVCNFImputer(BaseFlowImputer):
         X, original, mask = self._validate_input(X, reset=False)
         values = None
         if self._has_hidden_modelled(mask):
-            batches = self._iter_draws(X, self.n_draws, "transform", "their missing entries are the training means")
+            batches = self._iter_draws(X, self.n_draws, "transform", "their missing entries are the training means",
+                                       tolerance=self.draw_tolerance)
             values = np.concatenate([conditional_mean(draws, weighted=self._uses_weights(draws))[0].cpu().double()
                                      .numpy() for draws in batches])
         return self._completed(original, mask, values, X)

@@ -181,3 +181,13 @@ def test_imputation_monitor_records_held_out_rmse(generator):
                                     validation_fraction=0.25, monitor="imputation", generator=generator)
     # An RMSE of completions of unit-scale columns: positive, and below the ~1 of guessing 0.
     assert len(history.validation_loss) == 3 and all(0.0 < v < 1.0 for v in history.validation_loss)
+
+
+def test_epochs_and_the_held_out_rows_are_capped(generator):
+    flow, y, hidden = correlated_rows(generator, n=40)
+    network = InferenceNetwork(4, hidden_features=(8,), generator=generator).double()
+    history = fit_inference_network(flow, y, hidden, network, max_epochs=3, batch_size=4, n_samples=2,
+                                    validation_fraction=0.5, patience=10, rows_per_epoch=8, max_validation_rows=5,
+                                    generator=generator)
+    # 20 held out would leave 20 to train on; capped at 5 held out, an epoch is 8 of the 35: 2 steps.
+    assert history.n_steps == 3 * 2 and len(history.validation_loss) == 3

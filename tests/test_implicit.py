@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from skivcnf.conditional import SolverOptions, solve_constraint, solve_hidden_block
-from skivcnf.conditional.implicit import attach_implicit_gradients
+from skivcnf.conditional import SolverOptions, hidden_jacobian, solve_constraint, solve_hidden_block
+from skivcnf.conditional.implicit import HiddenBlockAtSolution, attach_implicit_gradients
 
 from .helpers import make_flow
 
@@ -83,3 +83,21 @@ def test_unknown_method_raises(setting):
     flow, y, x_target = setting
     with pytest.raises(ValueError, match="method"):
         attach_implicit_gradients(flow, y, y, HIDDEN, x_target, method="lu")
+
+
+def test_backward_reuses_the_block_kept_at_the_solution(setting):
+    """The exact bound hands its G^HH to the backward pass: the same gradients as forming it again."""
+    flow, y, x_target = setting
+    hidden = HIDDEN
+    solution = solve_constraint(flow, y, hidden, x_target.detach(), options=OPTIONS).solution
+    grads = []
+    for keep in (False, True):
+        x = x_target.detach().clone().requires_grad_(True)
+        at_solution = HiddenBlockAtSolution()
+        y_full = attach_implicit_gradients(flow, solution, y, hidden, x, block_at_solution=at_solution)
+        if keep:
+            block, order, valid = hidden_jacobian(flow, solution, hidden)
+            at_solution.keep(block, order, valid)
+        (y_full ** 2).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-12, rtol=0)

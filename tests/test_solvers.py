@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from skivcnf.conditional import SOLVERS, SolverOptions, solve_constraint, solve_hidden_block
-from skivcnf.conditional.solvers import resolve_chain
+from skivcnf.conditional.solvers import chord_start, resolve_chain
 from skivcnf.exceptions import ConstraintWarning
 
 
@@ -161,7 +161,33 @@ def test_armijo_constant_sets_the_sufficient_decrease(problem):
 
 @pytest.mark.parametrize(("field", "value"), [("max_forcing_term", 1.0), ("armijo_constant", 0.0),
                                               ("backtrack_factor", 1.0), ("backward_krylov_restart", 0),
-                                              ("backward_krylov_max_restarts", 0)])
+                                              ("backward_krylov_max_restarts", 0), ("chord_max_iter", -1)])
 def test_bad_new_options_raise(field, value):
     with pytest.raises(ValueError, match=field):
         SolverOptions(**{field: value})
+
+
+def test_chord_start_shares_one_block_per_row_and_newton_agrees(problem):
+    flow, y, hidden, _ = problem
+    hidden = hidden.clone()
+    hidden[:, 0] = True  # every row has something hidden
+    gen = torch.Generator().manual_seed(9)
+    targets = torch.randn(4, *y.shape, generator=gen, dtype=torch.float64)
+    start = chord_start(flow, torch.where(hidden, 0.0, y), hidden, targets)
+    assert torch.equal(start[:, ~hidden], y[~hidden].expand(4, -1))  # observed entries untouched
+    flat = lambda t: t.reshape(-1, y.shape[1])  # noqa: E731
+    options = SolverOptions(tol=1e-11)
+    cold = solve_constraint(flow, flat(torch.where(hidden, 0.0, y).expand(4, -1, -1)), flat(hidden.expand(4, -1, -1)),
+                            flat(targets), options=options)
+    warm = solve_constraint(flow, flat(start), flat(hidden.expand(4, -1, -1)), flat(targets), options=options)
+    assert bool(cold.converged.all()) and bool(warm.converged.all())
+    # The same unique solution (the constraint has one per draw); the chord start leaves
+    # Newton much less to do.
+    torch.testing.assert_close(warm.solution, cold.solution, atol=1e-9, rtol=0)
+    assert warm.n_iter.float().mean() < cold.n_iter.float().mean() - 1  # measured: 3.5 against 4.9
+
+
+def test_chord_start_off_returns_the_guess(problem):
+    flow, y, hidden, x_target = problem
+    start = chord_start(flow, y, hidden, x_target.expand(2, -1, -1), SolverOptions(chord_max_iter=0))
+    assert torch.equal(start, y.expand(2, -1, -1))

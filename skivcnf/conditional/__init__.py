@@ -37,11 +37,13 @@ from .sampling import (
     conditional_mean,
     draw_weights,
     importance_resample,
+    monte_carlo_error,
+    sample_until_precise,
     sample_conditional,
     self_normalized_weights,
 )
 from .solver_options import SOLVERS, ConstraintSolution, SolverOptions, default_constraint_tolerance
-from .solvers import resolve_chain, solve_constraint
+from .solvers import chord_start, resolve_chain, solve_constraint
 
 __all__ = [
     "LOGDET_METHODS",
@@ -73,8 +75,11 @@ __all__ = [
     "resolve_chain",
     "rsample",
     "sample_conditional",
+    "sample_until_precise",
+    "monte_carlo_error",
     "importance_resample",
     "self_normalized_weights",
     "solve_constraint",
+    "chord_start",
     "solve_hidden_block",
 ]

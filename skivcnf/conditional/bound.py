@@ -32,10 +32,10 @@ import torch
 from torch.func import jvp
 
 from .hidden_block import log_prob_and_hidden_jacobian, solve_hidden_block
-from .implicit import attach_implicit_gradients
+from .implicit import HiddenBlockAtSolution, attach_implicit_gradients
 from .posteriors import rsample
 from .solver_options import SolverOptions
-from .solvers import solve_constraint
+from .solvers import draw_guesses, solve_constraint
 
 __all__ = [
     "LOGDET_METHODS",
@@ -185,9 +185,12 @@ def bound_integrand(flow, y, hidden, x_hidden, log_q, logdet="exact", solver="au
     options = options if options is not None else SolverOptions()
     guess = torch.where(hidden, warm_start, y) if warm_start is not None else y
     solution = solve_constraint(flow, guess.detach(), hidden, x_hidden.detach(), solver, options)
-    y_full = attach_implicit_gradients(flow, solution.solution, y, hidden, x_hidden, options=options)
+    at_solution = HiddenBlockAtSolution()
+    y_full = attach_implicit_gradients(flow, solution.solution, y, hidden, x_hidden, options=options,
+                                       block_at_solution=at_solution)
     if logdet == "exact":
-        log_p, block, _, _ = log_prob_and_hidden_jacobian(flow, y_full, hidden)
+        log_p, block, order, valid = log_prob_and_hidden_jacobian(flow, y_full, hidden)
+        at_solution.keep(block, order, valid)
         return log_p - log_q - torch.linalg.slogdet(block).logabsdet, solution
     if logdet == "clade":
         x, logdet_g = flow.forward_and_logdet(y_full, generator, method="stochastic")
@@ -248,9 +251,9 @@ def bound_terms(flow, y, hidden, params, n_samples=8, logdet="exact", solver="au
     # One row per draw: the draws of every row, stacked.
     hidden_per_draw = hidden.expand(n_samples, batch, d).reshape(-1, d)
     y_per_draw = y.expand(n_samples, batch, d).reshape(-1, d)
-    warm = warm_start.reshape(-1, d) if warm_start is not None else None
     # Each spectral norm (an SVD) is computed once per call, with its graph, not per use.
     with flow.cached_weights():
+        warm = draw_guesses(flow, y.detach(), hidden, x_hidden.detach(), solver, options, warm_start)
         log_w, solved = bound_integrand(flow, y_per_draw, hidden_per_draw, x_hidden.reshape(-1, d),
                                         log_q.reshape(-1), logdet, solver, options, warm, generator)
     shape = (n_samples, batch)

@@ -173,9 +173,13 @@ def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=
 
 
 def _fit_epoch(flow, y, hidden, rows, network, optimizer, history, batch_size, n_samples, logdet, solver, options,
-               objective, max_grad_norm, generator):
-    """One pass over shuffled minibatches of ``rows``: minus the bound per row summed over the steps taken, / rows."""
+               objective, max_grad_norm, generator, rows_per_epoch=None):
+    """One pass over shuffled minibatches of ``rows`` (a fresh random ``rows_per_epoch`` of them
+    if fewer): minus the bound per row summed over the steps taken, / rows used."""
     perm = rows[torch.randperm(len(rows), generator=generator, device=y.device)]
+    if rows_per_epoch is not None:
+        perm = perm[:rows_per_epoch]
+    rows = perm
     total_loss = 0.0
     for batch_start in range(0, len(rows), batch_size):
         batch = perm[batch_start:batch_start + batch_size]
@@ -192,7 +196,8 @@ def _fit_epoch(flow, y, hidden, rows, network, optimizer, history, batch_size, n
 def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size=256, lr=1e-3,
                           n_samples=8, logdet="exact", solver="auto", options=None, objective="elbo",
                           train_flow=False, validation_fraction=0.0, monitor="bound", patience=10,
-                          min_delta=1e-4, max_grad_norm=10.0, generator=None, verbose=False):
+                          min_delta=1e-4, max_grad_norm=10.0, rows_per_epoch=None, max_validation_rows=None,
+                          generator=None, verbose=False):
     """Train an amortised posterior on the bound over minibatches of incomplete rows.
 
     With ``train_flow=True`` the flow's weights are trained jointly on the same bound
@@ -227,6 +232,12 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     min_delta : float, default=1e-4
         Used with held-out rows only.
     max_grad_norm : float or None, default=10.0
+    rows_per_epoch : int, optional
+        An epoch trains on at most this many training rows, drawn afresh each epoch, so
+        that the work between two held-out checks does not grow with the table (None: all).
+    max_validation_rows : int, optional
+        Hold out at most this many rows (``validation_fraction`` of them if fewer), so
+        that the held-out check does not grow with the table either.
     generator : torch.Generator, optional
     verbose : bool
 
@@ -259,6 +270,8 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}.")
     n_validation = int(validation_fraction * y.shape[0])
+    if max_validation_rows is not None:
+        n_validation = min(n_validation, max_validation_rows)
     if validation_fraction > 0 and n_validation < 1:
         raise ValueError(f"validation_fraction={validation_fraction} holds out no row of {y.shape[0]}.")
     if monitor == "imputation" and not n_validation:
@@ -289,7 +302,7 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
         return fit_loop(
             history,
             lambda: _fit_epoch(flow, y, hidden, train_rows, network, optimizer, history, batch_size, n_samples,
-                               logdet, solver, options, objective, max_grad_norm, generator),
+                               logdet, solver, options, objective, max_grad_norm, generator, rows_per_epoch),
             max_epochs,
             validation_loss=validation_loss,
             # The flow's state is kept even when it is not trained: restoring both is what was validated.

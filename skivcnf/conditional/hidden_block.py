@@ -15,7 +15,8 @@ import torch
 
 from .linalg import gmres, masked_operator
 
-__all__ = ["HIDDEN_SOLVE_METHODS", "hidden_jacobian", "log_prob_and_hidden_jacobian", "solve_hidden_block"]
+__all__ = ["HIDDEN_SOLVE_METHODS", "from_compact", "hidden_jacobian", "log_prob_and_hidden_jacobian",
+           "solve_hidden_block", "to_compact"]
 
 #: How :func:`solve_hidden_block` solves: with the compact block, or by GMRES on products.
 HIDDEN_SOLVE_METHODS = ("exact", "gmres")
@@ -43,15 +44,15 @@ def _compact_block(products, order, valid):
     return torch.where(pair, block, eye)
 
 
-def _to_compact(v, order, valid):
-    """The hidden entries of ``v : (batch, d)`` in compact order, ``(batch, k)``, zero for padding."""
-    return torch.gather(v, 1, order) * valid.to(v.dtype)
+def to_compact(v, order, valid):
+    """The hidden entries of ``v : (..., batch, d)`` in compact order, ``(..., batch, k)``, zero for padding."""
+    return torch.gather(v, -1, order.expand(*v.shape[:-1], order.shape[-1])) * valid.to(v.dtype)
 
 
-def _from_compact(compact, order, valid, d):
-    """Compact vectors ``(batch, k)`` back to ``(batch, d)``, zero on observed entries."""
-    out = compact.new_zeros(compact.shape[0], d)
-    return out.scatter(1, order, compact * valid.to(compact.dtype))
+def from_compact(compact, order, valid, d):
+    """Compact vectors ``(..., batch, k)`` back to ``(..., batch, d)``, zero on observed entries."""
+    out = compact.new_zeros(*compact.shape[:-1], d)
+    return out.scatter(-1, order.expand(compact.shape), compact * valid.to(compact.dtype))
 
 
 def hidden_jacobian(flow, y, hidden):
@@ -187,8 +188,8 @@ def solve_hidden_block(flow, y, hidden, rhs, *, transpose=False, method="exact",
         if method == "exact":
             block, order, valid = hidden_jacobian(flow, y, hidden)
             block = block.transpose(-1, -2) if transpose else block
-            solution = torch.linalg.solve(block, _to_compact(rhs, order, valid).unsqueeze(-1))
-            return _from_compact(solution.squeeze(-1), order, valid, y.shape[1])
+            solution = torch.linalg.solve(block, to_compact(rhs, order, valid).unsqueeze(-1))
+            return from_compact(solution.squeeze(-1), order, valid, y.shape[1])
         linearization = flow.linearize(y)
         operator = masked_operator(linearization.vjp if transpose else linearization.jvp, hidden)
         if preconditioner is not None:

@@ -16,10 +16,10 @@ from functools import partial
 import torch
 
 from ..flows import EXACT_LOGDET_MAX_FEATURES
-from .hidden_block import HIDDEN_SOLVE_METHODS, solve_hidden_block
+from .hidden_block import HIDDEN_SOLVE_METHODS, from_compact, solve_hidden_block, to_compact
 from .solver_options import SolverOptions
 
-__all__ = ["attach_implicit_gradients"]
+__all__ = ["HiddenBlockAtSolution", "attach_implicit_gradients"]
 
 
 class _ImplicitCorrection(torch.autograd.Function):
@@ -38,7 +38,32 @@ class _ImplicitCorrection(torch.autograd.Function):
         return -mu, None, None, None
 
 
-def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto", rtol=1e-10, options=None):
+class HiddenBlockAtSolution:
+    """The compact ``G^HH`` at the solution, for the implicit backward pass to reuse.
+
+    The exact bound forms this block at the solution anyway (for ``log|det G^HH|``);
+    handing it over with :meth:`keep` (detached) spares the backward pass forming it again.
+    Until then (or for rows it was not kept for) the backward pass forms its own.
+    """
+
+    def __init__(self):
+        self.block = None
+
+    def keep(self, block, order, valid):
+        """Keep ``(block, order, valid)`` of :func:`~.hidden_block.hidden_jacobian` at the solution."""
+        self.block, self.order, self.valid = block.detach(), order, valid
+
+    def solve_transposed(self, fallback, y, hidden, rhs):
+        """``(G^HH)^{-T} rhs`` with the kept block, or by ``fallback(y, hidden, rhs)`` if none was kept."""
+        if self.block is None:
+            return fallback(y, hidden, rhs)
+        compact = torch.linalg.solve(self.block.transpose(-1, -2),
+                                     to_compact(rhs, self.order, self.valid).unsqueeze(-1))
+        return from_compact(compact.squeeze(-1), self.order, self.valid, y.shape[1])
+
+
+def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto", rtol=1e-10, options=None,
+                              block_at_solution=None):
     """Rows equal to ``solution`` whose gradients follow the implicit function theorem.
 
     Parameters
@@ -59,6 +84,9 @@ def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto"
     options : SolverOptions, optional
         Its ``backward_krylov_restart`` and ``backward_krylov_max_restarts`` steer the
         backward GMRES.
+    block_at_solution : HiddenBlockAtSolution, optional
+        Filled by the caller before the backward pass with the block it formed at the
+        solution (exact method only); the backward pass then solves with it.
 
     Returns
     -------
@@ -92,6 +120,8 @@ def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto"
     solve_transposed = partial(solve_hidden_block, flow, transpose=True, method=method, rtol=rtol,
                                restart=options.backward_krylov_restart,
                                max_restarts=options.backward_krylov_max_restarts)
+    if block_at_solution is not None and method == "exact":
+        solve_transposed = partial(block_at_solution.solve_transposed, solve_transposed)
     base = torch.where(hidden, solution.detach(), y)
     residual = torch.where(hidden, flow(base) - x_target, 0.0)
     return base + _ImplicitCorrection.apply(residual, solution.detach(), hidden, solve_transposed)

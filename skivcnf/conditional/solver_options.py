@@ -88,6 +88,11 @@ class SolverOptions:
         initial residual (the divergence guard).
     inverse_max_iter : int, default=1000
         Iteration cap of each block's fixed-point inversion inside Algorithm 2.
+    chord_max_iter : int, default=16
+        Chord iterations at most of :func:`~.solvers.chord_start`, the warm start of the
+        draws of one row: they share the row's hidden block at the initial guess (one
+        Jacobian and one LU factorisation per row, not per draw), so each iteration costs
+        a forward pass. 0 turns the warm start off. Measured in docs/benchmarks.md.
 
     Examples
     --------
@@ -122,6 +127,7 @@ class SolverOptions:
     fixed_point_max_iter: int = 300
     divergence_factor: float = 1e3
     inverse_max_iter: int = 1000
+    chord_max_iter: int = 16
 
     def __post_init__(self):
         if self.preconditioner not in ("inverse_jacobian", None):
@@ -138,6 +144,8 @@ class SolverOptions:
                      "backward_krylov_max_restarts", "fixed_point_max_iter", "inverse_max_iter"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
+        if self.chord_max_iter < 0:
+            raise ValueError(f"chord_max_iter must be non-negative, got {self.chord_max_iter!r}.")
         if self.tol is not None and not self.tol > 0:
             raise ValueError(f"tol must be positive, got {self.tol!r}.")
 

@@ -28,10 +28,10 @@ import torch
 
 from ..exceptions import ConstraintWarning
 from ..flows import EXACT_LOGDET_MAX_FEATURES
-from .hidden_block import solve_hidden_block
+from .hidden_block import from_compact, hidden_jacobian, solve_hidden_block, to_compact
 from .solver_options import SOLVERS, ConstraintSolution, SolverOptions
 
-__all__ = ["solve_constraint", "resolve_chain"]
+__all__ = ["chord_start", "solve_constraint", "resolve_chain"]
 
 # ---------------------------------------------------------------------- Newton
 
@@ -140,6 +140,139 @@ _SOLVER_FUNCTIONS = {
     "newton_krylov": partial(_newton, newton_step=_newton_step_krylov),
     "fixed_point": _fixed_point,
 }
+
+
+#: A draw's chord iterations go on only while each shrinks its largest residual at least by
+#: this factor (slower than that, Newton is the better use of the time).
+_CHORD_MIN_CONTRACTION = 0.8
+
+
+@torch.no_grad()
+def chord_start(flow, y, hidden, x_target, options=None):
+    """Warm starts for several draws per row: chord iterations with the row's shared hidden block.
+
+    Every draw of a row starts from the same guess ``y``, so the first Newton step of all
+    of them needs the same ``G^HH(y)``: it is formed and LU-factorised once per row, and
+    each draw then iterates ``y^H <- y^H - G^HH(y)^{-1} F(y^H)`` (the chord method: one
+    forward pass per iteration, linear convergence) while its residual norm decreases.
+    A draw keeps its best iterate; Newton then finishes the draws left above tolerance
+    (0 iterations for those already solved). Iterations stop when every draw is solved,
+    after ``options.chord_max_iter``, or when the residuals stop contracting.
+
+    Parameters
+    ----------
+    flow : ResidualFlow
+    y : Tensor (batch, d)
+        The rows with the shared initial guess on hidden entries (finite).
+    hidden : BoolTensor (batch, d)
+    x_target : Tensor (n_samples, batch, d)
+        Latent draws on hidden entries.
+    options : SolverOptions, optional
+
+    Returns
+    -------
+    Tensor (n_samples, batch, d)
+        Guesses; observed entries are ``y``'s.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
+    >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    >>> hidden = torch.tensor([[False, True, False], [False, True, True]])
+    >>> x_target = 0.3 * torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    >>> from skivcnf.conditional import chord_start
+    >>> start = chord_start(flow, y, hidden, x_target)
+    >>> residual = torch.where(hidden, flow(start.reshape(-1, 3)).reshape(4, 2, 3) - x_target, 0.0)
+    >>> bool(residual.abs().max() < 1e-6), torch.equal(start[:, ~hidden], y[~hidden].expand(4, -1))
+    (True, True)
+    """
+    options = options if options is not None else SolverOptions()
+    n_samples, batch, d = x_target.shape
+    start = y.expand(n_samples, batch, d).reshape(-1, d).clone()
+    if options.chord_max_iter == 0 or batch == 0:
+        return start.reshape(n_samples, batch, d)
+    tol = options.tolerance(y.dtype)
+    with flow.cached_weights():
+        block, order, valid = hidden_jacobian(flow, y, hidden)
+        if order.shape[1] == 0:
+            return start.reshape(n_samples, batch, d)
+        lu, pivots, info = torch.linalg.lu_factor_ex(block)
+        # Draws are stacked draw-major: flat draw j belongs to row j % batch.
+        row_of = torch.arange(batch, device=y.device).repeat(n_samples)
+        hidden_flat, target = hidden[row_of], x_target.reshape(-1, d)
+        residual = torch.where(hidden_flat, flow(y)[row_of] - target, 0.0)
+        largest = residual.abs().amax(dim=-1)
+        usable = (info == 0) & torch.isfinite(lu).flatten(1).all(dim=1)  # a singular block gives no chord
+        moving = usable[row_of] & (largest > tol)
+        for _ in range(options.chord_max_iter):
+            draws = moving.nonzero().squeeze(1)
+            if draws.numel() == 0:
+                break
+            rows, h = row_of[draws], hidden_flat[draws]
+            step = torch.linalg.lu_solve(lu[rows], pivots[rows],
+                                         to_compact(residual[draws], order[rows], valid[rows]).unsqueeze(-1))
+            candidate = start[draws] - from_compact(step.squeeze(-1), order[rows], valid[rows], d)
+            candidate_residual = torch.where(h, flow(candidate) - target[draws], 0.0)
+            candidate_largest = candidate_residual.abs().amax(dim=-1)
+            # A draw keeps a step that shrinks its residual norm (NaN compares False) and goes
+            # on while it contracts fast enough to beat a Newton step on time.
+            better = candidate_residual.norm(dim=-1) < residual[draws].norm(dim=-1)
+            kept = draws[better]
+            start[kept], residual[kept] = candidate[better], candidate_residual[better]
+            moving[draws] = better & (candidate_largest > tol) & (
+                candidate_largest <= _CHORD_MIN_CONTRACTION * largest[draws])
+            largest[kept] = candidate_largest[better]
+    return start.reshape(n_samples, batch, d)
+    tol = options.tolerance(y.dtype)
+    with flow.cached_weights():
+        block, order, valid = hidden_jacobian(flow, y, hidden)
+        if order.shape[1] == 0:
+            return start
+        lu, pivots, info = torch.linalg.lu_factor_ex(block)
+        usable = (info == 0) & torch.isfinite(lu).flatten(1).all(dim=1)  # a singular block gives no chord
+        lu = torch.where(usable[:, None, None], lu, torch.eye(lu.shape[-1], dtype=lu.dtype, device=lu.device))
+        residual = torch.where(hidden, flow(y) - x_target, 0.0)
+        norm = residual.norm(dim=-1)
+        largest = residual.abs().amax(dim=-1)
+        for _ in range(options.chord_max_iter):
+            moving = usable & (largest > tol)
+            if not bool(moving.any()):
+                break
+            step = torch.linalg.lu_solve(lu, pivots, to_compact(residual, order, valid).unsqueeze(-1)).squeeze(-1)
+            candidate = start - from_compact(step, order, valid, d)
+            candidate_residual = torch.where(hidden, flow(candidate.reshape(-1, d)).reshape(n_samples, batch, d)
+                                             - x_target, 0.0)
+            candidate_norm = candidate_residual.norm(dim=-1)
+            better = moving & (candidate_norm < norm)  # NaN compares False: such a draw keeps its iterate
+            before = float(torch.where(moving, largest, 0.0).max())
+            start = torch.where(better.unsqueeze(-1), candidate, start)
+            residual = torch.where(better.unsqueeze(-1), candidate_residual, residual)
+            norm = torch.where(better, candidate_norm, norm)
+            largest = residual.abs().amax(dim=-1)
+            if float(torch.where(moving, largest, 0.0).max()) > _CHORD_MIN_CONTRACTION * before:
+                break
+    return start
+
+
+def draw_guesses(flow, y, hidden, x_target, solver="auto", options=None, warm_start=None):
+    """Initial guesses of the draws of each row, flattened to ``(n_samples * batch, d)``.
+
+    ``warm_start`` (earlier solutions, ``(n_samples, batch, d)``) when given; otherwise
+    :func:`chord_start` when the chain starts with Newton on the exact block (tabular
+    widths), else ``y`` itself.
+    """
+    n_samples, batch, d = x_target.shape
+    options = options if options is not None else SolverOptions()
+    y = torch.where(hidden & ~torch.isfinite(y), 0.0, y)
+    if warm_start is not None:
+        guess = torch.where(hidden, warm_start, y)
+    elif resolve_chain(solver, d)[0] == "newton" and d <= EXACT_LOGDET_MAX_FEATURES:
+        guess = chord_start(flow, y, hidden, x_target, options)
+    else:
+        guess = y.expand(n_samples, batch, d)
+    return guess.reshape(-1, d)
 
 
 def resolve_chain(solver, features):

@@ -1,0 +1,122 @@
+"""The measurements behind the speed defaults of docs/benchmarks.md ("Speed"), one thread.
+
+Run from the repository root::
+
+    python -m benchmarks.speed chord                 # the chord start of the constraint solves
+    python -m benchmarks.speed draws                 # draws per row at transform: time and RMSE
+    python -m benchmarks.speed training '{"learning_rate": 5e-3}'   # a training setting, 3 mask seeds
+
+``chord``: on flows trained by ``IVCNFImputer`` (breast cancer 20 epochs; digits 3 epochs at
+50% and 90% MCAR), 64 draws of the first 256 rows solved with ``chord_max_iter`` 0 (Newton
+from the initial guess, the former behaviour), 16 and 32: seconds, Newton iterations per
+draw after the start, and the share of draws solved. ``draws``: one default fit per mask seed
+(0, 1, 2; 20% MCAR), then ``transform`` with 8, 16, 32 and 64 draws for every row, and
+with up to 64 draws stopped by ``draw_tolerance`` 0.01, 0.02 and 0.05. ``training``: fit and
+transform with the given settings on the three mask seeds.
+"""
+
+import argparse
+import ast
+import json
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from skivcnf import IVCNFImputer
+from skivcnf.conditional import SolverOptions, sample_conditional
+
+from . import data, masks
+from .measure import rmse
+
+
+def _masked(table, seed=0, rate=None):
+    ds = data.digits() if table == "digits" else data.load(table)
+    mask = masks.mcar(ds.X, rate, np.random.default_rng(seed)) if rate else masks.make_mask("MCAR 20%", ds.X, seed)
+    return ds.X, mask, np.where(mask, np.nan, ds.X)
+
+
+def chord(table="breast_cancer", rate=None, epochs=20, rows=256, n_draws=64):
+    """Solve time and Newton iterations of ``n_draws`` draws of ``rows`` rows, with and without the chord start."""
+    _, _, X_missing = _masked(table, rate=rate)
+    imputer = IVCNFImputer(random_state=0, max_epochs=epochs, early_stopping=False).fit(X_missing)
+    z = torch.as_tensor(imputer._layout().standardise(X_missing[:rows]), dtype=torch.float32)
+    hidden = torch.isnan(z)
+    params = imputer.posterior_(torch.where(hidden, 0.0, z), hidden)
+    lines = []
+    for chord_max_iter in (0, 16, 32):
+        start = time.perf_counter()
+        draws = sample_conditional(imputer.flow_, z, hidden, params, n_samples=n_draws,
+                                   generator=torch.Generator().manual_seed(0),
+                                   options=SolverOptions(chord_max_iter=chord_max_iter), weights=False)
+        lines.append({"table": table, "rate": rate, "chord_max_iter": chord_max_iter,
+                      "seconds": round(time.perf_counter() - start, 2),
+                      "newton_iterations": round(float(draws.n_iter.float().mean()), 2),
+                      "solved": float(draws.converged.float().mean())})
+    return lines
+
+
+#: (n_draws, draw_tolerance) compared by ``draws``: fixed counts, then adaptive up to 64.
+DRAW_SETTINGS = [(8, 0.0), (16, 0.0), (32, 0.0), (64, 0.0), (64, 0.01), (64, 0.02), (64, 0.05)]
+
+
+def draws(table="breast_cancer", settings=DRAW_SETTINGS):
+    """Transform seconds and RMSE with each draw setting, after one default fit per mask seed."""
+    results = {setting: [] for setting in settings}
+    for seed in (0, 1, 2):
+        X, mask, X_missing = _masked(table, seed)
+        imputer = IVCNFImputer(random_state=seed).fit(X_missing)
+        for n_draws, tolerance in settings:
+            imputer.set_params(n_draws=n_draws, draw_tolerance=tolerance)
+            start = time.perf_counter()
+            out = imputer.transform(X_missing)
+            results[n_draws, tolerance].append((time.perf_counter() - start, rmse(X, out, mask)))
+    return [{"table": table, "n_draws": n, "draw_tolerance": tol,
+             "transform_seconds": round(float(np.mean([s for s, _ in v])), 2),
+             "rmse": [round(r, 4) for _, r in v], "mean_rmse": round(float(np.mean([r for _, r in v])), 4)}
+            for (n, tol), v in results.items()]
+
+
+def training(settings, table="breast_cancer"):
+    """Fit and transform seconds, epochs and RMSE of ``IVCNFImputer(**settings)`` on 3 mask seeds."""
+    rows = []
+    for seed in (0, 1, 2):
+        X, mask, X_missing = _masked(table, seed)
+        imputer = IVCNFImputer(random_state=seed, **settings)
+        start = time.perf_counter()
+        imputer.fit(X_missing)
+        fitted = time.perf_counter()
+        out = imputer.transform(X_missing)
+        rows.append((fitted - start, time.perf_counter() - fitted, len(imputer.history_.train_loss),
+                     rmse(X, out, mask)))
+    rows = np.array(rows)
+    return [{"table": table, "settings": settings, "fit_seconds": round(float(rows[:, 0].mean()), 1),
+             "transform_seconds": round(float(rows[:, 1].mean()), 1), "epochs": rows[:, 2].astype(int).tolist(),
+             "rmse": rows[:, 3].round(4).tolist(), "mean_rmse": round(float(rows[:, 3].mean()), 4)}]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["chord", "draws", "training"])
+    parser.add_argument("settings", nargs="?", default="{}", help="training: IVCNFImputer settings, a dict literal")
+    parser.add_argument("--table", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its one-time import is not the imputer's
+    warnings.simplefilter("ignore")
+    if args.what == "chord":
+        cases = [(args.table, None, 20)] if args.table else [("breast_cancer", None, 20), ("digits", 0.5, 3),
+                                                              ("digits", 0.9, 3)]
+        lines = [line for table, rate, epochs in cases for line in chord(table, rate, epochs)]
+    elif args.what == "draws":
+        lines = [line for table in ([args.table] if args.table else ["breast_cancer", "nonlinear"])
+                 for line in draws(table)]
+    else:
+        lines = training(ast.literal_eval(args.settings), args.table or "breast_cancer")
+    for line in lines:
+        print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
