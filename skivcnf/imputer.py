@@ -22,7 +22,6 @@ from .conditional import (
     importance_resample,
     masked_bound,
     sample_conditional,
-    sample_until_precise,
 )
 from .flows import EXACT_LOGDET_MAX_FEATURES, ResidualFlow
 
@@ -37,8 +36,6 @@ MIN_TRAINING_ROWS = 18
 #: early-stopping checks, and each check, stop growing with the table (docs/benchmarks.md).
 ROWS_PER_EPOCH = 4096
 MAX_VALIDATION_ROWS = 1024
-#: Default ``draw_tolerance``: measured in docs/benchmarks.md ("Speed").
-DRAW_TOLERANCE_DEFAULT = 0.02
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
 REFINEMENT_DRAWS = 8
 #: ``sample_multiple_imputations`` resamples each row's copies from at least this many
@@ -68,13 +65,7 @@ class IVCNFImputer(BaseFlowImputer):
         Householder reflections of the amortised posterior (0: diagonal).
     n_draws : int, default=64
         Completions per row behind each point imputation and each :meth:`score_samples`
-        (Monte Carlo variance ``~ 1 / n_draws``, cost ``~ n_draws``); at ``transform``, the
-        most a row gets (see ``draw_tolerance``).
-    draw_tolerance : float, default=DRAW_TOLERANCE_DEFAULT
-        At ``transform`` a row stops drawing once the Monte Carlo standard error of its
-        imputed values is at most this many standard deviations of each column (with an
-        effective sample size of at least 8): rows start with 16 draws and the others get
-        as many again, up to ``n_draws``. 0 draws ``n_draws`` for every row.
+        (Monte Carlo variance ``~ 1 / n_draws``, cost ``~ n_draws``).
     n_train_draws : int, default=2
         Draws per row and step when training on the bound.
     importance_weighting : bool, default=True
@@ -161,7 +152,6 @@ class IVCNFImputer(BaseFlowImputer):
         "lipschitz_coeff": [Interval(Real, 0, 1, closed="neither")],
         "n_reflections": [Interval(Integral, 0, None, closed="left")],
         "n_draws": [Interval(Integral, 1, None, closed="left")],
-        "draw_tolerance": [Interval(Real, 0, None, closed="left")],
         "n_train_draws": [Interval(Integral, 1, None, closed="left")],
         "importance_weighting": ["boolean"],
         "refinement_steps": [Interval(Integral, 0, None, closed="left")],
@@ -177,7 +167,7 @@ class IVCNFImputer(BaseFlowImputer):
     }
 
     def __init__(self, *, n_blocks=4, hidden_layer_sizes=(64, 64), lipschitz_coeff=0.9, n_reflections=0,
-                 n_draws=64, draw_tolerance=DRAW_TOLERANCE_DEFAULT, n_train_draws=2, importance_weighting=True, refinement_steps=0,
+                 n_draws=64, n_train_draws=2, importance_weighting=True, refinement_steps=0,
                  objective="iwae", solver="auto",
                  logdet="exact", max_epochs=100, batch_size=64, learning_rate=2e-3, validation_fraction=0.1,
                  early_stopping=True, n_iter_no_change=8, missing_values=np.nan, add_indicator=False,
@@ -187,7 +177,6 @@ class IVCNFImputer(BaseFlowImputer):
         self.lipschitz_coeff = lipschitz_coeff
         self.n_reflections = n_reflections
         self.n_draws = n_draws
-        self.draw_tolerance = draw_tolerance
         self.n_train_draws = n_train_draws
         self.importance_weighting = importance_weighting
         self.refinement_steps = refinement_steps
@@ -272,13 +261,12 @@ class IVCNFImputer(BaseFlowImputer):
         return self
 
     # ------------------------------------------------------------------ conditional draws
-    def _iter_draws(self, X, n_draws, stream, unsolved_consequence, generator=None, tolerance=0.0):
+    def _iter_draws(self, X, n_draws, stream, unsolved_consequence, generator=None):
         """Conditional draws of each batch of rows of ``X`` (NaN = missing), on the flow's scale.
 
         The one batch loop of every method that draws (memory ``~ batch_size * n_draws``). A row
         with no solved draw gets the training means (0 here) as every draw; such rows are
-        counted in one warning that says ``unsolved_consequence``. A positive ``tolerance``
-        stops each row's draws once its mean is that precise (:func:`sample_until_precise`).
+        counted in one warning that says ``unsolved_consequence``.
         """
         generator = generator if generator is not None else self._streams.generator(stream, self._device)
         standardised = self._layout().standardise(X)
@@ -295,12 +283,8 @@ class IVCNFImputer(BaseFlowImputer):
                               max_steps=self.refinement_steps, solver=self.solver, generator=generator)
                 with torch.no_grad():
                     params = posterior()
-            if tolerance:
-                draws = sample_until_precise(self.flow_, z, hidden, params, n_draws, tolerance, generator=generator,
-                                             solver=self.solver, weighted=self.importance_weighting)
-            else:
-                draws = sample_conditional(self.flow_, z, hidden, params, n_samples=n_draws, generator=generator,
-                                           solver=self.solver)
+            draws = sample_conditional(self.flow_, z, hidden, params, n_samples=n_draws, generator=generator,
+                                       solver=self.solver)
             unsolved = ~draws.converged.any(dim=0)
             n_unsolved += int(unsolved.sum())
             yield draws._replace(samples=torch.where(unsolved.unsqueeze(-1), 0.0, draws.samples))
@@ -311,8 +295,8 @@ class IVCNFImputer(BaseFlowImputer):
         return self.importance_weighting and draws.log_weight is not None
 
     def transform(self, X):
-        """Impute every missing entry of ``X`` by the importance-weighted mean of up to ``n_draws``
-        conditional draws (fewer where ``draw_tolerance`` is met); observed entries are returned unchanged.
+        """Impute every missing entry of ``X`` by the importance-weighted mean of ``n_draws``
+        conditional draws; observed entries are returned unchanged.
 
         Parameters
         ----------
@@ -325,8 +309,7 @@ class IVCNFImputer(BaseFlowImputer):
         X, original, mask = self._validate_input(X, reset=False)
         values = None
         if self._has_hidden_modelled(mask):
-            batches = self._iter_draws(X, self.n_draws, "transform", "their missing entries are the training means",
-                                       tolerance=self.draw_tolerance)
+            batches = self._iter_draws(X, self.n_draws, "transform", "their missing entries are the training means")
             values = np.concatenate([conditional_mean(draws, weighted=self._uses_weights(draws))[0].cpu().double()
                                      .numpy() for draws in batches])
         return self._completed(original, mask, values, X)

@@ -15,10 +15,7 @@ from skivcnf.conditional import (
     draw_weights,
     fit_posterior,
     importance_resample,
-    monte_carlo_error,
-    prior_parameters,
     sample_conditional,
-    sample_until_precise,
     self_normalized_weights,
 )
 from skivcnf.flows import ActNorm
@@ -195,33 +192,3 @@ def test_unsolved_non_finite_draws_do_not_poison_the_mean():
         mean, _ = conditional_mean(draws, weighted=weighted)
         assert mean.tolist() == [[1.0, 2.0]]
 
-
-def test_sample_until_precise_stops_each_row_at_its_tolerance(generator):
-    flow, mean, cov, y = oracle_setting(generator)
-    y, hidden = y.repeat(20, 1), HIDDEN.repeat(20, 1)
-    tolerance, most = 0.15, 256
-    draws = sample_until_precise(flow, y, hidden, prior_parameters(60, 4, torch.float64), most, tolerance,
-                                 first_samples=16, generator=generator)
-    assert draws.samples.shape == (most, 60, 4)
-    used = draws.converged.sum(dim=0)
-    # Rounds double the draws: 16, 32, ..., 256; padding is unsolved and weightless.
-    assert set(used.tolist()) <= {16, 32, 64, 128, 256} and bool((used < most).any())
-    assert bool(torch.isneginf(draws.log_weight[~draws.converged]).all())
-    error, ess = monte_carlo_error(draws, hidden)
-    stopped = used < most
-    assert bool(((error <= tolerance) & (ess >= 8))[stopped].all())  # the rule that stopped them
-    point, _ = conditional_mean(draws)
-    assert torch.equal(point[~hidden], y[~hidden])
-    for row in range(60):
-        cond_mean, _, _ = gaussian_conditional(mean, cov, y[row], hidden[row])
-        # The estimated standard error is at most the tolerance where a row stopped; 5 of them
-        # leave room for the error of that estimate (about 25% at ESS 8).
-        bound = 5 * max(tolerance, float(error[row]))
-        assert float((point[row, hidden[row]] - cond_mean).abs().max()) < bound, row
-
-
-def test_sample_until_precise_with_no_tolerance_draws_every_row_fully(generator):
-    flow, _, _, y = oracle_setting(generator)
-    draws = sample_until_precise(flow, y, HIDDEN, prior_parameters(3, 4, torch.float64), 48, 0.0,
-                                 first_samples=16, generator=generator)
-    assert draws.converged.sum(dim=0).tolist() == [48, 48, 48]  # 16, then 16 and 16 more

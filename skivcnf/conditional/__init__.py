@@ -37,8 +37,6 @@ from .sampling import (
     conditional_mean,
     draw_weights,
     importance_resample,
-    monte_carlo_error,
-    sample_until_precise,
     sample_conditional,
     self_normalized_weights,
 )
@@ -75,8 +73,6 @@ __all__ = [
     "resolve_chain",
     "rsample",
     "sample_conditional",
-    "sample_until_precise",
-    "monte_carlo_error",
     "importance_resample",
     "self_normalized_weights",
     "solve_constraint",

@@ -18,8 +18,6 @@ from .solvers import draw_guesses, solve_constraint
 __all__ = [
     "ConditionalDraws",
     "conditional_mean",
-    "monte_carlo_error",
-    "sample_until_precise",
     "draw_weights",
     "importance_resample",
     "sample_conditional",
@@ -126,117 +124,6 @@ def sample_conditional(flow, y, hidden, params=None, n_samples=1, generator=None
     shape = (n_samples, batch)
     return ConditionalDraws(sol.solution.reshape(n_samples, batch, d), log_weight,
                             sol.converged.reshape(shape), sol.n_iter.reshape(shape), sol.method.reshape(shape))
-
-
-def _rows(params, rows):
-    """The posterior parameters of some rows."""
-    return type(params)(*(None if t is None else t[rows] for t in params))
-
-
-def _padding(first, n_more):
-    """``n_more`` weightless, unsolved copies of each row's first draw in ``first`` (ConditionalDraws)."""
-    batch = first.samples.shape[1]
-    samples = first.samples[:1].expand(n_more, -1, -1)
-    log_weight = None if first.log_weight is None else first.log_weight.new_full((n_more, batch), float("-inf"))
-    return ConditionalDraws(samples, log_weight, first.converged.new_zeros(n_more, batch),
-                            first.n_iter.new_zeros(n_more, batch), first.method[:1].expand(n_more, -1))
-
-
-def _concat(parts, rows=None):
-    """Draws of several rounds stacked along the draw axis (of ``rows`` only, if given)."""
-    def pick(t):
-        return t if rows is None else t[:, rows]
-    return ConditionalDraws(*(None if fields[0] is None else torch.cat([pick(t) for t in fields])
-                              for fields in zip(*parts, strict=True)))
-
-
-def monte_carlo_error(draws, hidden, weighted=True):
-    """Monte Carlo standard error of each row's (weighted) mean, largest over its hidden entries.
-
-    ``sqrt(sum_k wbar_k^2 (x_k - mean)^2)`` per entry (the delta-method error of a
-    self-normalised importance-sampling mean; ``sd / sqrt(n)`` for equal weights), with the
-    effective sample size that qualifies it: with a few dominant weights it understates
-    the error, which is why :func:`sample_until_precise` also asks for a minimum ESS.
-
-    Returns ``error : Tensor (batch,)`` and ``ess : Tensor (batch,)``.
-    """
-    weights, ess = draw_weights(draws, weighted)
-    mean, _ = conditional_mean(draws, weighted)
-    spread = torch.where(weights.unsqueeze(-1) > 0, draws.samples - mean, 0.0)
-    error = (weights.unsqueeze(-1).pow(2) * spread.pow(2)).sum(dim=0).sqrt()
-    return torch.where(hidden, error, 0.0).amax(dim=-1), ess
-
-
-def sample_until_precise(flow, y, hidden, params, max_samples, tolerance, *, first_samples=16, min_ess=8.0,
-                         generator=None, solver="auto", options=None, weighted=True):
-    """Draw for each row until its conditional mean is known to ``tolerance``, or ``max_samples`` draws.
-
-    Rows start with ``first_samples`` draws; the rows whose :func:`monte_carlo_error` is
-    above ``tolerance``, or whose effective sample size is below ``min_ess``, get as many
-    draws again (doubling, up to ``max_samples``), the others stop. Most rows of a table
-    need far fewer draws than the hardest ones, so this spends the draws where they matter.
-
-    Parameters
-    ----------
-    flow, y, hidden, params
-        As for :func:`sample_conditional`.
-    max_samples : int
-    tolerance : float
-        Standard error at which a row stops (in the units of ``y``).
-    first_samples : int, default=16
-    min_ess : float, default=8.0
-    generator, solver, options
-        As for :func:`sample_conditional`.
-    weighted : bool, default=True
-        Whether the mean is importance-weighted (see :func:`draw_weights`).
-
-    Returns
-    -------
-    ConditionalDraws
-        ``max_samples`` draws per row; a row that stopped early has its draws completed
-        by weightless, unsolved copies of its first draw (``converged`` false), which
-        :func:`conditional_mean` and :func:`draw_weights` ignore.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skivcnf.flows import ResidualFlow
-    >>> from skivcnf.conditional import monte_carlo_error, prior_parameters, sample_until_precise
-    >>> gen = torch.Generator().manual_seed(0)
-    >>> flow = ResidualFlow(3, n_blocks=2, generator=gen).double()
-    >>> y = torch.tensor([[0.5, 0.0, -1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
-    >>> hidden = torch.tensor([[False, True, False], [True, True, True]])
-    >>> draws = sample_until_precise(flow, y, hidden, prior_parameters(2, 3, torch.float64), 64, 0.2,
-    ...                              first_samples=8, generator=gen)
-    >>> draws.samples.shape, draws.converged.sum(dim=0).tolist()  # the second row stopped at 32 draws
-    (torch.Size([64, 2, 3]), [64, 32])
-    >>> error, ess = monte_carlo_error(draws, hidden)
-    >>> bool(error[1] <= 0.2 and ess[1] >= 8)
-    True
-    """
-    batch = y.shape[0]
-    first_samples = min(first_samples, max_samples)
-    compute_weights = "auto" if weighted else False
-    parts = [sample_conditional(flow, y, hidden, params, first_samples, generator, solver, options,
-                                weights=compute_weights)]
-    weighted = weighted and parts[0].log_weight is not None
-    active = torch.arange(batch, device=y.device)
-    taken = first_samples
-    while taken < max_samples:
-        error, ess = monte_carlo_error(_concat(parts, active), hidden[active], weighted)
-        active = active[(error > tolerance) | (ess < min_ess)]
-        if active.numel() == 0:
-            break
-        n_more = min(taken, max_samples - taken)
-        fresh = sample_conditional(flow, y[active], hidden[active], _rows(params, active), n_more, generator, solver,
-                                   options, weights=compute_weights)
-        # Every row gets n_more draws this round: the fresh ones where active, padding elsewhere.
-        parts.append(ConditionalDraws(*(None if pad is None else pad.clone().index_copy_(1, active, new)
-                                        for pad, new in zip(_padding(parts[0], n_more), fresh, strict=True))))
-        taken += n_more
-    if taken < max_samples:
-        parts.append(_padding(parts[0], max_samples - taken))
-    return _concat(parts)
 
 
 def self_normalized_weights(log_weight):
