@@ -84,6 +84,20 @@ def accuracy_summary(records):
     return rows, ranks
 
 
+def time_ratios(records, peers=("MissForest-like", "MICE")):
+    """One line: IVCNF's fit + transform seconds over each peer's, geometric mean over the cases both ran."""
+    cases = _sound_cases(records)
+    parts = []
+    for peer in peers:
+        ratios = [np.mean([r["seconds"] for r in by[OURS]]) / np.mean([r["seconds"] for r in by[peer]])
+                  for by in cases.values() if OURS in by and peer in by]
+        if ratios:
+            parts.append(f"{np.exp(np.log(ratios).mean()):.2f}x {peer}'s (range {min(ratios):.2f}-{max(ratios):.2f}, "
+                         f"{len(ratios)} cases)")
+    return ("IVCNF's time (fit + transform, geometric mean of the per-case ratios of mean seconds): "
+            + "; ".join(parts) + ".\n") if parts else ""
+
+
 def accuracy_report(records, out):
     if not records:
         return ""
@@ -103,6 +117,7 @@ def accuracy_report(records, out):
         ratios = np.array([r["ratio"] for r in rows])
         text += (f"\nIVCNF is best in {int((ratios < 1).sum())} of {len(rows)} cases; geometric mean of "
                  f"IVCNF / best peer: {np.exp(np.log(ratios).mean()):.3f}.\n")
+        text += time_ratios(records)
     seconds, memory = defaultdict(list), defaultdict(list)
     for r in records:
         if r.get("status") == "ok":
@@ -217,6 +232,10 @@ def digits_report(records, out):
              + (f" (on complete data: {reference['accuracy']:.4f})" if reference else "") + ":\n\n"
              + grid("accuracy", lambda v: f"{v:.4f}"))
     text += "\nSeconds to fit on the train split and impute both splits:\n\n" + grid("seconds", lambda v: f"{v:.0f}")
+    older = sorted(f"{r['imputer']} at {r['rate']:.0%}" for r in ok if r.get("code"))
+    if older:
+        text += (f"\nNot re-run with the current code: {', '.join(older)} ("
+                 f"{next(r['code'] for r in ok if r.get('code'))}).\n")
     bad = [r for r in records if r.get("status") not in ("ok", None) and "rate" in r]
     if bad:
         text += "\nFailed: " + "; ".join(f"{r['imputer']} at {r['rate']:.0%}: {r.get('error') or r['status']}"

@@ -5,6 +5,8 @@ Run from the repository root::
     python -m benchmarks.speed chord                 # the chord start of the constraint solves
     python -m benchmarks.speed draws                 # draws per row at transform: time and RMSE
     python -m benchmarks.speed training '{"learning_rate": 5e-3}'   # a training setting, 3 mask seeds
+    python -m benchmarks.speed compare d5936da       # the accuracy grid's IVCNF rows: that commit's and now
+    python -m benchmarks.speed threads               # 20 epochs and transform on 1 and 2 torch threads
 
 ``chord``: on flows trained by ``IVCNFImputer`` (breast cancer 20 epochs; digits 3 epochs at
 50% and 90% MCAR), 64 draws of the first 256 rows solved with ``chord_max_iter`` 0 (Newton
@@ -17,8 +19,11 @@ transform with the given settings on the three mask seeds.
 import argparse
 import ast
 import json
+import subprocess
 import time
 import warnings
+from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,12 +100,68 @@ def training(settings, table="breast_cancer"):
              "rmse": rows[:, 3].round(4).tolist(), "mean_rmse": round(float(rows[:, 3].mean()), 4)}]
 
 
+def threads(counts=(1, 2)):
+    """Fit (20 epochs) and transform seconds on breast cancer with each number of torch threads."""
+    X, mask, X_missing = _masked("breast_cancer")
+    lines = []
+    for count in counts:
+        torch.set_num_threads(count)
+        imputer = IVCNFImputer(random_state=0, max_epochs=20, early_stopping=False)
+        start = time.perf_counter()
+        imputer.fit(X_missing)
+        fitted = time.perf_counter()
+        imputer.transform(X_missing)
+        lines.append({"threads": count, "fit_seconds": round(fitted - start, 1),
+                      "transform_seconds": round(time.perf_counter() - fitted, 1)})
+    return lines
+
+
+SUITE = Path(__file__).parent / "results" / "suite" / "accuracy.jsonl"
+
+
+def _ivcnf_cases(lines):
+    cases = defaultdict(list)
+    for line in lines:
+        record = json.loads(line) if line.strip() else {}
+        if record.get("imputer") == "IVCNFImputer" and record.get("status") == "ok":
+            cases[record["table"], record["mechanism"]].append(record)
+    return cases
+
+
+def compare(revision):
+    """Markdown: IVCNF's mean RMSE and seconds per case of the accuracy grid, at ``revision`` and now."""
+    before = _ivcnf_cases(subprocess.run(["git", "show", f"{revision}:benchmarks/results/suite/accuracy.jsonl"],
+                                         capture_output=True, text=True, check=True).stdout.splitlines())
+    after = _ivcnf_cases(SUITE.read_text().splitlines())
+    lines = ["| table | missingness | RMSE before | RMSE now | now / before | s before | s now | now / before |",
+             "|---|---|---|---|---|---|---|---|"]
+    rmse_ratios, time_ratios = [], []
+    for case in before:
+        if case not in after:
+            continue
+        old, new = (np.mean([r["rmse"] for r in rs]) for rs in (before[case], after[case]))
+        old_s, new_s = (np.mean([r["seconds"] for r in rs]) for rs in (before[case], after[case]))
+        rmse_ratios.append(new / old)
+        time_ratios.append(new_s / old_s)
+        lines.append(f"| {case[0]} | {case[1]} | {old:.4f} | {new:.4f} | {new / old:.3f} | {old_s:.1f} | "
+                     f"{new_s:.1f} | {new_s / old_s:.2f} |")
+    if rmse_ratios:
+        lines.append(f"\nGeometric means over {len(rmse_ratios)} cases: RMSE now / before "
+                     f"{np.exp(np.mean(np.log(rmse_ratios))):.3f} (worst {max(rmse_ratios):.3f}); seconds now / "
+                     f"before {np.exp(np.mean(np.log(time_ratios))):.2f}.")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["chord", "draws", "training"])
-    parser.add_argument("settings", nargs="?", default="{}", help="training: IVCNFImputer settings, a dict literal")
+    parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads"])
+    parser.add_argument("settings", nargs="?", default="{}",
+                        help="training: IVCNFImputer settings, a dict literal; compare: a git revision")
     parser.add_argument("--table", default=None)
     args = parser.parse_args(argv)
+    if args.what == "compare":
+        print(compare(args.settings))
+        return
     torch.set_num_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its one-time import is not the imputer's
     warnings.simplefilter("ignore")
@@ -108,6 +169,8 @@ def main(argv=None):
         cases = [(args.table, None, 20)] if args.table else [("breast_cancer", None, 20), ("digits", 0.5, 3),
                                                               ("digits", 0.9, 3)]
         lines = [line for table, rate, epochs in cases for line in chord(table, rate, epochs)]
+    elif args.what == "threads":
+        lines = threads()
     elif args.what == "draws":
         lines = [line for table in ([args.table] if args.table else ["breast_cancer", "nonlinear"])
                  for line in draws(table)]
