@@ -31,9 +31,8 @@ __all__ = ["IVCNFImputer"]
 MIN_VALIDATION_ROWS = 2
 #: ...and at least this many remain to train on (below, the whole table trains).
 MIN_TRAINING_ROWS = 18
-#: An epoch trains on at most this many rows, drawn afresh each epoch (larger tables are
-#: subsampled), and at most ``MAX_VALIDATION_ROWS`` are held out: the work between two
-#: early-stopping checks, and each check, stop growing with the table (docs/benchmarks.md).
+#: An epoch is at most this many rows, drawn afresh; at most ``MAX_VALIDATION_ROWS`` are held out:
+#: early-stopping checks, and the work between them, stop growing with the table (docs/benchmarks.md).
 ROWS_PER_EPOCH = 4096
 MAX_VALIDATION_ROWS = 1024
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
@@ -84,17 +83,15 @@ class IVCNFImputer(BaseFlowImputer):
     logdet : {"exact", "clade", "nlade"}, default="exact"
         Log-determinant estimator of the bound.
     max_epochs : int, default=100
-        Passes over the training rows (early stopping usually ends training sooner); on
-        tables of more than ``ROWS_PER_EPOCH`` (4,096) training rows an epoch is a fresh
-        random 4,096 of them.
+        Passes over the training rows (early stopping usually ends training sooner); past
+        ``ROWS_PER_EPOCH`` (4,096) training rows, an epoch is a fresh random 4,096 of them.
     batch_size : int, default=64
         Rows per training step, and per batch at ``transform`` (memory grows with
         ``batch_size * n_draws * d^2``, never with the number of rows).
     learning_rate : float, default=2e-3
         Adam's step size for the flow and the inference network.
     validation_fraction : float, default=0.1
-        Rows held out for early stopping (at most ``MAX_VALIDATION_ROWS``, 1,024); ignored
-        when ``early_stopping=False``.
+        Rows held out for early stopping (at most ``MAX_VALIDATION_ROWS``, 1,024), if on.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the rows (at least ``MIN_VALIDATION_ROWS``,
         leaving ``MIN_TRAINING_ROWS``; else off) and stop when the median of their bounds
@@ -200,13 +197,11 @@ class IVCNFImputer(BaseFlowImputer):
     def _check_settings(self, layout):
         """Settings that cannot work together, or with this table, fail before anything is fitted."""
         if self.objective == "iwae" and self.logdet != "exact":
-            raise ValueError(f"objective='iwae' needs the values of the log-weights, which logdet={self.logdet!r} "
-                             "does not give (its values are gradient surrogates): use logdet='exact' with "
-                             "objective='iwae', or objective='elbo' with logdet='clade' or 'nlade'.")
+            raise ValueError(f"objective='iwae' needs the log-weights' values, which logdet={self.logdet!r} does not "
+                             "give: use logdet='exact', or objective='elbo' with logdet='clade' or 'nlade'.")
         if self.logdet == "exact" and layout.n_modelled > EXACT_LOGDET_MAX_FEATURES:
             raise ValueError(f"logdet='exact' supports up to {EXACT_LOGDET_MAX_FEATURES} modelled columns, got "
-                             f"{layout.n_modelled}; use logdet='clade' (or 'nlade') with objective='elbo' for wider "
-                             "tables.")
+                             f"{layout.n_modelled}; use logdet='clade' (or 'nlade') with objective='elbo'.")
 
     def _build_modules(self, features, generator=None):
         """The flow and the amortised posterior for ``features`` modelled columns (fit, load, unpickling)."""
@@ -240,24 +235,22 @@ class IVCNFImputer(BaseFlowImputer):
         hidden = torch.isnan(z)
         self.flow_, self.posterior_ = self._build_modules(d, self._streams.generator("initial_weights"))
         self.flow_.initialize(torch.where(hidden, 0.0, z))
-        self.flow_.to(self._device)
-        self.posterior_.to(self._device)
+        self.flow_.to(self._device), self.posterior_.to(self._device)
         z, hidden = z.to(self._device), hidden.to(self._device)
-        n_held_out = int(self.validation_fraction * len(z))
+        n_held_out = min(int(self.validation_fraction * len(z)), MAX_VALIDATION_ROWS)  # as fit_inference_network
         holds_out = (self.early_stopping and n_held_out >= MIN_VALIDATION_ROWS
                      and len(z) - n_held_out >= MIN_TRAINING_ROWS)
         self.history_ = fit_inference_network(
             self.flow_, z, hidden, self.posterior_, max_epochs=self.max_epochs, batch_size=self.batch_size,
             lr=self.learning_rate, n_samples=self.n_train_draws, logdet=self.logdet, solver=self.solver,
-            objective=self.objective, train_flow=True, validation_fraction=self.validation_fraction if holds_out
-            else 0.0, monitor="bound", patience=self.n_iter_no_change, rows_per_epoch=ROWS_PER_EPOCH,
-            max_validation_rows=MAX_VALIDATION_ROWS,
-            generator=self._streams.generator("fit", self._device), verbose=bool(self.verbose))
+            objective=self.objective, train_flow=True, monitor="bound", patience=self.n_iter_no_change,
+            validation_fraction=self.validation_fraction if holds_out else 0.0, rows_per_epoch=ROWS_PER_EPOCH,
+            max_validation_rows=MAX_VALIDATION_ROWS, generator=self._streams.generator("fit", self._device),
+            verbose=bool(self.verbose))
         if holds_out and not self.history_.stopped_early:
-            warnings.warn(
-                f"Training stopped at max_epochs={self.max_epochs} while the held-out bound was still "
-                f"improving (best epoch {self.history_.best_epoch + 1}); raise max_epochs for a better fit.",
-                ConvergenceWarning, stacklevel=caller_stacklevel())
+            warnings.warn(f"Training stopped at max_epochs={self.max_epochs} while the held-out bound was still "
+                          f"improving (best epoch {self.history_.best_epoch + 1}); raise max_epochs for a better fit.",
+                          ConvergenceWarning, stacklevel=caller_stacklevel())
         return self
 
     # ------------------------------------------------------------------ conditional draws
@@ -269,11 +262,9 @@ class IVCNFImputer(BaseFlowImputer):
         counted in one warning that says ``unsolved_consequence``.
         """
         generator = generator if generator is not None else self._streams.generator(stream, self._device)
-        standardised = self._layout().standardise(X)
-        n_unsolved = 0
+        standardised, n_unsolved = self._layout().standardise(X), 0
         for start in range(0, len(X), self.batch_size):
-            z = torch.as_tensor(standardised[start:start + self.batch_size], dtype=torch.float32,
-                                device=self._device)
+            z = torch.as_tensor(standardised[start:start + self.batch_size], dtype=torch.float32, device=self._device)
             hidden = torch.isnan(z)
             with torch.no_grad():
                 params = self.posterior_(torch.where(hidden, 0.0, z), hidden)
@@ -344,8 +335,7 @@ class IVCNFImputer(BaseFlowImputer):
                                        "their missing entries are the training means in every imputation", generator)
             copies = np.concatenate([importance_resample(draws, n_imputations, generator, self._uses_weights(draws))
                                      .cpu().double().numpy() for draws in batches], axis=1)
-        completed = [self._completed(original, mask, copy, X_checked) for copy in copies]
-        return self._stack_in_output_container(completed, X)
+        return self._stack_in_output_container([self._completed(original, mask, copy, X_checked) for copy in copies], X)
 
     def conditional_draws(self, X, n_draws=None):
         """Conditional draws of the rows of ``X``, with their weights and convergence.

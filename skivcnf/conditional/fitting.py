@@ -176,13 +176,10 @@ def _fit_epoch(flow, y, hidden, rows, network, optimizer, history, batch_size, n
                objective, max_grad_norm, generator, rows_per_epoch=None):
     """One pass over shuffled minibatches of ``rows`` (a fresh random ``rows_per_epoch`` of them
     if fewer): minus the bound per row summed over the steps taken, / rows used."""
-    perm = rows[torch.randperm(len(rows), generator=generator, device=y.device)]
-    if rows_per_epoch is not None:
-        perm = perm[:rows_per_epoch]
-    rows = perm
+    rows = rows[torch.randperm(len(rows), generator=generator, device=y.device)][:rows_per_epoch]
     total_loss = 0.0
     for batch_start in range(0, len(rows), batch_size):
-        batch = perm[batch_start:batch_start + batch_size]
+        batch = rows[batch_start:batch_start + batch_size]
         y_b, h_b = y[batch], hidden[batch]
         terms = bound_terms(flow, y_b, h_b, network(y_b, h_b), n_samples, logdet, solver, options, None, generator)
         row_bounds, n_unsolved = masked_bound(terms, objective)

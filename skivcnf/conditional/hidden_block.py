@@ -16,7 +16,7 @@ import torch
 from .linalg import gmres, masked_operator
 
 __all__ = ["HIDDEN_SOLVE_METHODS", "from_compact", "hidden_jacobian", "log_prob_and_hidden_jacobian",
-           "solve_hidden_block", "to_compact"]
+           "solve_compact", "solve_hidden_block", "to_compact"]
 
 #: How :func:`solve_hidden_block` solves: with the compact block, or by GMRES on products.
 HIDDEN_SOLVE_METHODS = ("exact", "gmres")
@@ -53,6 +53,16 @@ def from_compact(compact, order, valid, d):
     """Compact vectors ``(..., batch, k)`` back to ``(..., batch, d)``, zero on observed entries."""
     out = compact.new_zeros(*compact.shape[:-1], d)
     return out.scatter(-1, order.expand(compact.shape), compact * valid.to(compact.dtype))
+
+
+def solve_compact(block, order, valid, rhs, transpose=False):
+    """``(G^HH)^{-1} rhs^H`` (or ``(G^HH)^{-T} rhs^H``) with a formed compact block, zero on observed entries.
+
+    ``block``, ``order`` and ``valid`` as :func:`hidden_jacobian` returns them; ``rhs : (batch, d)``.
+    """
+    block = block.transpose(-1, -2) if transpose else block
+    solution = torch.linalg.solve(block, to_compact(rhs, order, valid).unsqueeze(-1))
+    return from_compact(solution.squeeze(-1), order, valid, rhs.shape[-1])
 
 
 def hidden_jacobian(flow, y, hidden):
@@ -186,10 +196,7 @@ def solve_hidden_block(flow, y, hidden, rhs, *, transpose=False, method="exact",
         raise ValueError(f"method must be one of {HIDDEN_SOLVE_METHODS}, got {method!r}.")
     with torch.no_grad(), flow.cached_weights():
         if method == "exact":
-            block, order, valid = hidden_jacobian(flow, y, hidden)
-            block = block.transpose(-1, -2) if transpose else block
-            solution = torch.linalg.solve(block, to_compact(rhs, order, valid).unsqueeze(-1))
-            return from_compact(solution.squeeze(-1), order, valid, y.shape[1])
+            return solve_compact(*hidden_jacobian(flow, y, hidden), rhs, transpose)
         linearization = flow.linearize(y)
         operator = masked_operator(linearization.vjp if transpose else linearization.jvp, hidden)
         if preconditioner is not None:

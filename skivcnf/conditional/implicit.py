@@ -16,7 +16,7 @@ from functools import partial
 import torch
 
 from ..flows import EXACT_LOGDET_MAX_FEATURES
-from .hidden_block import HIDDEN_SOLVE_METHODS, from_compact, solve_hidden_block, to_compact
+from .hidden_block import HIDDEN_SOLVE_METHODS, solve_compact, solve_hidden_block
 from .solver_options import SolverOptions
 
 __all__ = ["HiddenBlockAtSolution", "attach_implicit_gradients"]
@@ -43,7 +43,7 @@ class HiddenBlockAtSolution:
 
     The exact bound forms this block at the solution anyway (for ``log|det G^HH|``);
     handing it over with :meth:`keep` (detached) spares the backward pass forming it again.
-    Until then (or for rows it was not kept for) the backward pass forms its own.
+    If none was kept, the backward pass forms its own.
     """
 
     def __init__(self):
@@ -57,9 +57,7 @@ class HiddenBlockAtSolution:
         """``(G^HH)^{-T} rhs`` with the kept block, or by ``fallback(y, hidden, rhs)`` if none was kept."""
         if self.block is None:
             return fallback(y, hidden, rhs)
-        compact = torch.linalg.solve(self.block.transpose(-1, -2),
-                                     to_compact(rhs, self.order, self.valid).unsqueeze(-1))
-        return from_compact(compact.squeeze(-1), self.order, self.valid, y.shape[1])
+        return solve_compact(self.block, self.order, self.valid, rhs, transpose=True)
 
 
 def attach_implicit_gradients(flow, solution, y, hidden, x_target, method="auto", rtol=1e-10, options=None,
