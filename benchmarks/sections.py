@@ -23,6 +23,7 @@ from .measure import check_output, interval_coverage, mae, ols, rmse, single_int
 
 QUICK_IVCNF = {"max_epochs": 2, "n_draws": 8}
 N_MULTIPLE = 50  # imputations drawn for interval coverage
+N_PROPER = 20  # of them with proper=True (each a model re-estimated on a bootstrap resample)
 LEVEL = 0.9
 
 
@@ -71,15 +72,21 @@ def _coverage(ds, X_missing, mask, model, imputer, seed, quick):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if imputer == "IVCNFImputer":
-            draws = model.sample_multiple_imputations(X_missing, n)
+            draws = model.sample_multiple_imputations(X_missing, n, proper=False)  # the fitted model's law
+            n_proper = 3 if quick else N_PROPER
+            proper = model.sample_multiple_imputations(X_missing, n_proper)  # bootstrap re-estimated models
+            proper_coverage, proper_width = interval_coverage(ds.X, proper, mask, LEVEL)
         else:  # MICE with posterior sampling, one chain per imputation (the usual way)
             draws = np.stack([IterativeImputer(max_iter=25, sample_posterior=True, random_state=seed * 1000 + k)
                               .fit_transform(X_missing) for k in range(n)])
     coverage, width = interval_coverage(ds.X, draws, mask, LEVEL)
     oracle_draws = ds.law.oracle_sample(X_missing, 1000, np.random.default_rng(seed))
     oracle_coverage, oracle_width = interval_coverage(ds.X, oracle_draws, mask, LEVEL)
-    return {"coverage": coverage, "width": width, "oracle_coverage": oracle_coverage, "oracle_width": oracle_width,
-            "n_imputations": n}
+    record = {"coverage": coverage, "width": width, "oracle_coverage": oracle_coverage, "oracle_width": oracle_width,
+              "n_imputations": n}
+    if imputer == "IVCNFImputer":
+        record.update(proper_coverage=proper_coverage, proper_width=proper_width, n_proper=n_proper)
+    return record
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +123,11 @@ def rubin(repeat, imputer, quick=False):
             if imputer == "IVCNFImputer":
                 model = _build_imputer(imputer, repeat, quick)
                 single = model.fit_transform(X_missing)
-                draws = model.sample_multiple_imputations(X_missing, m)
+                draws = model.sample_multiple_imputations(X_missing, m)  # proper: bootstrap re-estimation
+                fixed = [coefficient(d) for d in model.sample_multiple_imputations(X_missing, m, proper=False)]
+                pooled = pool_estimates([f[0] for f in fixed], [f[1] ** 2 for f in fixed], dof_complete=fixed[0][2],
+                                        level=LEVEL)
+                intervals["multiple, one model"] = (pooled.estimate, pooled.low, pooled.high)
             elif imputer == "MICE":
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

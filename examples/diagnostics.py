@@ -4,16 +4,18 @@ scikit-learn's breast cancer table (569 rows x 30 features, bundled with scikit-
 download) loses 20% of its entries completely at random and an IVCNFImputer is fitted on it.
 Three figures are saved to ``<out>/`` (their paths are printed):
 
-1. ``diagnostics_distributions.png``: for 6 columns, histograms of the observed values next
-   to the imputed ones: the point imputations of ``transform`` (importance-weighted
-   conditional means, which are less spread out than real values, by design) and one draw
-   of ``sample_multiple_imputations`` (which should look like the observed values when the
-   data are missing completely at random, as here). The true values of the removed entries,
-   known in this experiment only, are drawn as a black outline.
-2. ``diagnostics_training.png``: the training curve from ``imputer.history_``: the loss
-   per row on the training rows (``train_loss``, minus the bound) and the held-out loss that
-   early stopping monitors (``validation_loss``; see the ``early_stopping`` parameter for what
-   it measures) per epoch, and the epoch whose weights were kept (``best_epoch``).
+1. ``diagnostics_distributions.png``, drawn by ``skivcnf.plotting.plot_imputed_distributions``:
+   for 6 columns, histograms of the observed values (grey) against the values imputed for
+   the missing entries in 5 copies of ``sample_multiple_imputations`` (blue; they should
+   look like the observed values when the data are missing completely at random, as here).
+   Added on top: the point imputations of ``transform`` (importance-weighted conditional
+   means, which are less spread out than real values, by design; orange outline) and the
+   true values of the removed entries, known in this experiment only (black outline).
+2. ``diagnostics_training.png``, drawn by ``skivcnf.plotting.plot_training_history``: the
+   training curve from ``imputer.history_``: the loss per row on the training rows
+   (``train_loss``, minus the bound) and, on a second y-axis, the held-out loss that early
+   stopping monitors (``validation_loss``; see the ``early_stopping`` parameter for what it
+   measures) per epoch, and the epoch whose weights were kept (``best_epoch``).
 3. ``diagnostics_solver.png`` (and a printed table): what the constraint solver did for the
    conditional draws behind ``transform``, drawn again with ``imputer.conditional_draws``:
    the share of converged draws, the Newton iterations per draw (``draws.n_iter``), which
@@ -42,12 +44,14 @@ from sklearn.exceptions import ConvergenceWarning
 from skivcnf import IVCNFImputer
 from skivcnf.conditional import SOLVERS
 from skivcnf.exceptions import ConstraintWarning
+from skivcnf.plotting import plot_imputed_distributions, plot_training_history
 
 matplotlib.use("Agg")  # write files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 MISSING_RATE = 0.2
 N_DRAWS = 32
+N_COPIES = 5  # copies of sample_multiple_imputations pooled in the histograms
 COLUMNS = (0, 1, 4, 7, 20, 27)  # mean radius, mean texture, mean smoothness, mean concave points, worst ...
 
 
@@ -65,48 +69,31 @@ def solver_statistics(imputer, X_missing, n_draws):
             "hidden": hidden}
 
 
-def plot_distributions(X, X_missing, point, draw, names, path):
-    mask = np.isnan(X_missing)
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6))
-    for ax, j in zip(axes.flat, COLUMNS, strict=True):
-        observed, removed = X_missing[~mask[:, j], j], mask[:, j]
-        bins = np.histogram_bin_edges(np.concatenate([observed, draw[removed, j], point[removed, j]]), bins=25)
-        ax.hist(observed, bins=bins, density=True, color="0.8", label="observed")
-        ax.hist(point[removed, j], bins=bins, density=True, histtype="step", lw=1.6, color="tab:orange",
+def plot_distributions(imputer, X, X_missing, point, names, path):
+    """``plot_imputed_distributions``, with the point imputations and the true values on top."""
+    fig = plot_imputed_distributions(imputer, X_missing, n_imputations=N_COPIES, columns=list(COLUMNS), bins=25)
+    fig.set_size_inches(11, 6)
+    removed = np.isnan(X_missing)
+    for ax, j in zip(fig.axes, COLUMNS, strict=True):
+        bars = list(ax.containers[0])  # the observed histogram: its bins are the panel's
+        edges = [bar.get_x() for bar in bars] + [bars[-1].get_x() + bars[-1].get_width()]
+        ax.hist(point[removed[:, j], j], bins=edges, density=True, histtype="step", lw=1.6, color="tab:orange",
                 label="imputed: transform (cond. mean)")
-        ax.hist(draw[removed, j], bins=bins, density=True, histtype="step", lw=1.6, color="tab:blue",
-                label="imputed: one multiple-imputation draw")
-        ax.hist(X[removed, j], bins=bins, density=True, histtype="step", lw=1.0, color="k", ls="--",
+        ax.hist(X[removed[:, j], j], bins=edges, density=True, histtype="step", lw=1.0, color="k", ls="--",
                 label="true values of removed entries")
-        ax.set_title(f"{names[j]} ({removed.sum()} imputed)", fontsize=9)
+        ax.set_title(f"{names[j]} ({removed[:, j].sum()} imputed)", fontsize=9)
         ax.set_yticks([])
-    axes.flat[0].legend(fontsize=7, loc="upper right")
+    fig.axes[0].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"Observed vs imputed values, breast cancer with {MISSING_RATE:.0%} MCAR")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_training(history, path):
-    """Training and held-out losses per epoch, side by side (they are on different scales)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
-    epochs = np.arange(1, len(history.train_loss) + 1)
-    axes[0].plot(epochs, history.train_loss, "o-", ms=3, color="tab:blue")
-    axes[0].set_ylabel("minus the bound per row (nats, standardised scale)")
-    axes[0].set_title("training rows: history_.train_loss", fontsize=10)
-    if history.validation_loss:
-        axes[1].plot(epochs[:len(history.validation_loss)], history.validation_loss, "s-", ms=3, color="tab:orange")
-    else:
-        axes[1].text(0.5, 0.5, "no held-out rows\n(early stopping off)", ha="center", va="center",
-                     transform=axes[1].transAxes)
-    axes[1].set_ylabel("held-out loss (lower is better)")
-    axes[1].set_title("held-out rows: history_.validation_loss (what early stopping monitors)", fontsize=10)
-    for ax in axes:
-        if history.best_epoch >= 0:
-            ax.axvline(history.best_epoch + 1, color="k", ls="--", lw=1, label=f"best epoch ({history.best_epoch + 1})")
-        ax.set_xlabel("epoch")
-        ax.legend()
-    fig.suptitle("IVCNFImputer training curve (imputer.history_)")
+def plot_training(imputer, path):
+    fig = plot_training_history(imputer)
+    fig.set_size_inches(8, 4)
+    fig.axes[0].set_title("IVCNFImputer training curve (imputer.history_)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -178,8 +165,8 @@ def main():
 
     paths = [args.out / "diagnostics_distributions.png", args.out / "diagnostics_training.png",
              args.out / "diagnostics_solver.png"]
-    plot_distributions(X, X_missing, point, draw, data.feature_names, paths[0])
-    plot_training(history, paths[1])
+    plot_distributions(imputer, X, X_missing, point, data.feature_names, paths[0])
+    plot_training(imputer, paths[1])
 
     start = time.perf_counter()
     with warnings.catch_warnings():

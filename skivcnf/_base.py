@@ -19,9 +19,14 @@ from . import _persistence
 from ._columns import ColumnLayout, missing_mask
 from ._sklearn_compat import MissingValues, check_feature_names_in, output_container, wrap_in_output_container
 from ._utils import RandomStreams, caller_stacklevel, resolve_device
-from .exceptions import ConstraintWarning
+from .conditional.smoothing import PARETO_K_THRESHOLD
+from .exceptions import ConstraintWarning, UnreliableWeightsWarning
 
-__all__ = ["BaseFlowImputer", "ImputationDraws", "warn_unsolved"]
+__all__ = ["RANGE_MARGIN", "BaseFlowImputer", "ImputationDraws", "warn_unreliable", "warn_unsolved"]
+
+#: A draw whose hidden entry lies more than this many standard deviations of its column beyond
+#: the column's observed range at ``fit`` gets no weight (the flow never saw data there).
+RANGE_MARGIN = 3.0
 
 
 class ImputationDraws(NamedTuple):
@@ -34,10 +39,10 @@ class ImputationDraws(NamedTuple):
         are the input's in every copy. A row none of whose draws was solved has its missing
         entries at the training means.
     weights : ndarray (n_draws, n_samples)
-        Self-normalised importance weights (sum to 1 over draws); the weighted mean of
-        ``values`` is a point imputation as :meth:`IVCNFImputer.transform` computes it (from
-        its own draws). Equal weights on the solved draws where exact weights are off or
-        unavailable.
+        Self-normalised importance weights (sum to 1 over draws), raw: neither bounded nor
+        Pareto-smoothed as :meth:`IVCNFImputer.transform` weighs them (see
+        :func:`skivcnf.conditional.reliable_draws`). Equal weights on the solved draws where
+        exact weights are off or unavailable.
     ess : ndarray (n_samples,)
         Effective sample size of each row's weights (``1 / sum w^2``).
     converged : ndarray of bool (n_draws, n_samples)
@@ -56,8 +61,17 @@ class ImputationDraws(NamedTuple):
     method: np.ndarray
 
 
+def warn_unreliable(n_fallback, n_rows):
+    """One UnreliableWeightsWarning, at the user's line, for the rows whose weights stayed uneven."""
+    if n_fallback:
+        warnings.warn(f"{n_fallback} of {n_rows} rows kept uneven importance weights (Pareto k-hat above "
+                      f"{PARETO_K_THRESHOLD}) after extra draws: their imputations carry more Monte Carlo error "
+                      "(raise n_draws; see the troubleshooting guide).", UnreliableWeightsWarning,
+                      stacklevel=caller_stacklevel())
+
+
 def warn_unsolved(n_unsolved, n_rows, consequence):
-    """One ConstraintWarning, at the user's line, for the rows none of whose draws was solved."""
+    """One ConstraintWarning, at the user's line, for the rows with no usable draw (none solved in range)."""
     if n_unsolved:
         warnings.warn(f"{n_unsolved} of {n_rows} rows had no draw whose constraint was solved; {consequence}.",
                       ConstraintWarning, stacklevel=caller_stacklevel())
@@ -107,6 +121,11 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
             if self.add_indicator else None
         self.empty_features_, self.constant_values_ = layout.empty, layout.constant_values
         self.modelled_features_, self.center_, self.scale_ = layout.modelled, layout.center, layout.scale
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no modelled column: an empty range
+            modelled = X[:, layout.modelled]
+            self.observed_range_ = np.vstack([np.nanmin(modelled, axis=0, initial=np.inf, where=~np.isnan(modelled)),
+                                              np.nanmax(modelled, axis=0, initial=-np.inf, where=~np.isnan(modelled))])
         self._device = device
         self._streams = RandomStreams.from_random_state(self.random_state)
         return layout
@@ -114,6 +133,12 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
     def _has_hidden_modelled(self, mask):
         """Whether the flow has entries to fill in rows with missing ``mask``."""
         return self.flow_ is not None and bool(mask[:, self.modelled_features_].any())
+
+    def _draw_bounds(self):
+        """The box, on the flow's scale, outside which a draw gets no weight: the observed range
+        of each modelled column widened by ``RANGE_MARGIN`` of its standard deviations."""
+        lower, upper = (self.observed_range_ - self.center_) / self.scale_
+        return lower - RANGE_MARGIN, upper + RANGE_MARGIN
 
     def _layout(self):
         return ColumnLayout(self.empty_features_, self.constant_values_, self.modelled_features_, self.center_,

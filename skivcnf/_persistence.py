@@ -28,7 +28,7 @@ FORMAT = "skivcnf.IVCNFImputer"
 #: configuration, the unified training history, the root seed of the named random streams.
 VERSION = 2
 
-_ARRAYS = ("empty_features_", "constant_values_", "modelled_features_", "center_", "scale_")
+_ARRAYS = ("empty_features_", "constant_values_", "modelled_features_", "center_", "scale_", "observed_range_")
 
 
 def _cpu_state(module):

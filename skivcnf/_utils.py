@@ -1,5 +1,6 @@
 """The estimator's device and its named random streams."""
 
+import functools
 import sys
 import warnings
 
@@ -7,7 +8,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-__all__ = ["STREAMS", "RandomStreams", "caller_stacklevel", "resolve_device"]
+__all__ = ["STREAMS", "RandomStreams", "caller_stacklevel", "one_warning_per_kind", "resolve_device"]
 
 
 def resolve_device(device, fall_back_to_cpu=False):
@@ -53,7 +54,8 @@ def resolve_device(device, fall_back_to_cpu=False):
 
 #: The estimator's random streams, one per use, so that no use shifts another's draws
 #: (a new stream goes at the end: a stream's seed depends on its position).
-STREAMS = ("fit", "transform", "multiple_imputations", "score_samples", "conditional_draws", "initial_weights")
+STREAMS = ("fit", "transform", "multiple_imputations", "score_samples", "conditional_draws", "initial_weights",
+           "bootstrap")
 
 #: Packages whose frames a warning skips, so that it points at the user's call.
 _INTERNAL_PACKAGES = ("skivcnf", "sklearn", "torch")
@@ -70,6 +72,27 @@ def caller_stacklevel():
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _INTERNAL_PACKAGES:
         frame, level = frame.f_back, level + 1
     return level
+
+
+def one_warning_per_kind(method):
+    """Decorate a public method so that one call emits at most one warning of each class, at the caller's line.
+
+    Warnings raised inside (one per batch, per solver call, per bootstrap model...) are
+    recorded; at the end the first of each class is re-emitted, with the number of others
+    appended. The user's filters apply to the re-emitted warnings (``"error"`` raises then).
+    """
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = method(*args, **kwargs)
+        for category in dict.fromkeys(w.category for w in caught):
+            same = [w for w in caught if w.category is category]
+            more = f" (and {len(same) - 1} more {category.__name__}s in this call)" if len(same) > 1 else ""
+            warnings.warn(f"{same[0].message}{more}", category, stacklevel=caller_stacklevel())
+        return result
+
+    return wrapper
 
 
 class RandomStreams:
@@ -95,7 +118,7 @@ class RandomStreams:
     Traceback (most recent call last):
         ...
     ValueError: unknown random stream 'warm-up'; the streams are ('fit', 'transform', 'multiple_imputations', \
-'score_samples', 'conditional_draws', 'initial_weights').
+'score_samples', 'conditional_draws', 'initial_weights', 'bootstrap').
     """
 
     def __init__(self, root_seed):

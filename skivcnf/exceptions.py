@@ -6,7 +6,7 @@ has for scikit-learn's solvers also applies to ours.
 
 from sklearn.exceptions import ConvergenceWarning
 
-__all__ = ["ConstraintWarning", "InversionWarning", "NumericalWarning"]
+__all__ = ["ConstraintWarning", "InversionWarning", "NumericalWarning", "UnreliableWeightsWarning"]
 
 
 class InversionWarning(ConvergenceWarning):
@@ -77,4 +77,18 @@ class NumericalWarning(RuntimeWarning):
     ...     warnings.warn("1 training step was skipped", NumericalWarning)
     >>> len(caught)
     0
+    """
+
+
+class UnreliableWeightsWarning(NumericalWarning):
+    """Some rows' importance weights stayed unreliable (Pareto ``k_hat`` above 0.7) after extra draws.
+
+    Their imputations keep the Pareto-smoothed weights and so carry more Monte Carlo error
+    (see :mod:`skivcnf.conditional.reliable`); the warning counts them, once per call.
+
+    Examples
+    --------
+    >>> from skivcnf.exceptions import NumericalWarning, UnreliableWeightsWarning
+    >>> issubclass(UnreliableWeightsWarning, NumericalWarning)
+    True
     """

@@ -9,20 +9,20 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from ._base import BaseFlowImputer, ImputationDraws, warn_unsolved
+from ._base import BaseFlowImputer, ImputationDraws
+from ._drawing import ROWS_PER_EPOCH, bootstrap_copies, iter_draws
 from ._sklearn_compat import Interval, StrOptions, fit_context
-from ._utils import caller_stacklevel
+from ._utils import caller_stacklevel, one_warning_per_kind
 from .conditional import (
-    GaussianPosterior,
     InferenceNetwork,
     conditional_mean,
     draw_weights,
     fit_inference_network,
-    fit_posterior,
     importance_resample,
     masked_bound,
-    sample_conditional,
+    row_keys,
 )
+from .conditional.noise import distinct_keys
 from .flows import EXACT_LOGDET_MAX_FEATURES, ResidualFlow
 
 __all__ = ["IVCNFImputer"]
@@ -31,14 +31,11 @@ __all__ = ["IVCNFImputer"]
 MIN_VALIDATION_ROWS = 2
 #: ...and at least this many remain to train on (below, the whole table trains).
 MIN_TRAINING_ROWS = 18
-#: An epoch is at most this many rows, drawn afresh; at most ``MAX_VALIDATION_ROWS`` are held out:
+#: At most this many rows are held out, and an epoch is at most ``ROWS_PER_EPOCH`` rows drawn afresh:
 #: early-stopping checks, and the work between them, stop growing with the table (docs/benchmarks.md).
-ROWS_PER_EPOCH = 4096
 MAX_VALIDATION_ROWS = 1024
-#: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
-REFINEMENT_DRAWS = 8
-#: ``sample_multiple_imputations`` resamples each row's copies from at least this many
-#: proposals per copy (and at least ``n_draws``), so that copies rarely repeat a proposal.
+#: ``sample_multiple_imputations(proper=False)`` resamples each row's copies from at least this
+#: many proposals per copy (and at least ``n_draws``), so that copies rarely repeat a proposal.
 PROPOSALS_PER_IMPUTATION = 4
 
 
@@ -74,7 +71,7 @@ class IVCNFImputer(BaseFlowImputer):
     refinement_steps : int, default=0
         Adam steps fitting each row's Gaussian posterior on the ELBO, from the amortised
         one, before drawing (the paper's post-training completion, 4.2.2); each costs about
-        a training step per batch (``REFINEMENT_DRAWS`` draws). 0: the amortised posterior.
+        a training step per batch (8 draws). 0: the amortised posterior.
     objective : {"elbo", "iwae"}, default="iwae"
         Training bound: the ELBO or the importance-weighted bound (which needs the values
         of the log-weights, so ``logdet="exact"``).
@@ -254,40 +251,21 @@ class IVCNFImputer(BaseFlowImputer):
         return self
 
     # ------------------------------------------------------------------ conditional draws
-    def _iter_draws(self, X, n_draws, stream, unsolved_consequence, generator=None):
-        """Conditional draws of each batch of rows of ``X`` (NaN = missing), on the flow's scale.
+    def _row_keys(self, stream, X):
+        """Each row's random key: ``stream``'s seed and the row as the flow sees it (float32, its mask),
+        so that keys, like outputs, follow a change of units."""
+        standardised = self._layout().standardise(X).astype(np.float32)
+        return row_keys(self._streams.seed(stream), standardised, np.isnan(standardised))
 
-        The one batch loop of every method that draws (memory ``~ batch_size * n_draws``). A row
-        with no solved draw gets the training means (0 here) as every draw; such rows are
-        counted in one warning that says ``unsolved_consequence``.
-        """
-        generator = generator if generator is not None else self._streams.generator(stream, self._device)
-        standardised, n_unsolved = self._layout().standardise(X), 0
-        for start in range(0, len(X), self.batch_size):
-            z = torch.as_tensor(standardised[start:start + self.batch_size], dtype=torch.float32, device=self._device)
-            hidden = torch.isnan(z)
-            with torch.no_grad():
-                params = self.posterior_(torch.where(hidden, 0.0, z), hidden)
-            if self.refinement_steps:
-                posterior = GaussianPosterior(len(z), z.shape[1], n_reflections=self.n_reflections, init=params)
-                fit_posterior(self.flow_, torch.where(hidden, 0.0, z), hidden, posterior, n_samples=REFINEMENT_DRAWS,
-                              max_steps=self.refinement_steps, solver=self.solver, generator=generator)
-                with torch.no_grad():
-                    params = posterior()
-            draws = sample_conditional(self.flow_, z, hidden, params, n_samples=n_draws, generator=generator,
-                                       solver=self.solver)
-            unsolved = ~draws.converged.any(dim=0)
-            n_unsolved += int(unsolved.sum())
-            yield draws._replace(samples=torch.where(unsolved.unsqueeze(-1), 0.0, draws.samples))
-        warn_unsolved(n_unsolved, len(X), unsolved_consequence)
-
-    def _uses_weights(self, draws):
-        """Importance weighting, where the draws carry exact weights (up to 100 modelled columns)."""
-        return self.importance_weighting and draws.log_weight is not None
-
+    @one_warning_per_kind
     def transform(self, X):
-        """Impute every missing entry of ``X`` by the importance-weighted mean of ``n_draws``
-        conditional draws; observed entries are returned unchanged.
+        """Impute every missing entry of ``X`` by the importance-weighted mean of its conditional
+        draws; observed entries are returned unchanged.
+
+        Each row draws ``n_draws``, from its own random stream (so its imputation does not
+        depend on the rows it comes with); draws beyond the trained range get no weight, the
+        weights are Pareto-smoothed, and a row draws up to 4 times as many where they stay
+        uneven or its Monte Carlo error exceeds 0.05 column sd (see the troubleshooting guide).
 
         Parameters
         ----------
@@ -300,22 +278,32 @@ class IVCNFImputer(BaseFlowImputer):
         X, original, mask = self._validate_input(X, reset=False)
         values = None
         if self._has_hidden_modelled(mask):
-            batches = self._iter_draws(X, self.n_draws, "transform", "their missing entries are the training means")
-            values = np.concatenate([conditional_mean(draws, weighted=self._uses_weights(draws))[0].cpu().double()
-                                     .numpy() for draws in batches])
+            batches = iter_draws(self, X, self.n_draws, self._row_keys("transform", X),
+                                 "their missing entries are the training means")
+            values = np.concatenate([conditional_mean(result.draws)[0].cpu().double().numpy()
+                                     for result, _ in batches])
         return self._completed(original, mask, values, X)
 
-    def sample_multiple_imputations(self, X, n_imputations=5):
-        """Draw ``n_imputations`` completed copies of ``X`` from the fitted conditional.
+    @one_warning_per_kind
+    def sample_multiple_imputations(self, X, n_imputations=5, *, proper=True):
+        """Draw ``n_imputations`` completed copies of ``X`` for multiple imputation.
 
-        Each row's copies are resampled by importance weight from ``max(n_draws,
-        PROPOSALS_PER_IMPUTATION * n_imputations)`` posterior draws (sampling-importance-
-        resampling), so they follow the flow's conditional, not the variational posterior.
+        With ``proper=True`` (Rubin's "proper" imputations), copy ``k`` is drawn from the
+        fitted model trained on for ``BOOTSTRAP_EPOCHS`` (5) more epochs on its own bootstrap
+        resample of the rows of ``X``: the copies then carry the uncertainty of the model's
+        parameters, which Rubin's rules need for intervals that cover (docs/benchmarks.md,
+        "Uncertainty"); it costs ``5 * n_imputations`` epochs on ``X``. With ``proper=False``
+        each row's copies are resampled by importance weight from ``max(n_draws,
+        PROPOSALS_PER_IMPUTATION * n_imputations)`` draws of the fitted model alone: fast, and
+        a row's copies do not depend on the other rows of ``X``, but intervals are too narrow
+        where the model's estimation error matters (small tables).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            With ``proper=True``, at least ``MIN_TRAINING_ROWS`` (18) rows.
         n_imputations : int, default=5
+        proper : bool, default=True
 
         Returns
         -------
@@ -329,19 +317,26 @@ class IVCNFImputer(BaseFlowImputer):
         X_checked, original, mask = self._validate_input(X, reset=False)
         copies = [None] * n_imputations
         if self._has_hidden_modelled(mask):
-            generator = self._streams.generator("multiple_imputations", self._device)
-            n_proposals = max(self.n_draws, PROPOSALS_PER_IMPUTATION * n_imputations)
-            batches = self._iter_draws(X_checked, n_proposals, "multiple_imputations",
-                                       "their missing entries are the training means in every imputation", generator)
-            copies = np.concatenate([importance_resample(draws, n_imputations, generator, self._uses_weights(draws))
-                                     .cpu().double().numpy() for draws in batches], axis=1)
+            # Equal rows get independent copies: the k-th occurrence of a row has its own key.
+            keys = distinct_keys(self._row_keys("multiple_imputations", X_checked))
+            if proper:
+                copies = bootstrap_copies(self, X_checked, n_imputations, keys, min_rows=MIN_TRAINING_ROWS)
+            else:
+                n_proposals = max(self.n_draws, PROPOSALS_PER_IMPUTATION * n_imputations)
+                batches = iter_draws(self, X_checked, n_proposals, keys,
+                                     "their missing entries are the training means in every imputation",
+                                     mc_tolerance=float("inf"))
+                copies = np.concatenate([importance_resample(result.draws, n_imputations, noise).cpu().double()
+                                         .numpy() for result, noise in batches], axis=1)
         return self._stack_in_output_container([self._completed(original, mask, copy, X_checked) for copy in copies], X)
 
+    @one_warning_per_kind
     def conditional_draws(self, X, n_draws=None):
-        """Conditional draws of the rows of ``X``, with their weights and convergence.
+        """Conditional draws of the rows of ``X``, with their raw weights and convergence.
 
-        What :meth:`transform` averages and :meth:`sample_multiple_imputations` resamples,
-        for diagnostics (effective sample sizes, spread of the draws, unsolved draws).
+        The first-round draws that :meth:`transform` weighs (before the guards of
+        :func:`~skivcnf.conditional.reliable_draws`: bounds, smoothing, extra draws), for
+        diagnostics (effective sample sizes, spread of the draws, unsolved draws).
 
         Parameters
         ----------
@@ -363,8 +358,9 @@ class IVCNFImputer(BaseFlowImputer):
                                    np.full(n, float(n_draws)), np.ones((n_draws, n), dtype=bool),
                                    *np.zeros((2, n_draws, n), dtype=np.int64))
         batches = []
-        for draws in self._iter_draws(X, n_draws, "conditional_draws", "their missing entries are the training means"):
-            weights, ess = draw_weights(draws, weighted=self._uses_weights(draws))
+        for draws, _ in iter_draws(self, X, n_draws, self._row_keys("conditional_draws", X),
+                                   "their missing entries are the training means", reliable=False):
+            weights, ess = draw_weights(draws, weighted=self.importance_weighting and draws.log_weight is not None)
             batches.append((draws.samples, weights, ess, draws.converged, draws.n_iter, draws.method))
         samples, weights, ess, converged, n_iter, method = (torch.cat(parts, dim=-2 if parts[0].dim() == 3 else -1)
                                                              .cpu().numpy() for parts in zip(*batches, strict=True))
@@ -372,6 +368,7 @@ class IVCNFImputer(BaseFlowImputer):
                                            self.keep_empty_features) for sample in samples])
         return ImputationDraws(values, weights.astype(np.float64), ess.astype(np.float64), converged, n_iter, method)
 
+    @one_warning_per_kind
     def score_samples(self, X):
         """Estimated log-likelihood of each row's observed entries, on the input's scale.
 
@@ -393,8 +390,9 @@ class IVCNFImputer(BaseFlowImputer):
         if int(self.modelled_features_.sum()) > EXACT_LOGDET_MAX_FEATURES:
             raise ValueError(f"score_samples needs exact importance weights, available up to "
                              f"{EXACT_LOGDET_MAX_FEATURES} modelled columns.")
-        batches = self._iter_draws(X, self.n_draws, "score_samples", "their scores are NaN")
+        batches = iter_draws(self, X, self.n_draws, self._row_keys("score_samples", X), "their scores are NaN",
+                             reliable=False)
         scores = np.concatenate([torch.where(draws.converged.any(dim=0), masked_bound(draws, "iwae")[0], float("nan"))
-                                 .cpu().double().numpy() for draws in batches])
+                                 .cpu().double().numpy() for draws, _ in batches])
         # Change of variables from the standardised scale back to the input's.
         return scores - self._layout().observed_log_scale(mask)

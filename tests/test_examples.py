@@ -76,6 +76,21 @@ def check_pipeline_grid_search(out):
     assert numbers_after(out, "IVCNF pipeline (2 blocks) accuracy per fold")[-1] > 0.9
 
 
+def check_statsmodels_pooling(out):
+    # bmi is about 8 (OLS) and 5 (Logit) standard errors from 0 on the complete data; 20% of
+    # the entries missing widen its interval by about a tenth (the missing information), far
+    # from reaching 0.
+    for model in ("OLS", "Logit"):
+        summary = numbers_after(out, f"{model} summary: complete-data estimate inside the pooled")
+        inside, n_coefficients, fmi_low, fmi_high, bmi_low, _ = summary[1:]
+        assert bmi_low > 0, (model, summary)
+        # every predictor has missing entries, so B > 0 and 0 < missing information < 1
+        assert 0 < fmi_low <= fmi_high < 1, (model, summary)
+        # each interval misses the complete-data estimate with probability under 5% (its T
+        # also counts the sampling variance W); one miss in 4 is allowed.
+        assert n_coefficients == 4 and inside >= 3, (model, summary)
+
+
 EXAMPLE_FIGURES = {
     "quickstart": ([], check_quickstart),
     "flow_density": ([], check_flow_density),
@@ -84,7 +99,9 @@ EXAMPLE_FIGURES = {
     "digits_completion": (["digits_completion.png"], check_digits_completion),
     "diagnostics": (["diagnostics_distributions.png", "diagnostics_training.png", "diagnostics_solver.png"],
                     check_diagnostics),
+    "statsmodels_pooling": ([], check_statsmodels_pooling),
 }
+EXAMPLE_REQUIRES = {"statsmodels_pooling": ["statsmodels"]}  # optional extras an example imports
 
 
 @pytest.mark.slow
@@ -92,6 +109,8 @@ EXAMPLE_FIGURES = {
 def test_example_runs_writes_its_figures_and_its_claims_hold(name, tmp_path):
     figures, check = EXAMPLE_FIGURES[name]
     command = [sys.executable, str(EXAMPLES / f"{name}.py")]
+    for module in EXAMPLE_REQUIRES.get(name, []):
+        pytest.importorskip(module)
     if figures:
         pytest.importorskip("matplotlib")
         command += ["--out", str(tmp_path)]

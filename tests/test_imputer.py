@@ -104,14 +104,17 @@ def test_outputs_follow_a_change_of_units(data, fitted):
 
 def test_huge_values_round_trip_exactly(data, fitted):
     # X + 1e12 lies on float64's grid at 1e12 (spacing 1.2e-4, 3e-4 column sd): the flow
-    # sees the standardised table perturbed by up to that much, and the imputations move by
-    # about as much. 16 grid spacings allow for the two-epoch fit's amplification.
+    # sees the standardised table perturbed by up to that much. The rows' random keys hash
+    # the values the flow sees, so perturbed rows draw other numbers: their imputations differ
+    # by Monte Carlo error (a fraction of a column sd), where a loss of precision (float32 at
+    # 1e12: spacing 65,536) would move them by 1e6 column sds.
     X, X_missing, mask, _ = data
     big = X_missing + 1e12
     out = IVCNFImputer(**TINY).fit_transform(big)
     np.testing.assert_array_equal(out[~mask], big[~mask])
-    np.testing.assert_allclose(out[mask], fitted.transform(X_missing)[mask] + 1e12, rtol=0,
-                               atol=16 * np.spacing(1e12))
+    sd = np.nanstd(X_missing, axis=0) * np.ones_like(X_missing)
+    error = (out - (fitted.transform(X_missing) + 1e12))[mask] / sd[mask]
+    assert np.abs(error).max() < 1.0
 
 
 def test_multiple_imputations_shape_and_observed_entries(data, fitted):
@@ -359,8 +362,10 @@ def test_unsolved_rows_fall_back_to_the_training_means_with_a_warning(fitted, da
             draws = real(*args, **kwargs)
             converged = draws.converged.clone()
             converged[:, 0] = False
-            log_weight = draws.log_weight.clone()
-            log_weight[:, 0] = -np.inf
+            log_weight = draws.log_weight  # None where weights are off (importance_weighting=False)
+            if log_weight is not None:
+                log_weight = log_weight.clone()
+                log_weight[:, 0] = -np.inf
             return draws._replace(converged=converged, log_weight=log_weight)
         return sample_conditional
 
@@ -377,7 +382,7 @@ def test_unsolved_rows_fall_back_to_the_training_means_with_a_warning(fitted, da
     for weighted in (True, False):
         imputer = pickle.loads(pickle.dumps(fitted)).set_params(importance_weighting=weighted)
         with pytest.warns(ConstraintWarning, match="every imputation"):
-            copies = imputer.sample_multiple_imputations(X_missing[:5], 3)
+            copies = imputer.sample_multiple_imputations(X_missing[:5], 3, proper=False)
         np.testing.assert_allclose(copies[:, 0, mask[0]], np.broadcast_to(means[mask[0]], (3, mask[0].sum())),
                                    rtol=1e-12)
         with pytest.warns(ConstraintWarning, match="no draw"):
@@ -405,10 +410,11 @@ def test_work_is_batched_so_memory_is_bounded(fitted, data, monkeypatch):
     imputer = pickle.loads(pickle.dumps(fitted)).set_params(batch_size=16)
     many = np.tile(X_missing, (5, 1))
     imputer.transform(many)
-    imputer.sample_multiple_imputations(many, 3)
+    imputer.sample_multiple_imputations(many, 3, proper=False)
     imputer.score_samples(many)
     imputer.conditional_draws(many)
-    assert max(seen) == 16 and sum(seen) == 4 * len(many)
+    # Extra draws for some rows come in calls of those rows only: never more than a batch.
+    assert max(seen) == 16 and sum(seen) >= 4 * len(many)
 
 
 # ---------------------------------------------------------------- scikit-learn machinery

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from skivcnf.pooling import PooledEstimate, pool_estimates
+from skivcnf.pooling import PooledEstimate, pool_estimates, pool_fits
 
 # Three copies: estimates 1.0, 1.2, 1.4 with variances 0.09, 0.10, 0.11. By hand:
 #   Q_bar = (1.0 + 1.2 + 1.4) / 3                       = 1.2
@@ -146,3 +146,146 @@ def test_covariance_matrices_keep_the_matrices():
 def test_invalid_inputs_raise(estimates, variances, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pool_estimates(estimates, variances, **kwargs)
+
+
+# pool_fits: the covariance example above, as three fitted results with df_resid = 20. The first
+# coefficient is the three-copy example (estimates 1.0, 1.2, 1.4, variances 0.09, 0.10, 0.11).
+FIT_PARAMS = [[1.0, 0.0], [1.2, 1.0], [1.4, 2.0]]
+FIT_COVARIANCES = [[[0.09, 0.01], [0.01, 1.0]], [[0.10, 0.02], [0.02, 1.0]], [[0.11, 0.03], [0.03, 1.0]]]
+
+
+class FakeFit:
+    """The duck-typed face of a statsmodels result: params, cov_params() and (optionally) df_resid."""
+
+    def __init__(self, params, covariance, df_resid=None):
+        self.params, self._covariance = params, covariance
+        if df_resid is not None:
+            self.df_resid = df_resid
+
+    def cov_params(self):
+        return self._covariance
+
+
+def fake_fits(df_resid=(20, 20, 20)):
+    return [FakeFit(np.array(p), np.array(c), dof) for p, c, dof in zip(FIT_PARAMS, FIT_COVARIANCES, df_resid,
+                                                                        strict=True)]
+
+
+def assert_same_pooling(pooled, expected):
+    assert (pooled.level, pooled.n_imputations) == (expected.level, expected.n_imputations)
+    for name in PooledEstimate._fields[:-2]:
+        np.testing.assert_allclose(getattr(pooled, name), getattr(expected, name), rtol=1e-12, err_msg=name)
+
+
+def test_pool_fits_by_hand():
+    pooled = pool_fits(fake_fits())
+    assert pooled.level == 0.95 and pooled.n_imputations == 3
+    np.testing.assert_allclose(pooled.estimate, [1.2, 1.0], rtol=1e-14)
+    # full covariance pooling: B's off-diagonal ((-0.2)(-1) + 0 + (0.2)(1)) / 2 = 0.2, W's 0.02
+    np.testing.assert_allclose(pooled.between, [[0.04, 0.2], [0.2, 1.0]], rtol=1e-12)
+    np.testing.assert_allclose(pooled.within, [[0.1, 0.02], [0.02, 1.0]], rtol=1e-12)
+    assert pooled.total[0, 0] == pytest.approx(TOTAL, rel=1e-12)
+    # df_resid = 20 is dof_complete: Barnard and Rubin's dof of the three-copy example
+    assert pooled.dof[0] == pytest.approx(BARNARD_RUBIN_DOF_20, rel=1e-12)
+    half = stats.t.ppf(0.975, BARNARD_RUBIN_DOF_20) * np.sqrt(TOTAL)
+    assert (pooled.low[0], pooled.high[0]) == pytest.approx((1.2 - half, 1.2 + half), rel=1e-12)
+
+
+def test_pool_fits_equals_pool_estimates():
+    assert_same_pooling(pool_fits(fake_fits(), level=0.8),
+                        pool_estimates(FIT_PARAMS, FIT_COVARIANCES, dof_complete=20, level=0.8))
+
+
+def test_pool_fits_dof_complete_is_the_smallest_df_resid_or_none():
+    assert_same_pooling(pool_fits(fake_fits((30, 20, 25))),
+                        pool_estimates(FIT_PARAMS, FIT_COVARIANCES, dof_complete=20, level=0.95))
+    rubin = pool_fits(fake_fits((20, None, 20)))  # one result without df_resid: Rubin's (1987) dof
+    assert rubin.dof[0] == pytest.approx(RUBIN_DOF, rel=1e-12)
+
+
+def test_pool_fits_reads_pandas_labels():
+    pd = pytest.importorskip("pandas")
+    names = ["Intercept", "x"]
+    labelled = [FakeFit(pd.Series(p, index=names), pd.DataFrame(c, index=names, columns=names), 20)
+                for p, c in zip(FIT_PARAMS, FIT_COVARIANCES, strict=True)]
+    assert_same_pooling(pool_fits(labelled), pool_fits(fake_fits()))
+    swapped = FakeFit(pd.Series(FIT_PARAMS[1][::-1], index=names[::-1]), np.array(FIT_COVARIANCES[1]), 20)
+    with pytest.raises(ValueError, match=r"fits\[1\]\.params is labelled \['x', 'Intercept'\]"):
+        pool_fits([labelled[0], swapped, labelled[2]])
+    with pytest.raises(ValueError, match=r"fits\[2\]\.params is labelled None"):
+        pool_fits([*labelled[:2], fake_fits()[2]])
+    mislabelled = FakeFit(labelled[0].params, pd.DataFrame(FIT_COVARIANCES[0], index=["a", "b"], columns=["a", "b"]))
+    with pytest.raises(ValueError, match=r"fits\[0\]\.cov_params\(\) is labelled \['a', 'b'\]"):
+        pool_fits([mislabelled, *labelled[1:]])
+
+
+class ParamsOnly:
+    params = np.zeros(2)
+
+
+class CovarianceAttribute(ParamsOnly):
+    cov_params = np.eye(2)  # an array, not a method
+
+
+@pytest.mark.parametrize("bad", [ParamsOnly(), CovarianceAttribute(), np.zeros(2)])
+def test_pool_fits_needs_params_and_cov_params(bad):
+    with pytest.raises(TypeError, match=r"fits\[1\] must be a fitted model result with a 'params' attribute and "
+                                        r"a 'cov_params\(\)' method"):
+        pool_fits([fake_fits()[0], bad])
+
+
+@pytest.mark.parametrize(("fits", "message"), [
+    ([], "at least 2 fitted results; got 0"),
+    (fake_fits()[:1], "at least 2 fitted results; got 1"),
+    ([FakeFit(np.zeros((2, 2)), np.eye(4))] * 2, r"1-D params; fits\[0\]\.params has shape \(2, 2\)"),
+    ([FakeFit(np.zeros(2), np.eye(3))] * 2, "variances must have shape"),
+])
+def test_pool_fits_invalid_inputs_raise(fits, message):
+    with pytest.raises(ValueError, match=message):
+        pool_fits(fits)
+
+
+# Three hand-made completed copies of a 12-row table whose x1 is missing in rows 2 and 7: the
+# copies differ only there, as the copies of sample_multiple_imputations do.
+X1_OBSERVED = np.array([0.5, -1.2, np.nan, 0.8, -0.3, 1.9, -0.7, np.nan, 0.1, 1.1, -1.6, 0.4])
+X2 = np.array([1.0, 0.2, -0.5, 1.4, -1.1, 0.3, 0.9, -0.8, -0.2, 0.6, -1.3, 0.0])
+Y = np.array([1.7, -1.9, 0.4, 2.6, -1.2, 3.1, -0.2, -0.6, 0.3, 2.4, -3.0, 0.9])
+Y_BINARY = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 0])
+IMPUTED_X1 = [(0.2, -0.4), (0.6, -0.1), (-0.1, -0.9)]
+
+
+def completed_copies():
+    copies = []
+    for value_2, value_7 in IMPUTED_X1:
+        x1 = X1_OBSERVED.copy()
+        x1[[2, 7]] = value_2, value_7
+        copies.append(np.column_stack([np.ones(12), x1, X2]))
+    return copies
+
+
+@pytest.mark.parametrize("model", ["OLS", "Logit"])
+def test_pool_fits_on_statsmodels_results_equals_pool_estimates_by_hand(model):
+    sm = pytest.importorskip("statsmodels.api")
+    outcome = Y if model == "OLS" else Y_BINARY
+    fits = [getattr(sm, model)(outcome, design).fit(**({} if model == "OLS" else {"disp": 0}))
+            for design in completed_copies()]
+    assert len({fit.params[1] for fit in fits}) == 3  # the copies' slopes differ, so B > 0
+    assert [fit.df_resid for fit in fits] == [9.0] * 3  # n - k for OLS and Logit alike
+    expected = pool_estimates([fit.params for fit in fits], [fit.cov_params() for fit in fits], dof_complete=9.0,
+                              level=0.95)
+    assert_same_pooling(pool_fits(fits), expected)
+    assert np.all(expected.between.diagonal() > 0) and np.all(expected.dof < 9)
+
+
+def test_pool_fits_on_statsmodels_formula_results_keeps_the_formula_order():
+    pd = pytest.importorskip("pandas")
+    smf = pytest.importorskip("statsmodels.formula.api")
+    sm = pytest.importorskip("statsmodels.api")
+    frames = [pd.DataFrame({"x1": design[:, 1], "x2": design[:, 2], "y": Y}) for design in completed_copies()]
+    fits = [smf.ols("y ~ x2 + x1", data=frame).fit() for frame in frames]
+    assert list(fits[0].params.index) == ["Intercept", "x2", "x1"]
+    by_position = pool_fits([sm.OLS(Y, design).fit() for design in completed_copies()])
+    order = [0, 2, 1]  # the arrays' columns are (const, x1, x2)
+    pooled = pool_fits(fits)
+    for name in ("estimate", "std_error", "low", "high", "dof", "missing_information"):
+        np.testing.assert_allclose(getattr(pooled, name), getattr(by_position, name)[order], rtol=1e-9, err_msg=name)

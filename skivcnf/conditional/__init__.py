@@ -24,6 +24,7 @@ from .fitting import fit_inference_network, fit_posterior
 from .hidden_block import hidden_jacobian, log_prob_and_hidden_jacobian, solve_hidden_block
 from .implicit import attach_implicit_gradients
 from .linalg import GMRESResult, gmres
+from .noise import RowNoise, row_keys
 from .posteriors import (
     GaussianParameters,
     GaussianPosterior,
@@ -32,6 +33,7 @@ from .posteriors import (
     prior_parameters,
     rsample,
 )
+from .reliable import ReliableDraws, monte_carlo_error, reliable_draws
 from .sampling import (
     ConditionalDraws,
     conditional_mean,
@@ -40,12 +42,14 @@ from .sampling import (
     sample_conditional,
     self_normalized_weights,
 )
+from .smoothing import PARETO_K_THRESHOLD, pareto_smoothed_log_weights
 from .solver_options import SOLVERS, ConstraintSolution, SolverOptions, default_constraint_tolerance
 from .solvers import chord_start, resolve_chain, solve_constraint
 
 __all__ = [
     "LOGDET_METHODS",
     "OBJECTIVES",
+    "PARETO_K_THRESHOLD",
     "SOLVERS",
     "BoundTerms",
     "ConditionalDraws",
@@ -54,6 +58,8 @@ __all__ = [
     "GaussianParameters",
     "GaussianPosterior",
     "InferenceNetwork",
+    "ReliableDraws",
+    "RowNoise",
     "SolverOptions",
     "attach_implicit_gradients",
     "bound_integrand",
@@ -69,6 +75,10 @@ __all__ = [
     "log_density",
     "log_prob_and_hidden_jacobian",
     "masked_bound",
+    "monte_carlo_error",
+    "pareto_smoothed_log_weights",
+    "reliable_draws",
+    "row_keys",
     "prior_parameters",
     "resolve_chain",
     "rsample",

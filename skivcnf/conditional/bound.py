@@ -33,6 +33,7 @@ from torch.func import jvp
 
 from .hidden_block import log_prob_and_hidden_jacobian, solve_hidden_block
 from .implicit import HiddenBlockAtSolution, attach_implicit_gradients
+from .noise import standard_normal
 from .posteriors import rsample
 from .solver_options import SolverOptions
 from .solvers import draw_guesses, solve_constraint
@@ -90,7 +91,7 @@ class BoundTerms(NamedTuple):
 
 
 def _hutchinson_probe(shape, mask, generator, dtype, device):
-    probe = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    probe = standard_normal(shape, generator, dtype, device)
     return torch.where(mask, probe, 0.0)
 
 

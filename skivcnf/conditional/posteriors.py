@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .noise import standard_normal
+
 __all__ = [
     "GaussianParameters",
     "GaussianPosterior",
@@ -124,7 +126,7 @@ def rsample(params, hidden, n_samples, generator=None, stick_the_landing=False):
     params : GaussianParameters
     hidden : BoolTensor (batch, d)
     n_samples : int
-    generator : torch.Generator, optional
+    generator : torch.Generator or RowNoise, optional
     stick_the_landing : bool, default=False
         Evaluate ``log q`` with the parameters detached (only the path through ``x``
         carries gradient; Roeder et al. 2017). Same value and the same expected ELBO
@@ -152,7 +154,7 @@ def rsample(params, hidden, n_samples, generator=None, stick_the_landing=False):
     (True, True)
     """
     mean, log_scale, reflections = params
-    eps = torch.randn((n_samples, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device)
+    eps = standard_normal((n_samples, *mean.shape), generator, mean.dtype, mean.device)
     eps = torch.where(hidden, eps, 0.0)
     z = torch.exp(log_scale) * eps
     if reflections is not None:

@@ -12,6 +12,7 @@ import torch
 
 from ..flows import EXACT_LOGDET_MAX_FEATURES
 from .hidden_block import log_prob_and_hidden_jacobian
+from .noise import uniform
 from .posteriors import prior_parameters, rsample
 from .solvers import draw_guesses, solve_constraint
 
@@ -203,7 +204,7 @@ def importance_resample(draws, n_resamples, generator=None, weighted=True):
     ----------
     draws : ConditionalDraws
     n_resamples : int
-    generator : torch.Generator, optional
+    generator : torch.Generator or RowNoise, optional
     weighted : bool, default=True
         See :func:`draw_weights`.
 
@@ -227,8 +228,12 @@ def importance_resample(draws, n_resamples, generator=None, weighted=True):
         weights, _ = draw_weights(draws, weighted=True)
     else:  # multinomial normalises: the converged indicator is the equal-weight law
         weights = draws.converged.to(draws.samples.dtype)
-    weights = torch.where(draws.converged.any(dim=0), weights, 1.0)
-    picks = torch.multinomial(weights.T, n_resamples, replacement=True, generator=generator)
+    weights = torch.where(draws.converged.any(dim=0), weights, 1.0).double()
+    # Inverse-CDF picks from one uniform each: with a RowNoise, a row's picks are its own.
+    cumulative = torch.cumsum(weights.T, dim=1)
+    u = uniform((n_resamples, weights.shape[1]), generator, torch.float64, weights.device)
+    target = (u * cumulative[:, -1]).T.contiguous()
+    picks = torch.searchsorted(cumulative, target, right=True).clamp_max(weights.shape[0] - 1)
     rows = torch.arange(draws.samples.shape[1], device=draws.samples.device)
     return draws.samples[picks.T, rows]
 

@@ -1,0 +1,161 @@
+"""The measurements behind docs/benchmarks.md, "Uncertainty", one thread.
+
+Run from the repository root::
+
+    python -m benchmarks.uncertainty diagnose --repeats 4     # why Rubin's intervals under-cover
+    python -m benchmarks.uncertainty weights                  # plain vs Pareto-smoothed weights, extra draws
+    python -m benchmarks.uncertainty invariance               # a row's imputation alone and in its table
+
+``diagnose``: the Rubin's-rules case of the suite (500-row AR(1) Gaussian, 6 columns, MAR 30%,
+repeat ``r`` seeded as the suite's): one default fit, then the flow's correlations (20,000
+draws of the flow) against the data's, the effective sample size of the draws, the variance
+of 20 copies of each missing entry against the exact conditional's, and the slope pooled
+from 20 copies of one model (``proper=False``), of bootstrap re-estimated models
+(``proper=True``) and of the exact conditional. ``weights``: one default fit on breast cancer
+(20% MCAR, mask seed 0), then point imputations with the weights plain (64 draws), smoothed
+(64 draws), smoothed with extra draws (the default), and with equal weights where Pareto's
+k-hat stays above 0.7: RMSE, seconds, Monte Carlo error and k-hat. ``invariance``: breast
+cancer's first 100 rows imputed alone and within the table, and the table in batches of 7.
+"""
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import skivcnf._drawing as drawing
+from skivcnf import IVCNFImputer
+from skivcnf.conditional import conditional_mean, pareto_smoothed_log_weights
+from skivcnf.pooling import pool_estimates
+
+from . import data, masks
+from .sections import ols
+
+OUT = Path(__file__).parent / "results" / "uncertainty"
+
+
+def _slope(table):
+    coef, se, dof = ols(table[:, 1:3], table[:, 0])
+    return coef[1], se[1], dof
+
+
+def _pooled(copies):
+    fits = [_slope(c) for c in copies]
+    pooled = pool_estimates([f[0] for f in fits], [f[1] ** 2 for f in fits], dof_complete=fits[0][2], level=0.9)
+    return {"estimate": float(pooled.estimate), "low": float(pooled.low), "high": float(pooled.high),
+            "between": float(pooled.between)}
+
+
+def diagnose(repeat):
+    ds = data.correlated_gaussian(500, 6, seed=10_000 + repeat)
+    X = ds.X
+    mask = masks.make_mask("MAR 30%", X, 10_000 + repeat)
+    X_missing = np.where(mask, np.nan, X)
+    imputer = IVCNFImputer(random_state=repeat).fit(X_missing)
+    with torch.no_grad():
+        flow_rows = imputer.flow_.sample(20_000, torch.Generator().manual_seed(0)).double().numpy()
+    flow_corr, data_corr = np.corrcoef(flow_rows.T), np.corrcoef(X.T)
+    draws = imputer.conditional_draws(X_missing)
+    copies = imputer.sample_multiple_imputations(X_missing, 20, proper=False)
+    oracle = ds.law.oracle_sample(X_missing, 20, np.random.default_rng(repeat))
+    start = time.perf_counter()
+    proper = imputer.sample_multiple_imputations(X_missing, 20)
+    proper_seconds = time.perf_counter() - start
+    rows = mask.any(axis=1)
+    return {"repeat": repeat, "epochs": len(imputer.history_.train_loss), "best_epoch": imputer.history_.best_epoch,
+            "flow_adjacent_correlation": float(np.mean(np.diag(flow_corr, 1))),
+            "data_adjacent_correlation": float(np.mean(np.diag(data_corr, 1))),
+            "ess_median": float(np.median(draws.ess[rows])), "n_draws": int(imputer.n_draws),
+            "copy_variance_over_exact": float(np.median(copies.var(axis=0)[mask] / oracle.var(axis=0)[mask])),
+            "complete_data_slope": float(_slope(X)[0]), "one_model": _pooled(copies), "proper": _pooled(proper),
+            "exact": _pooled(oracle), "proper_seconds": round(proper_seconds, 1)}
+
+
+def _breast_cancer_fit():
+    """Breast cancer with 20% MCAR (mask seed 0), its mask, the incomplete table, column sds, a default fit."""
+    ds = data.load("breast_cancer")
+    mask = masks.make_mask("MCAR 20%", ds.X, 0)
+    X_missing = np.where(mask, np.nan, ds.X)
+    sd = np.nanstd(X_missing, axis=0)
+    imputer = IVCNFImputer(random_state=0).fit(X_missing)
+    return ds, mask, X_missing, sd, imputer
+
+
+def weights():
+    ds, mask, X_missing, sd, imputer = _breast_cancer_fit()
+    lines = []
+    start = time.perf_counter()
+    raw = imputer.conditional_draws(X_missing)
+    plain = np.einsum("kn,knp->np", raw.weights, raw.values)
+    se = np.sqrt(np.einsum("kn,knp->np", raw.weights ** 2, (raw.values - plain) ** 2)) / sd
+    _, k_hat = pareto_smoothed_log_weights(torch.log(torch.as_tensor(raw.weights)))
+    rows = mask.any(axis=1)
+    lines.append({"weights": "plain, 64 draws", "seconds": round(time.perf_counter() - start, 1),
+                  "rmse": float(np.sqrt(np.mean(((plain - ds.X) / sd)[mask] ** 2))),
+                  "entry_mc_error_p50_p90_p99": np.quantile(se[mask], [0.5, 0.9, 0.99]).round(3).tolist(),
+                  "k_hat_p50_p90_p99": np.quantile(k_hat.numpy()[rows], [0.5, 0.9, 0.99]).round(2).tolist(),
+                  "share_k_hat_above_0.7": float(np.mean(k_hat.numpy()[rows] > 0.7))})
+    settings = [("smoothed, 64 draws", 0, False), ("smoothed, extra draws (default)", drawing.MAX_ROUNDS, False),
+                ("smoothed, extra draws, equal weights where k-hat > 0.7", drawing.MAX_ROUNDS, True)]
+    default_rounds = drawing.MAX_ROUNDS
+    for name, rounds, equal_fallback in settings:
+        drawing.MAX_ROUNDS = rounds
+        start = time.perf_counter()
+        keys = imputer._row_keys("transform", X_missing)
+        results = list(drawing.iter_draws(imputer, X_missing, imputer.n_draws, keys, "-"))
+        points = []
+        for result, _ in results:
+            if equal_fallback:
+                usable = result.weights > 0
+                equal = usable / usable.sum(dim=0).clamp_min(1)
+                weights_used = torch.where(result.unreliable, equal, result.weights)
+                result = result._replace(draws=result.draws._replace(log_weight=torch.log(weights_used)))
+            points.append(conditional_mean(result.draws)[0].double().numpy())
+        seconds = time.perf_counter() - start
+        out = imputer._completed(X_missing, mask, np.concatenate(points), X_missing)
+        error = np.concatenate([r.mc_error.numpy() for r, _ in results])
+        lines.append({"weights": name, "seconds": round(seconds, 1),
+                      "rmse": float(np.sqrt(np.mean(((out - ds.X) / sd)[mask] ** 2))),
+                      "row_mc_error_p50_p90_p99": np.quantile(error[rows], [0.5, 0.9, 0.99]).round(3).tolist(),
+                      "mean_draws": float(np.mean(np.concatenate([r.n_draws.numpy() for r, _ in results])[rows])),
+                      "rows_above_0.7": int(sum(int(r.unreliable.sum()) for r, _ in results))})
+    drawing.MAX_ROUNDS = default_rounds
+    return lines
+
+
+def invariance():
+    ds, mask, X_missing, sd, imputer = _breast_cancer_fit()
+    full = imputer.transform(X_missing)
+    alone = imputer.transform(X_missing[:100])
+    batches = imputer.set_params(batch_size=7).transform(X_missing)
+    return {"first_100_alone_max_sd": float(np.max(np.abs(alone - full[:100]) / sd)),
+            "batches_of_7_max_sd": float(np.max(np.abs(batches - full) / sd))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["diagnose", "weights", "invariance"])
+    parser.add_argument("--repeats", type=int, default=4)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{args.what}.jsonl"
+    if args.what == "diagnose":
+        lines = [diagnose(r) for r in range(args.repeats)]
+    elif args.what == "weights":
+        lines = weights()
+    else:
+        lines = [invariance()]
+    with path.open("w") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+            print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()

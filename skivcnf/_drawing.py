@@ -1,0 +1,126 @@
+"""IVCNFImputer's conditional draws over batches of rows, and its proper multiple imputation.
+
+:func:`iter_draws` is the one batch loop of every method that draws; :func:`bootstrap_copies`
+re-estimates the model on bootstrap resamples of the rows, so that multiple imputations
+carry the uncertainty of the model's parameters as well as that of the missing values.
+"""
+
+import copy
+
+import numpy as np
+import torch
+
+from ._base import warn_unreliable, warn_unsolved
+from .conditional import (
+    GaussianPosterior,
+    RowNoise,
+    fit_inference_network,
+    fit_posterior,
+    importance_resample,
+    reliable_draws,
+    sample_conditional,
+)
+
+__all__ = ["BOOTSTRAP_EPOCHS", "MAX_ROUNDS", "MC_TOLERANCE", "REFINEMENT_DRAWS", "bootstrap_copies", "iter_draws"]
+
+#: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
+REFINEMENT_DRAWS = 8
+#: A row draws again (``n_draws``, then twice as many) while its point imputation's Monte Carlo
+#: standard error exceeds this many column standard deviations, or its Pareto k-hat exceeds 0.7.
+MC_TOLERANCE = 0.05
+MAX_ROUNDS = 2
+#: Rows per epoch of that training at most (as ``fit``'s, in :mod:`skivcnf.imputer`).
+ROWS_PER_EPOCH = 4096
+#: Epochs of training from the fitted model on each bootstrap resample (proper multiple imputation;
+#: docs/benchmarks.md, "Uncertainty").
+BOOTSTRAP_EPOCHS = 5
+
+
+def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, modules=None, tally=None,
+               mc_tolerance=MC_TOLERANCE):
+    """Conditional draws of each batch of rows of ``X`` (NaN = missing), on the flow's scale,
+    with the batch's :class:`~skivcnf.conditional.RowNoise` (for any further draws).
+
+    Memory ``~ batch_size * n_draws``. Row ``i`` draws from its own random stream, keyed by
+    ``keys[i]``, so its draws do not depend on its batch-mates. ``reliable``:
+    :func:`~skivcnf.conditional.reliable_draws` (weights smoothed and bounded, more draws where
+    needed; yields ``ReliableDraws``); else the raw ``ConditionalDraws``. ``modules``: the
+    ``(flow, posterior)`` to draw from (the fitted ones by default). A row with no usable draw
+    gets the training means (0 here) as every draw; such rows, and those whose weights stayed
+    uneven, are counted in one warning each at the end, or added to ``tally`` (a dict) when given.
+    ``mc_tolerance``: see :func:`~skivcnf.conditional.reliable_draws` (``inf`` where no point
+    estimate is taken: resampled copies need reliable weights, not a precise mean).
+    """
+    flow, network = modules if modules is not None else (imputer.flow_, imputer.posterior_)
+    device = imputer._device
+    standardised, n_unsolved, n_uneven = imputer._layout().standardise(X), 0, 0
+    bounds = [torch.as_tensor(b, dtype=torch.float32, device=device) for b in imputer._draw_bounds()]
+    for start in range(0, len(X), imputer.batch_size):
+        noise = RowNoise(keys[start:start + imputer.batch_size])
+        z = torch.as_tensor(standardised[start:start + imputer.batch_size], dtype=torch.float32, device=device)
+        hidden = torch.isnan(z)
+        with torch.no_grad():
+            params = network(torch.where(hidden, 0.0, z), hidden)
+        if imputer.refinement_steps:
+            # A fixed number of steps (patience = steps): a batch-wide stopping rule would couple the rows.
+            posterior = GaussianPosterior(len(z), z.shape[1], n_reflections=imputer.n_reflections, init=params)
+            fit_posterior(flow, torch.where(hidden, 0.0, z), hidden, posterior, n_samples=REFINEMENT_DRAWS,
+                          max_steps=imputer.refinement_steps, patience=imputer.refinement_steps,
+                          solver=imputer.solver, generator=noise)
+            with torch.no_grad():
+                params = posterior()
+        if not reliable:
+            draws = sample_conditional(flow, z, hidden, params, n_samples=n_draws, generator=noise,
+                                       solver=imputer.solver)
+            unsolved = ~draws.converged.any(dim=0)
+            n_unsolved += int(unsolved.sum())
+            yield draws._replace(samples=torch.where(unsolved.unsqueeze(-1), 0.0, draws.samples)), noise
+            continue
+        result = reliable_draws(flow, z, hidden, params, n_draws, noise, weighted=imputer.importance_weighting,
+                                solver=imputer.solver, bounds=bounds, mc_tolerance=mc_tolerance, max_rounds=MAX_ROUNDS)
+        unsolved = ~(result.weights > 0).any(dim=0) | ~result.draws.converged.any(dim=0)
+        n_unsolved, n_uneven = n_unsolved + int(unsolved.sum()), n_uneven + int(result.unreliable.sum())
+        samples = torch.where(unsolved.unsqueeze(-1), 0.0, result.draws.samples)
+        yield result._replace(draws=result.draws._replace(samples=samples)), noise
+    if tally is None:
+        warn_unsolved(n_unsolved, len(X), unsolved_consequence)
+        warn_unreliable(n_uneven, len(X))
+    else:
+        tally["unsolved"] = tally.get("unsolved", 0) + n_unsolved
+        tally["uneven"] = tally.get("uneven", 0) + n_uneven
+
+
+def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
+    """``n_imputations`` draws of the missing entries of ``X``, each from the fitted model trained on
+    for ``BOOTSTRAP_EPOCHS`` epochs on its own bootstrap resample of the rows of ``X``.
+
+    ``X`` needs ``min_rows`` rows at least. Returns an ndarray (n_imputations, n_samples,
+    n_modelled) on the flow's scale. Warnings
+    about rows without a usable draw, or with uneven weights, are summed over the copies.
+    """
+    if len(X) < min_rows:
+        raise ValueError(f"proper=True re-estimates the model on bootstrap resamples of X's rows: X has {len(X)} "
+                         f"rows, fewer than {min_rows}; pass proper=False.")
+    streams = imputer._streams
+    rng = np.random.default_rng(streams.seed("bootstrap"))
+    z = torch.as_tensor(imputer._layout().standardise(X), dtype=torch.float32, device=imputer._device)
+    hidden = torch.isnan(z)
+    copies, tally = [], {}
+    for k in range(n_imputations):
+        flow, network = copy.deepcopy(imputer.flow_), copy.deepcopy(imputer.posterior_)
+        rows = torch.as_tensor(rng.integers(0, len(z), len(z)), device=imputer._device)
+        generator = torch.Generator(device=imputer._device).manual_seed(int(rng.integers(2 ** 63)))
+        fit_inference_network(flow, z[rows], hidden[rows], network, max_epochs=BOOTSTRAP_EPOCHS,
+                              batch_size=imputer.batch_size, lr=imputer.learning_rate, n_samples=imputer.n_train_draws,
+                              logdet=imputer.logdet, solver=imputer.solver, objective=imputer.objective,
+                              train_flow=True, rows_per_epoch=ROWS_PER_EPOCH, generator=generator)
+        with torch.no_grad():
+            copy_keys = keys ^ np.uint64(k)  # each copy its own stream (keys are hashes: any bijection will do)
+            batches = iter_draws(imputer, X, imputer.n_draws, copy_keys, "", modules=(flow, network), tally=tally,
+                                 mc_tolerance=float("inf"))
+            copies.append(np.concatenate([importance_resample(result.draws, 1, noise)[0].cpu().double().numpy()
+                                          for result, noise in batches]))
+    warn_unsolved(tally.get("unsolved", 0), len(X) * n_imputations,
+                  "their missing entries are the training means in those imputations (rows counted once per copy)")
+    warn_unreliable(tally.get("uneven", 0), len(X) * n_imputations)
+    return np.stack(copies)

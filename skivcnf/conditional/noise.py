@@ -1,0 +1,179 @@
+"""Random numbers keyed by row: a row's draws depend on its key alone, not on its batch-mates.
+
+A ``torch.Generator`` hands out numbers in order, so a row's draws depend on which rows came
+before it in the batch, and on the batch size. :class:`RowNoise` is counter-based instead
+(SplitMix64's mixing function applied to ``key + counter``, as in Salmon et al. 2011's
+counter-based generators): entry ``(k, i, j)`` of the ``c``-th call depends only on row
+``i``'s 64-bit key, ``c``, ``k`` and ``j``. Imputing a row alone, in another batch or in
+another order therefore gives the same draws, given the same sequence of calls.
+Keys come from :func:`row_keys`: a hash of a seed, the row's values and its mask.
+"""
+
+import numpy as np
+import torch
+from scipy.special import ndtri
+
+__all__ = ["RowNoise", "distinct_keys", "row_keys", "standard_normal", "uniform"]
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MULTIPLIERS = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+#: The bits a hidden entry contributes to its row's key (a value no float64 input has: a NaN payload).
+_HIDDEN_BITS = np.uint64(0x7FF8DEADBEEF0001)
+
+
+def _mix(x):
+    """SplitMix64's finaliser (a bijection of uint64 with full avalanche), elementwise."""
+    x = (x ^ (x >> np.uint64(30))) * _MULTIPLIERS[0]
+    x = (x ^ (x >> np.uint64(27))) * _MULTIPLIERS[1]
+    return x ^ (x >> np.uint64(31))
+
+
+def row_keys(seed, values, hidden):
+    """One 64-bit key per row from ``seed``, the row's values and which entries are hidden.
+
+    Parameters
+    ----------
+    seed : int
+        In ``[0, 2**64)``.
+    values : ndarray (n, d)
+        Cast to float64; hidden entries are ignored (NaN is fine).
+    hidden : ndarray of bool (n, d)
+
+    Returns
+    -------
+    ndarray of uint64 (n,)
+        Equal rows (same observed values, same mask) get equal keys.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skivcnf.conditional.noise import row_keys
+    >>> values = np.array([[1.0, np.nan], [2.0, 5.0], [1.0, 7.0]])
+    >>> keys = row_keys(0, values, np.isnan(values))
+    >>> bool(keys[0] == row_keys(0, values[:1], np.isnan(values[:1]))[0]), len(set(keys.tolist()))
+    (True, 3)
+    """
+    with np.errstate(over="ignore"):
+        bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
+        bits = np.where(np.asarray(hidden, dtype=bool), _HIDDEN_BITS, bits)
+        key = np.full(bits.shape[0], _mix(np.uint64(seed) + _GOLDEN), dtype=np.uint64)
+        for column in bits.T:  # a loop over columns; every operation is over all rows at once
+            key = _mix((key ^ column) + _GOLDEN)
+    return key
+
+
+def distinct_keys(keys):
+    """Keys made distinct among equal ones: the ``k``-th occurrence of a key is mixed with ``k``.
+
+    Equal rows share a key, hence their draws; where they must be independent (multiple
+    imputations of duplicated rows), this gives each occurrence its own key, the first
+    occurrence's still depending on the key alone.
+
+    Parameters
+    ----------
+    keys : ndarray of uint64 (n,)
+
+    Returns
+    -------
+    ndarray of uint64 (n,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skivcnf.conditional.noise import distinct_keys
+    >>> out = distinct_keys(np.array([5, 7, 5], dtype=np.uint64))
+    >>> len(set(out.tolist())), bool(out[0] == distinct_keys(np.array([5], dtype=np.uint64))[0])
+    (3, True)
+    """
+    keys = np.asarray(keys, dtype=np.uint64)
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    occurrence = np.empty(len(keys), dtype=np.uint64)
+    occurrence[order] = np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    with np.errstate(over="ignore"):
+        return np.where(occurrence == 0, keys, _mix(keys ^ _mix(occurrence * _GOLDEN)))
+
+
+class RowNoise:
+    """Counter-based uniform and normal numbers for a block of rows, one key per row.
+
+    Pass it where a ``torch.Generator`` is expected by the conditional sampler
+    (:func:`~.sampling.sample_conditional`, :func:`~.sampling.importance_resample`,
+    :func:`~.fitting.fit_posterior`): every tensor it makes has rows on dimension ``-2``
+    (``-1`` for per-row scalars), and the ``c``-th call's numbers of row ``i`` depend only on
+    ``keys[i]`` and ``c``.
+
+    Parameters
+    ----------
+    keys : ndarray of uint64 (batch,)
+    calls : int, default=0
+        Calls already made (the counter); :meth:`rows` carries it over.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skivcnf.conditional.noise import RowNoise
+    >>> keys = np.array([11, 22, 33], dtype=np.uint64)
+    >>> a = RowNoise(keys).normal((4, 3, 2), torch.float64)
+    >>> b = RowNoise(keys[1:]).normal((4, 2, 2), torch.float64)   # without row 0
+    >>> torch.equal(a[:, 1:], b)
+    True
+    """
+
+    def __init__(self, keys, calls=0):
+        self.keys = np.asarray(keys, dtype=np.uint64)
+        self.calls = int(calls)
+
+    def __len__(self):
+        return len(self.keys)
+
+    def rows(self, index):
+        """The noise of a subset of the rows (a boolean mask or indices), at the same counter."""
+        return RowNoise(self.keys[np.asarray(index)], self.calls)
+
+    def _uniform53(self, shape, rows_axis):
+        """Uniforms in (0, 1) with 53 random bits, rows on ``rows_axis``; advances the counter."""
+        shape = tuple(shape)
+        if shape[rows_axis] != len(self.keys):
+            raise ValueError(f"RowNoise has {len(self.keys)} rows; a tensor of shape {shape} has "
+                             f"{shape[rows_axis]} on its rows' dimension {rows_axis}.")
+        keys_shape = [1] * len(shape)
+        keys_shape[rows_axis] = len(self.keys)
+        # A position's counter: its flat index with the rows' dimension left out, then the call.
+        other = list(shape)
+        other[rows_axis] = 1
+        counter = np.arange(int(np.prod(other)), dtype=np.uint64).reshape(other)
+        with np.errstate(over="ignore"):
+            call = _mix(np.uint64(self.calls) * _GOLDEN + _MULTIPLIERS[0])
+            state = _mix(self.keys.reshape(keys_shape) ^ call) + (counter + np.uint64(1)) * _GOLDEN
+            bits = _mix(_mix(state))
+        self.calls += 1
+        return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+
+    def uniform(self, shape, dtype=torch.float32, device="cpu", rows_axis=-1):
+        """Uniforms in (0, 1), Tensor of ``shape`` with the rows on ``rows_axis``."""
+        return torch.as_tensor(self._uniform53(shape, rows_axis), dtype=dtype, device=device)
+
+    def normal(self, shape, dtype=torch.float32, device="cpu", rows_axis=-2):
+        """Standard normals (by the inverse CDF), Tensor of ``shape`` with the rows on ``rows_axis``."""
+        return torch.as_tensor(ndtri(self._uniform53(shape, rows_axis)), dtype=dtype, device=device)
+
+
+def standard_normal(shape, generator, dtype, device):
+    """Standard normals of ``shape`` from a ``torch.Generator`` (or None) or a :class:`RowNoise`."""
+    if isinstance(generator, RowNoise):
+        shape = tuple(shape)
+        if shape[-2] % max(len(generator), 1) == 0 and shape[-2] != len(generator):
+            # Flattened ``(n_samples * batch, d)`` draws, sample-major as ``expand(...).reshape`` lays them out.
+            stacked = (*shape[:-2], shape[-2] // len(generator), len(generator), shape[-1])
+            return generator.normal(stacked, dtype, device).reshape(shape)
+        return generator.normal(shape, dtype, device)
+    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+
+def uniform(shape, generator, dtype, device):
+    """Uniforms in [0, 1) of ``shape`` (rows last) from a ``torch.Generator`` (or None) or a :class:`RowNoise`."""
+    if isinstance(generator, RowNoise):
+        return generator.uniform(shape, dtype, device)
+    return torch.rand(shape, generator=generator, dtype=dtype, device=device)

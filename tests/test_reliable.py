@@ -1,0 +1,84 @@
+"""Reliable draws: bounded and smoothed weights, extra draws where needed, a row's draws its own.
+
+Against the Gaussian oracle of ``test_sampling.py``: an affine flow (``hidden_features=()``)
+whose conditional laws are known in closed form.
+"""
+
+import numpy as np
+import torch
+
+from skivcnf.conditional import RowNoise, conditional_mean, monte_carlo_error, prior_parameters, reliable_draws
+
+from .helpers import affine_gaussian, gaussian_conditional, make_flow
+
+HIDDEN = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1], [1, 0, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+KEYS = np.array([101, 202, 303, 404], dtype=np.uint64)
+
+
+def setting(generator):
+    flow = make_flow(4, generator, n_blocks=2, hidden_features=())
+    y = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    return flow, y, prior_parameters(4, 4, torch.float64, "cpu")
+
+
+def test_weighted_mean_of_reliable_draws_matches_the_oracle(generator):
+    flow, y, params = setting(generator)
+    mean, cov = affine_gaussian(flow)
+    result = reliable_draws(flow, y, HIDDEN, params, 2000, RowNoise(KEYS))
+    point, _ = conditional_mean(result.draws)
+    assert torch.equal(point[~HIDDEN], y[~HIDDEN])
+    for row in range(4):
+        cond_mean, cond_cov, _ = gaussian_conditional(mean, cov, y[row], HIDDEN[row])
+        # The reported Monte Carlo error is the estimate's standard error: 5 of them bound the error.
+        err = (point[row, HIDDEN[row]] - cond_mean).abs().max()
+        assert err < 5 * result.mc_error[row] + 1e-12, (row, err, result.mc_error[row])
+    # A row whose weights stay uneven (the prior is a poor proposal for it) made every extra draw.
+    assert bool((result.n_draws[result.unreliable] == 2000 + 2000 + 4000).all())
+
+
+def test_rows_draw_again_while_their_error_is_large_and_keep_their_own_draws(generator):
+    flow, y, params = setting(generator)
+    noise = RowNoise(KEYS)
+    result = reliable_draws(flow, y, HIDDEN, params, 16, noise, mc_tolerance=0.0, max_rounds=2)
+    # Every row is above a zero tolerance: 16, then 16 and 32 more.
+    assert result.n_draws.tolist() == [64] * 4 and result.draws.samples.shape[0] == 64
+    assert noise.calls == 3
+    # A subset of the rows, alone and in another order, gets the same draws, weights and counts.
+    order = [3, 1]
+    sub = reliable_draws(flow, y[order], HIDDEN[order], type(params)(*(p[order] for p in params[:2]), None), 16,
+                         RowNoise(KEYS[order]), mc_tolerance=0.0, max_rounds=2)
+    assert torch.allclose(sub.draws.samples, result.draws.samples[:, order], atol=1e-12)
+    assert torch.allclose(sub.weights, result.weights[:, order], atol=1e-12)
+    # With a tolerance that only some rows miss, only they draw again.
+    mixed = reliable_draws(flow, y, HIDDEN, params, 16, RowNoise(KEYS), mc_tolerance=float(result.mc_error.median()),
+                           max_rounds=1)
+    assert set(mixed.n_draws.tolist()) <= {16, 32}
+    padded = mixed.draws.converged[16:]
+    assert bool((padded.any(dim=0) == (mixed.n_draws == 32)).all())            # padding is unsolved, weightless
+    assert bool((mixed.weights[16:][~padded] == 0).all())
+
+
+def test_draws_outside_the_bounds_get_no_weight(generator):
+    flow, y, params = setting(generator)
+    lower, upper = torch.full((4,), -1.0, dtype=torch.float64), torch.full((4,), 1.0, dtype=torch.float64)
+    result = reliable_draws(flow, y, HIDDEN, params, 64, RowNoise(KEYS), bounds=(lower, upper), max_rounds=0)
+    samples = result.draws.samples
+    outside = (((samples < lower) | (samples > upper)) & HIDDEN).any(dim=-1)
+    inside = ~outside & result.draws.converged
+    # Rows with a draw inside weigh only those; a row with none gets uniform weights (the caller's cue).
+    usable = inside.any(dim=0)
+    assert bool(outside[:, usable].any()) and bool((result.weights[:, usable][outside[:, usable]] == 0).all())
+    assert torch.allclose(result.weights.sum(dim=0), torch.ones(4, dtype=torch.float64))
+    assert bool((result.weights[:, ~usable] == 1 / 64).all())
+    point, _ = conditional_mean(result.draws)
+    within = (point[usable] >= -1 - 1e-12) & (point[usable] <= 1 + 1e-12)
+    assert bool((within | ~HIDDEN[usable]).all())
+
+
+def test_monte_carlo_error_is_the_delta_method_standard_error():
+    samples = torch.tensor([[[1.0, 5.0]], [[3.0, 5.0]], [[2.0, 8.0]]], dtype=torch.float64)  # 3 draws, 1 row
+    weights = torch.tensor([[0.5], [0.25], [0.25]], dtype=torch.float64)
+    hidden = torch.tensor([[True, False]])
+    mean = 0.5 * 1 + 0.25 * 3 + 0.25 * 2
+    expected = np.sqrt(0.25 * (1 - mean) ** 2 + 0.0625 * (3 - mean) ** 2 + 0.0625 * (2 - mean) ** 2)
+    assert torch.allclose(monte_carlo_error(samples, weights, hidden), torch.tensor([expected], dtype=torch.float64))
