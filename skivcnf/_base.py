@@ -61,19 +61,19 @@ class ImputationDraws(NamedTuple):
     method: np.ndarray
 
 
-def warn_unreliable(n_fallback, n_rows):
+def warn_unreliable(n_fallback, n_rows, unit="rows"):
     """One UnreliableWeightsWarning, at the user's line, for the rows whose weights stayed uneven."""
     if n_fallback:
-        warnings.warn(f"{n_fallback} of {n_rows} rows kept uneven importance weights (Pareto k-hat above "
+        warnings.warn(f"{n_fallback} of {n_rows} {unit} kept uneven importance weights (Pareto k-hat above "
                       f"{PARETO_K_THRESHOLD}) after extra draws: their imputations carry more Monte Carlo error "
                       "(raise n_draws; see the troubleshooting guide).", UnreliableWeightsWarning,
                       stacklevel=caller_stacklevel())
 
 
-def warn_unsolved(n_unsolved, n_rows, consequence):
+def warn_unsolved(n_unsolved, n_rows, consequence, unit="rows"):
     """One ConstraintWarning, at the user's line, for the rows with no usable draw (none solved in range)."""
     if n_unsolved:
-        warnings.warn(f"{n_unsolved} of {n_rows} rows had no draw whose constraint was solved; {consequence}.",
+        warnings.warn(f"{n_unsolved} of {n_rows} {unit} had no draw whose constraint was solved; {consequence}.",
                       ConstraintWarning, stacklevel=caller_stacklevel())
 
 

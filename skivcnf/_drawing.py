@@ -121,6 +121,6 @@ def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
             copies.append(np.concatenate([importance_resample(result.draws, 1, noise)[0].cpu().double().numpy()
                                           for result, noise in batches]))
     warn_unsolved(tally.get("unsolved", 0), len(X) * n_imputations,
-                  "their missing entries are the training means in those imputations (rows counted once per copy)")
-    warn_unreliable(tally.get("uneven", 0), len(X) * n_imputations)
+                  "their missing entries are the training means in those copies", unit="rows x copies")
+    warn_unreliable(tally.get("uneven", 0), len(X) * n_imputations, unit="rows x copies")
     return np.stack(copies)
