@@ -78,7 +78,7 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
             continue
         result = reliable_draws(flow, z, hidden, params, n_draws, noise, weighted=imputer.importance_weighting,
                                 solver=imputer.solver, bounds=bounds, mc_tolerance=mc_tolerance, max_rounds=MAX_ROUNDS)
-        unsolved = ~(result.weights > 0).any(dim=0) | ~result.draws.converged.any(dim=0)
+        unsolved = ~result.usable  # no solved draw within the bounds: no estimate
         n_unsolved, n_uneven = n_unsolved + int(unsolved.sum()), n_uneven + int(result.unreliable.sum())
         samples = torch.where(unsolved.unsqueeze(-1), 0.0, result.draws.samples)
         yield result._replace(draws=result.draws._replace(samples=samples)), noise

@@ -67,6 +67,7 @@ def test_draws_outside_the_bounds_get_no_weight(generator):
     inside = ~outside & result.draws.converged
     # Rows with a draw inside weigh only those; a row with none gets uniform weights (the caller's cue).
     usable = inside.any(dim=0)
+    assert torch.equal(result.usable, usable)
     assert bool(outside[:, usable].any()) and bool((result.weights[:, usable][outside[:, usable]] == 0).all())
     assert torch.allclose(result.weights.sum(dim=0), torch.ones(4, dtype=torch.float64))
     assert bool((result.weights[:, ~usable] == 1 / 64).all())

@@ -45,6 +45,9 @@ class ReliableDraws(NamedTuple):
         Rows whose ``k_hat`` stayed above 0.7 after the extra draws.
     n_draws : LongTensor (batch,)
         Draws made for each row.
+    usable : BoolTensor (batch,)
+        Rows with at least one solved draw within ``bounds``; the others have no estimate
+        (their ``weights`` are uniform only so that they stay a distribution).
     """
 
     draws: ConditionalDraws
@@ -53,6 +56,7 @@ class ReliableDraws(NamedTuple):
     mc_error: torch.Tensor
     unreliable: torch.Tensor
     n_draws: torch.Tensor
+    usable: torch.Tensor
 
 
 def monte_carlo_error(samples, weights, hidden):
@@ -181,16 +185,12 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
         # The new draws go after the row's earlier ones (the padding of rows that did not draw again).
         start = n_draws[rows]
         slots = start.unsqueeze(0) + torch.arange(more.samples.shape[0], device=y.device).unsqueeze(1)
-        fields = []
         for old, new in zip(merged, more, strict=True):
-            if old is None:
-                fields.append(None)
-                continue
-            old = old.clone()
-            old[slots, rows] = new
-            fields.append(old)
-        draws = ConditionalDraws(*fields)
+            if old is not None:  # _pad made new tensors: fill them in place
+                old[slots, rows] = new
+        draws = merged
         n_draws[rows] += more.samples.shape[0]
         weights, k_hat, uneven, error = _weigh(draws, hidden, bounds, weighted, n_draws)
     noise.calls = calls + 1 + max_rounds
-    return ReliableDraws(draws._replace(log_weight=torch.log(weights)), weights, k_hat, error, uneven, n_draws)
+    usable = _usable(draws, hidden, bounds).any(dim=0)
+    return ReliableDraws(draws._replace(log_weight=torch.log(weights)), weights, k_hat, error, uneven, n_draws, usable)
