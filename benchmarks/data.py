@@ -39,6 +39,10 @@ class GaussianLaw:
     def sample(self, n, rng):
         return rng.multivariate_normal(self.mean, self.cov, n)
 
+    def moments(self):
+        """The law's mean and covariance."""
+        return self.mean, self.cov
+
     def _groups(self, X_missing):
         hidden = np.isnan(X_missing)
         patterns, index = np.unique(hidden, axis=0, return_inverse=True)
@@ -96,6 +100,13 @@ class MixtureLaw:
         for j, comp in enumerate(self.components):
             X[k == j] = comp.sample(int((k == j).sum()), rng)
         return X
+
+    def moments(self):
+        """The mixture's mean and covariance (from its components', exactly)."""
+        means = [c.mean for c in self.components]
+        mean = sum(w * m for w, m in zip(self.weights, means, strict=True))
+        second = sum(w * (c.cov + np.outer(c.mean, c.mean)) for w, c in zip(self.weights, self.components, strict=True))
+        return mean, second - np.outer(mean, mean)
 
     def _responsibilities(self, X_obs, o):
         pairs = zip(self.weights, self.components, strict=True)

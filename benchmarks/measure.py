@@ -67,6 +67,14 @@ def mae(X, X_imputed, mask):
     return float(np.mean(np.abs(X_imputed[mask] - X[mask])))
 
 
+def beyond_range(X_missing, X_imputed, mask):
+    """Largest distance of an imputed entry beyond its column's observed range, in the column's
+    observed standard deviations (0 when every imputation lies within the range)."""
+    low, high, sd = np.nanmin(X_missing, axis=0), np.nanmax(X_missing, axis=0), np.nanstd(X_missing, axis=0)
+    distance = np.maximum(np.maximum(low - X_imputed, X_imputed - high), 0.0) / np.where(sd > 0, sd, 1.0)
+    return float(distance[mask].max()) if mask.any() else 0.0
+
+
 def check_output(X_missing, out, mask, is_mean=False):
     """Problems with an imputer's output, as short strings (empty when it is sound).
 

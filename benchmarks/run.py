@@ -79,8 +79,13 @@ def _plan_accuracy(quick):
 
 
 def _plan_rubin(quick):
-    return [((repeat, name), sections.rubin, dict(repeat=repeat, imputer=name, quick=quick))
-            for repeat in range(3 if quick else RUBIN_REPEATS) for name in ["complete data", "IVCNFImputer", "MICE"]]
+    names = ["complete data", "IVCNFImputer", "MICE"]
+    tasks = [((repeat, name), sections.rubin, dict(repeat=repeat, imputer=name, quick=quick))
+             for repeat in range(3 if quick else RUBIN_REPEATS) for name in names]
+    # the non-Gaussian table (records keyed with the table's name)
+    return tasks + [((repeat, name, "mixture"), sections.rubin, dict(repeat=repeat, imputer=name, quick=quick,
+                                                                      table="mixture"))
+                    for repeat in range(2 if quick else RUBIN_REPEATS) for name in names]
 
 
 def _plan_digits(quick):

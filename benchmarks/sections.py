@@ -19,7 +19,7 @@ from skivcnf.conditional import GaussianPosterior, conditional_mean, fit_posteri
 from skivcnf.pooling import pool_estimates
 
 from . import data, masks, peers
-from .measure import check_output, interval_coverage, mae, ols, rmse, single_interval, timed
+from .measure import beyond_range, check_output, interval_coverage, mae, ols, rmse, single_interval, timed
 
 QUICK_IVCNF = {"max_epochs": 2, "n_draws": 8}
 N_MULTIPLE = 50  # imputations drawn for interval coverage
@@ -57,10 +57,12 @@ def accuracy(table, mechanism, seed, imputer, quick=False):
         return _crashed(record, exc)
     problems = check_output(X_missing, out, mask, is_mean=imputer == "mean")
     record.update(status="failed: " + "; ".join(problems) if problems else "ok", seconds=seconds,
-                  peak_mib=memory, warnings=kinds, rmse=rmse(X, out, mask), mae=mae(X, out, mask))
+                  peak_mib=memory, warnings=kinds, rmse=rmse(X, out, mask), mae=mae(X, out, mask),
+                  beyond_range_sd=beyond_range(X_missing, out, mask))
     if ds.has_oracle:
         oracle = ds.law.oracle_mean(X_missing)
-        record.update(oracle_rmse=rmse(X, oracle, mask), oracle_mae=mae(X, oracle, mask))
+        record.update(oracle_rmse=rmse(X, oracle, mask), oracle_mae=mae(X, oracle, mask),
+                      oracle_beyond_range_sd=beyond_range(X_missing, oracle, mask))
         if imputer in ("IVCNFImputer", "MICE"):
             record.update(_coverage(ds, X_missing, mask, model, imputer, seed, quick))
     return record
@@ -95,16 +97,26 @@ def _coverage(ds, X_missing, mask, model, imputer, seed, quick):
 RUBIN_ROWS, RUBIN_COLUMNS, RUBIN_M = 500, 6, 20
 
 
-def rubin(repeat, imputer, quick=False):
-    """Regress column 0 on columns 1-2 of a fresh AR(1) Gaussian sample with MAR 30% missing.
+def rubin(repeat, imputer, quick=False, table="gaussian"):
+    """Regress column 0 on columns 1-2 of a fresh sample with MAR 30% missing; record each method's
+    interval for the coefficient of column 1.
 
-    The population coefficient of column 1 is ``rho = 0.8`` (column 0 depends on the others
-    through column 1 only). Records each method's interval for that coefficient.
+    ``table="gaussian"``: a 500 x 6 AR(1) Gaussian, whose coefficient is ``rho = 0.8`` (column 0
+    depends on the others through column 1 only). ``"mixture"``: the grid's three-component
+    Gaussian mixture (500 x 8, non-Gaussian, multimodal), whose coefficient is the population
+    least-squares one, computed from the law's moments.
     """
     rows = 150 if quick else RUBIN_ROWS
-    ds = data.correlated_gaussian(rows, RUBIN_COLUMNS, seed=10_000 + repeat)
+    if table == "gaussian":
+        ds, seed, truth = data.correlated_gaussian(rows, RUBIN_COLUMNS, seed=10_000 + repeat), 10_000 + repeat, 0.8
+    elif table == "mixture":
+        ds, seed = data.gaussian_mixture(rows, seed=20_000 + repeat), 20_000 + repeat
+        _, cov = ds.law.moments()
+        truth = float(np.linalg.solve(cov[1:3, 1:3], cov[1:3, 0])[0])
+    else:
+        raise ValueError(f"no Rubin's-rules table {table!r}")
     X = ds.X
-    mask = masks.make_mask("MAR 30%", X, 10_000 + repeat)
+    mask = masks.make_mask("MAR 30%", X, seed)
     X_missing = np.where(mask, np.nan, X)
     m = 5 if quick else RUBIN_M
 
@@ -112,13 +124,14 @@ def rubin(repeat, imputer, quick=False):
         coef, se, dof = ols(table[:, 1:3], table[:, 0])
         return coef[1], se[1], dof
 
-    record = {"repeat": repeat, "imputer": imputer, "truth": 0.8, "m": m}
+    record = {"repeat": repeat, "imputer": imputer, "truth": truth, "m": m, "table": table}
     intervals = {}
     try:
         if imputer == "complete data":
             intervals["complete data"] = single_interval(*coefficient(X), level=LEVEL)
             keep = ~mask.any(1)
-            intervals["complete cases"] = single_interval(*coefficient(X[keep]), level=LEVEL)
+            if keep.sum() > 10:  # a few complete rows give no interval worth reporting
+                intervals["complete cases"] = single_interval(*coefficient(X[keep]), level=LEVEL)
         else:
             if imputer == "IVCNFImputer":
                 model = _build_imputer(imputer, repeat, quick)

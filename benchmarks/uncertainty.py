@@ -6,6 +6,8 @@ Run from the repository root::
     python -m benchmarks.uncertainty weights                  # plain vs Pareto-smoothed weights, extra draws
     python -m benchmarks.uncertainty invariance               # a row's imputation alone and in its table
     python -m benchmarks.uncertainty longer                   # the flow's correlation trained longer
+    python -m benchmarks.uncertainty mc_error                 # point imputations' Monte Carlo error, measured
+    python -m benchmarks.uncertainty schedule                 # how long fit trains: early-stopping rules
 
 ``diagnose``: the Rubin's-rules case of the suite (500-row AR(1) Gaussian, 6 columns, MAR 30%,
 repeat ``r`` seeded as the suite's): one default fit, then the flow's correlations (20,000
@@ -19,6 +21,12 @@ k-hat stays above 0.7: RMSE, seconds, Monte Carlo error and k-hat. ``invariance`
 cancer's first 100 rows imputed alone and within the table, and the table in batches of 7.
 ``longer``: repeat 2 of ``diagnose`` fitted by default, with ``n_iter_no_change=30`` and for
 300 epochs without early stopping: the flow's correlation of neighbouring columns and the RMSE.
+``mc_error``: one default fit on breast cancer, then 5 transforms that differ only by their random
+streams, with independent draws and with antithetic pairs: each entry's Monte Carlo error measured
+as the spread of the 5 (column sds), against the error each row's draws estimate; also with a third
+round of extra draws and with per-row refinement of the posterior. ``schedule``: the early-stopping
+rule of ``fit`` (patience 8, 12, 20 epochs, with and without 200 steps at least) on the grid's small
+tables (MAR 30%, 3 seeds) and Rubin repeats 2 and 3: seconds, epochs, RMSE, the flow's correlation.
 """
 
 import argparse
@@ -136,6 +144,85 @@ def weights():
     return lines
 
 
+def mc_error(replicates=5):
+    """Each point imputation's Monte Carlo error measured, not estimated: the spread of ``replicates``
+    transforms of one fit that differ only by their random streams."""
+    ds, mask, X_missing, sd, imputer = _breast_cancer_fit()
+    rows = mask.any(axis=1)
+    lines = []
+    defaults = drawing.ANTITHETIC, drawing.MAX_ROUNDS
+    settings = [("independent draws", False, defaults[1], 0), ("antithetic pairs (default)", True, defaults[1], 0),
+                ("antithetic pairs, 3 rounds", True, 3, 0),
+                ("antithetic pairs, refinement_steps=10", True, defaults[1], 10),
+                ("antithetic pairs, refinement_steps=30", True, defaults[1], 30)]
+    for name, antithetic, rounds, refinement in settings:
+        drawing.ANTITHETIC, drawing.MAX_ROUNDS = antithetic, rounds
+        imputer.set_params(refinement_steps=refinement)
+        outs, estimated, seconds, n_draws = [], [], 0.0, []
+        for r in range(replicates):
+            keys = imputer._row_keys("transform", X_missing) ^ np.uint64(r)
+            start = time.perf_counter()
+            results = list(drawing.iter_draws(imputer, X_missing, imputer.n_draws, keys, "-"))
+            points = np.concatenate([conditional_mean(result.draws)[0].double().numpy() for result, _ in results])
+            seconds += time.perf_counter() - start
+            outs.append(imputer._completed(X_missing, mask, points, X_missing))
+            estimated.append(np.concatenate([result.mc_error.numpy() for result, _ in results]))
+            n_draws.append(np.concatenate([result.n_draws.numpy() for result, _ in results]))
+        outs = np.stack(outs)
+        measured = (outs.std(axis=0, ddof=1) / sd)[mask]
+        lines.append({"draws": name, "rounds": rounds, "seconds_per_transform": round(seconds / replicates, 1),
+                      "rmse": float(np.mean([np.sqrt(np.mean(((o - ds.X) / sd)[mask] ** 2)) for o in outs])),
+                      "measured_entry_error_p50_p90_p99": np.quantile(measured, [0.5, 0.9, 0.99]).round(4).tolist(),
+                      "estimated_row_error_p50_p90_p99":
+                          np.quantile(np.concatenate(estimated)[np.tile(rows, replicates)], [0.5, 0.9, 0.99])
+                          .round(4).tolist(),
+                      "mean_draws": float(np.mean(np.concatenate(n_draws)[np.tile(rows, replicates)]))})
+    drawing.ANTITHETIC, drawing.MAX_ROUNDS = defaults
+    return lines
+
+
+SCHEDULES = {"patience 8 (before)": {"min_steps": 0}, "patience 8, 200 steps at least (default)": {},
+             "patience 12": {"min_steps": 0, "n_iter_no_change": 12},
+             "patience 12, 200 steps at least": {"n_iter_no_change": 12},
+             "patience 20": {"min_steps": 0, "n_iter_no_change": 20}}
+
+
+def schedule():
+    """How long fit trains: the early-stopping rule on the grid's small tables (MAR 30%, 3 seeds) and
+    two Rubin repeats, with the accuracy and the flow's correlation of neighbouring columns."""
+    import skivcnf.imputer as imputer_module
+
+    default_steps = imputer_module.MIN_TRAINING_STEPS
+    cases = [("rubin", r) for r in (2, 3)] + [(t, s) for t in ("wine", "diabetes", "gaussian", "mixture")
+                                                for s in range(3)]
+    lines = []
+    for name, settings in SCHEDULES.items():
+        settings = dict(settings)
+        imputer_module.MIN_TRAINING_STEPS = settings.pop("min_steps", default_steps)
+        for table, seed in cases:
+            if table == "rubin":
+                ds, mask_seed = data.correlated_gaussian(500, 6, seed=10_000 + seed), 10_000 + seed
+            else:
+                ds, mask_seed = data.load(table), seed
+            mask = masks.make_mask("MAR 30%", ds.X, mask_seed)
+            X_missing = np.where(mask, np.nan, ds.X)
+            start = time.perf_counter()
+            imputer = IVCNFImputer(random_state=seed, **settings).fit(X_missing)
+            out = imputer.transform(X_missing)
+            line = {"schedule": name, "table": table, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+                    "epochs": len(imputer.history_.train_loss), "best_epoch": imputer.history_.best_epoch,
+                    "rmse": float(np.sqrt(np.mean((out - ds.X)[mask] ** 2)))}
+            if table in ("rubin", "gaussian"):
+                with torch.no_grad():
+                    flow_rows = imputer.flow_.sample(20_000, torch.Generator().manual_seed(0)).double().numpy()
+                line["flow_adjacent_correlation"] = float(np.mean(np.diag(np.corrcoef(flow_rows.T), 1)))
+                line["data_adjacent_correlation"] = float(np.mean(np.diag(np.corrcoef(ds.X.T), 1)))
+            lines.append(line)
+            print(json.dumps(line), flush=True)
+    imputer_module.MIN_TRAINING_STEPS = default_steps
+    return lines
+
+
 def invariance():
     ds, mask, X_missing, sd, imputer = _breast_cancer_fit()
     full = imputer.transform(X_missing)
@@ -167,7 +254,7 @@ def longer(repeat=2):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer"])
+    parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule"])
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -178,6 +265,10 @@ def main():
         lines = [diagnose(r) for r in range(args.repeats)]
     elif args.what == "weights":
         lines = weights()
+    elif args.what == "schedule":
+        lines = schedule()
+    elif args.what == "mc_error":
+        lines = mc_error()
     elif args.what == "longer":
         lines = longer()
     else:

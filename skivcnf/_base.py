@@ -61,17 +61,23 @@ class ImputationDraws(NamedTuple):
     method: np.ndarray
 
 
-def warn_unreliable(n_fallback, n_rows, unit="rows"):
-    """One UnreliableWeightsWarning, at the user's line, for the rows whose weights stayed uneven."""
+def warn_unreliable(n_fallback, n_rows, unit="rows", n_clipped=0):
+    """One UnreliableWeightsWarning, at the user's line, for the rows whose weights stayed uneven
+    and those whose draws were all out of range (clipped)."""
+    parts = []
     if n_fallback:
-        warnings.warn(f"{n_fallback} of {n_rows} {unit} kept uneven importance weights (Pareto k-hat above "
-                      f"{PARETO_K_THRESHOLD}) after extra draws: their imputations carry more Monte Carlo error "
-                      "(raise n_draws; see the troubleshooting guide).", UnreliableWeightsWarning,
+        parts.append(f"{n_fallback} of {n_rows} {unit} kept uneven importance weights (Pareto k-hat above "
+                     f"{PARETO_K_THRESHOLD}) after extra draws: their imputations carry more Monte Carlo error")
+    if n_clipped:
+        parts.append(f"{n_clipped} of {n_rows} {unit} had every draw beyond the range the flow was trained on "
+                     "(observed range +- 3 sd): their draws were clipped into it, with equal weights")
+    if parts:
+        warnings.warn("; ".join(parts) + " (raise n_draws; see the troubleshooting guide).", UnreliableWeightsWarning,
                       stacklevel=caller_stacklevel())
 
 
 def warn_unsolved(n_unsolved, n_rows, consequence, unit="rows"):
-    """One ConstraintWarning, at the user's line, for the rows with no usable draw (none solved in range)."""
+    """One ConstraintWarning, at the user's line, for the rows with no usable draw (none solved)."""
     if n_unsolved:
         warnings.warn(f"{n_unsolved} of {n_rows} {unit} had no draw whose constraint was solved; {consequence}.",
                       ConstraintWarning, stacklevel=caller_stacklevel())

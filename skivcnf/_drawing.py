@@ -6,6 +6,7 @@ carry the uncertainty of the model's parameters as well as that of the missing v
 """
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ from .conditional import (
     sample_conditional,
 )
 
-__all__ = ["BOOTSTRAP_EPOCHS", "MAX_ROUNDS", "MC_TOLERANCE", "REFINEMENT_DRAWS", "bootstrap_copies", "iter_draws"]
+__all__ = ["ANTITHETIC", "BOOTSTRAP_EPOCHS", "MAX_ROUNDS", "MC_TOLERANCE", "REFINEMENT_DRAWS", "bootstrap_copies",
+           "iter_draws"]
 
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
 REFINEMENT_DRAWS = 8
@@ -29,6 +31,8 @@ REFINEMENT_DRAWS = 8
 #: standard error exceeds this many column standard deviations, or its Pareto k-hat exceeds 0.7.
 MC_TOLERANCE = 0.05
 MAX_ROUNDS = 2
+#: Point estimates draw in antithetic pairs where ``n_draws`` is even (docs/benchmarks.md, "Uncertainty").
+ANTITHETIC = True
 #: Rows per epoch of that training at most (as ``fit``'s, in :mod:`skivcnf.imputer`).
 ROWS_PER_EPOCH = 4096
 #: Epochs of training from the fitted model on each bootstrap resample (proper multiple imputation;
@@ -45,16 +49,20 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
     ``keys[i]``, so its draws do not depend on its batch-mates. ``reliable``:
     :func:`~skivcnf.conditional.reliable_draws` (weights smoothed and bounded, more draws where
     needed; yields ``ReliableDraws``); else the raw ``ConditionalDraws``. ``modules``: the
-    ``(flow, posterior)`` to draw from (the fitted ones by default). A row with no usable draw
-    gets the training means (0 here) as every draw; such rows, and those whose weights stayed
-    uneven, are counted in one warning each at the end, or added to ``tally`` (a dict) when given.
+    ``(flow, posterior)`` to draw from (the fitted ones by default). A row with no solved draw
+    gets the training means (0 here) as every draw, one whose solved draws all left the bounds
+    gets them clipped into the bounds; such rows, and those whose weights stayed uneven, are
+    counted in one warning per kind at the end, or added to ``tally`` (a dict) when given.
     ``mc_tolerance``: see :func:`~skivcnf.conditional.reliable_draws` (``inf`` where no point
-    estimate is taken: resampled copies need reliable weights, not a precise mean).
+    estimate is taken: resampled copies need reliable weights, not a precise mean). Where a point
+    estimate is taken and ``n_draws`` is even, draws come in antithetic pairs (a lower Monte Carlo
+    error of the weighted mean; copies stay independent draws).
     """
     flow, network = modules if modules is not None else (imputer.flow_, imputer.posterior_)
     device = imputer._device
-    standardised, n_unsolved, n_uneven = imputer._layout().standardise(X), 0, 0
+    standardised, n_unsolved, n_uneven, n_clipped = imputer._layout().standardise(X), 0, 0, 0
     bounds = [torch.as_tensor(b, dtype=torch.float32, device=device) for b in imputer._draw_bounds()]
+    antithetic = ANTITHETIC and math.isfinite(mc_tolerance) and n_draws % 2 == 0
     for start in range(0, len(X), imputer.batch_size):
         noise = RowNoise(keys[start:start + imputer.batch_size])
         z = torch.as_tensor(standardised[start:start + imputer.batch_size], dtype=torch.float32, device=device)
@@ -77,17 +85,19 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
             yield draws._replace(samples=torch.where(unsolved.unsqueeze(-1), 0.0, draws.samples)), noise
             continue
         result = reliable_draws(flow, z, hidden, params, n_draws, noise, weighted=imputer.importance_weighting,
-                                solver=imputer.solver, bounds=bounds, mc_tolerance=mc_tolerance, max_rounds=MAX_ROUNDS)
-        unsolved = ~result.usable  # no solved draw within the bounds: no estimate
+                                solver=imputer.solver, bounds=bounds, mc_tolerance=mc_tolerance, max_rounds=MAX_ROUNDS,
+                                antithetic=antithetic)
+        unsolved = ~result.usable  # no solved draw: no estimate
         n_unsolved, n_uneven = n_unsolved + int(unsolved.sum()), n_uneven + int(result.unreliable.sum())
+        n_clipped += int(result.clipped.sum())
         samples = torch.where(unsolved.unsqueeze(-1), 0.0, result.draws.samples)
         yield result._replace(draws=result.draws._replace(samples=samples)), noise
     if tally is None:
         warn_unsolved(n_unsolved, len(X), unsolved_consequence)
-        warn_unreliable(n_uneven, len(X))
+        warn_unreliable(n_uneven, len(X), n_clipped=n_clipped)
     else:
-        tally["unsolved"] = tally.get("unsolved", 0) + n_unsolved
-        tally["uneven"] = tally.get("uneven", 0) + n_uneven
+        for key, count in (("unsolved", n_unsolved), ("uneven", n_uneven), ("clipped", n_clipped)):
+            tally[key] = tally.get(key, 0) + count
 
 
 def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
@@ -122,5 +132,6 @@ def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
                                           for result, noise in batches]))
     warn_unsolved(tally.get("unsolved", 0), len(X) * n_imputations,
                   "their missing entries are the training means in those copies", unit="rows x copies")
-    warn_unreliable(tally.get("uneven", 0), len(X) * n_imputations, unit="rows x copies")
+    warn_unreliable(tally.get("uneven", 0), len(X) * n_imputations, unit="rows x copies",
+                    n_clipped=tally.get("clipped", 0))
     return np.stack(copies)

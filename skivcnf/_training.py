@@ -154,6 +154,9 @@ class EarlyStopping:
     modules : sequence of torch.nn.Module, default=()
         Modules whose ``state_dict`` is kept at each improvement; empty keeps nothing (the
         last weights stay).
+    min_updates : int, default=1
+        :meth:`update` never says stop before this many updates (a warm-up whose noisy
+        losses must not end the run).
 
     Attributes
     ----------
@@ -185,12 +188,13 @@ class EarlyStopping:
     (1, 2.0, 1.0)
     """
 
-    def __init__(self, patience, min_delta=0.0, *, ema_weight=None, modules=()):
+    def __init__(self, patience, min_delta=0.0, *, ema_weight=None, modules=(), min_updates=1):
         if not patience >= 1:
             raise ValueError(f"patience must be at least 1, got {patience!r}.")
         if ema_weight is not None and not 0 < ema_weight <= 1:
             raise ValueError(f"ema_weight must lie in (0, 1], got {ema_weight!r}.")
         self.patience, self.min_delta, self.ema_weight = patience, min_delta, ema_weight
+        self.min_updates = int(min_updates)
         self.modules = tuple(modules)
         self.best_loss, self.best_epoch, self.monitored, self.n_stale = math.inf, -1, None, 0
         self._n_updates = 0
@@ -207,7 +211,8 @@ class EarlyStopping:
         Returns
         -------
         bool
-            True once ``patience`` updates in a row have not improved.
+            True once ``patience`` updates in a row have not improved (and at least
+            ``min_updates`` were made).
         """
         if self.ema_weight is not None and self.monitored is not None:
             loss = (1 - self.ema_weight) * self.monitored + self.ema_weight * loss
@@ -219,7 +224,7 @@ class EarlyStopping:
                 self._best_states = [copy.deepcopy(module.state_dict()) for module in self.modules]
             return False
         self.n_stale += 1
-        return self.n_stale >= self.patience
+        return self.n_stale >= self.patience and self._n_updates >= self.min_updates
 
     def restore_best(self):
         """Load the kept states into the modules (nothing happens if none was kept)."""

@@ -34,6 +34,7 @@ MIN_TRAINING_ROWS = 18
 #: At most this many rows are held out, and an epoch is at most ``ROWS_PER_EPOCH`` rows drawn afresh:
 #: early-stopping checks, and the work between them, stop growing with the table (docs/benchmarks.md).
 MAX_VALIDATION_ROWS = 1024
+MIN_TRAINING_STEPS = 200  # early stopping waits this many optimiser steps (docs/benchmarks.md, "Uncertainty")
 #: ``sample_multiple_imputations(proper=False)`` resamples each row's copies from at least this
 #: many proposals per copy (and at least ``n_draws``), so that copies rarely repeat a proposal.
 PROPOSALS_PER_IMPUTATION = 4
@@ -95,7 +96,8 @@ class IVCNFImputer(BaseFlowImputer):
         has not improved for ``n_iter_no_change`` epochs, keeping the best weights. A
         ``ConvergenceWarning`` says when ``max_epochs`` came first (see the user guide).
     n_iter_no_change : int, default=8
-        Epochs without improvement of the held-out bound before stopping.
+        Epochs without improvement of the held-out bound before stopping (never before
+        ``MIN_TRAINING_STEPS`` = 200 optimiser steps: a small table's epochs are short).
     missing_values : float, int or None, default=np.nan
         Placeholder of a missing entry (``np.nan`` is always treated as missing too).
     add_indicator : bool, default=False
@@ -242,8 +244,8 @@ class IVCNFImputer(BaseFlowImputer):
             lr=self.learning_rate, n_samples=self.n_train_draws, logdet=self.logdet, solver=self.solver,
             objective=self.objective, train_flow=True, monitor="bound", patience=self.n_iter_no_change,
             validation_fraction=self.validation_fraction if holds_out else 0.0, rows_per_epoch=ROWS_PER_EPOCH,
-            max_validation_rows=MAX_VALIDATION_ROWS, generator=self._streams.generator("fit", self._device),
-            verbose=bool(self.verbose))
+            max_validation_rows=MAX_VALIDATION_ROWS, min_steps=MIN_TRAINING_STEPS,
+            generator=self._streams.generator("fit", self._device), verbose=bool(self.verbose))
         if holds_out and not self.history_.stopped_early:
             warnings.warn(f"Training stopped at max_epochs={self.max_epochs} while the held-out bound was still "
                           f"improving (best epoch {self.history_.best_epoch + 1}); raise max_epochs for a better fit.",

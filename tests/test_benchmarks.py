@@ -158,3 +158,23 @@ def test_provenance_header_names_each_run(tmp_path):
     assert "- accuracy: `python -m benchmarks.run` on 2026-01-01; machine: A" in header
     assert "- solvers: `python -m benchmarks.run` on 2026-02-02; machine: A" in header
     assert "- logdet: provenance not recorded" in header
+
+
+def test_mixture_moments_are_the_mixtures_mean_and_covariance():
+    law = data.gaussian_mixture(10).law
+    mean, cov = law.moments()
+    X = law.sample(200_000, np.random.default_rng(0))
+    # Sampling error of a mean or covariance of 200,000 rows with entries of order 1: about 0.003.
+    np.testing.assert_allclose(X.mean(axis=0), mean, atol=0.02)
+    np.testing.assert_allclose(np.cov(X.T), cov, atol=0.03)
+    gaussian = data.correlated_gaussian(10, 4).law
+    assert np.array_equal(gaussian.moments()[1], data.ar1_covariance(4))
+
+
+def test_beyond_range_measures_the_distance_past_the_observed_range_in_sds():
+    X_missing = np.array([[0.0, 1.0], [2.0, np.nan], [np.nan, 3.0]])
+    out = np.array([[0.0, 1.0], [2.0, 7.0], [-1.0, 3.0]])
+    mask = np.isnan(X_missing)
+    # Column 0: observed range [0, 2], sd 1, imputed -1 (1 below); column 1: [1, 3], sd 1, imputed 7 (4 above).
+    assert measure.beyond_range(X_missing, out, mask) == pytest.approx(4.0)
+    assert measure.beyond_range(X_missing, np.where(mask, 1.5, X_missing), mask) == 0.0

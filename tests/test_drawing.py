@@ -1,6 +1,7 @@
 """IVCNFImputer's draws: a row's imputation is its own, proper multiple imputation, bounds, warnings."""
 
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -80,6 +81,23 @@ def test_imputations_stay_within_the_trained_range(data, fitted):
     for out in (fitted.transform(X_missing), *fitted.sample_multiple_imputations(X_missing, 2, proper=False)):
         values = out[:, fitted.modelled_features_]
         assert ((values >= lower - margin) & (values <= upper + margin)).all()
+
+
+def test_rows_whose_draws_all_leave_the_range_get_them_clipped_into_it(data, fitted, monkeypatch):
+    # With a margin of -1 sd the box is narrower than the observed range: outlying rows' draws all
+    # leave it. They are clipped into it (not replaced by the training means), and counted.
+    _, X_missing, mask, _ = data
+    monkeypatch.setattr("skivcnf._base.RANGE_MARGIN", -1.0)
+    with pytest.warns(UnreliableWeightsWarning, match="beyond the range the flow was trained on") as caught:
+        out = fitted.transform(X_missing)
+    message = str(next(w.message for w in caught if "beyond the range" in str(w.message)))
+    assert int(re.search(r"(\d+) of \d+ rows had every draw beyond", message).group(1)) > 0
+    lower, upper = fitted.observed_range_
+    box_low, box_high = lower + fitted.scale_, upper - fitted.scale_
+    values = out[:, fitted.modelled_features_]
+    hidden = mask[:, fitted.modelled_features_]
+    assert ((values >= box_low - 1e-6 * fitted.scale_) & (values <= box_high + 1e-6 * fitted.scale_) | ~hidden).all()
+    np.testing.assert_array_equal(out[~mask], X_missing[~mask])
 
 
 @pytest.mark.parametrize("call", ["transform", "proper", "fixed"])

@@ -158,6 +158,18 @@ def test_validation_split_early_stops_and_restores_the_best(generator):
     assert len(history.validation_loss) - 1 - history.best_epoch == 2
 
 
+def test_min_steps_hold_off_early_stopping(generator):
+    flow, y, hidden = correlated_rows(generator, n=128)
+    net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
+    # The run above stops at epoch 5; 96 training rows in batches of 32 are 3 steps an epoch, so
+    # 30 steps hold it to 10 epochs at least.
+    history = fit_inference_network(flow, y, hidden, net, max_epochs=40, batch_size=32, lr=0.05, n_samples=2,
+                                    train_flow=True, validation_fraction=0.25, patience=2, min_steps=30,
+                                    generator=generator)
+    assert history.stopped_early and len(history.train_loss) >= 10 and history.n_steps >= 30
+    assert history.validation_loss[history.best_epoch] == min(history.validation_loss)
+
+
 def test_unsolved_draws_are_left_out_and_reported_once(generator):
     flow, y, hidden = correlated_rows(generator, n=128)
     net = InferenceNetwork(4, hidden_features=(8,), generator=generator).double()

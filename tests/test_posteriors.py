@@ -93,3 +93,18 @@ def test_construction_leaves_global_rng_alone(generator):
 def test_negative_reflections_raise():
     with pytest.raises(ValueError, match="n_reflections"):
         GaussianPosterior(1, 3, n_reflections=-1)
+
+
+def test_antithetic_draws_mirror_each_other_about_the_mean(generator):
+    from skivcnf.conditional import GaussianPosterior, rsample
+
+    posterior = GaussianPosterior(3, 4, n_reflections=2, generator=generator).double()
+    hidden = torch.tensor([[True, False, True, True], [False, True, False, False], [True, True, True, True]])
+    params = posterior()
+    x, log_q = rsample(params, hidden, 6, generator=generator, antithetic=True)
+    # Reflections are linear in the noise, so a pair's mean is the posterior's mean.
+    assert torch.allclose((x[0::2] + x[1::2]) / 2, torch.where(hidden, params.mean, 0.0).expand(3, -1, -1))
+    assert torch.allclose(log_q[0::2], log_q[1::2])
+    assert not torch.allclose(x[0], x[2])  # pairs differ from each other
+    with pytest.raises(ValueError, match="n_samples must be even"):
+        rsample(params, hidden, 5, generator=generator, antithetic=True)

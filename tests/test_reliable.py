@@ -62,18 +62,26 @@ def test_draws_outside_the_bounds_get_no_weight(generator):
     flow, y, params = setting(generator)
     lower, upper = torch.full((4,), -1.0, dtype=torch.float64), torch.full((4,), 1.0, dtype=torch.float64)
     result = reliable_draws(flow, y, HIDDEN, params, 64, RowNoise(KEYS), bounds=(lower, upper), max_rounds=0)
-    samples = result.draws.samples
+    # The same draws without bounds (bounds change no draw when no row draws again).
+    samples = reliable_draws(flow, y, HIDDEN, params, 64, RowNoise(KEYS), max_rounds=0).draws.samples
     outside = (((samples < lower) | (samples > upper)) & HIDDEN).any(dim=-1)
     inside = ~outside & result.draws.converged
-    # Rows with a draw inside weigh only those; a row with none gets uniform weights (the caller's cue).
-    usable = inside.any(dim=0)
-    assert torch.equal(result.usable, usable)
-    assert bool(outside[:, usable].any()) and bool((result.weights[:, usable][outside[:, usable]] == 0).all())
+    # Rows with a draw inside weigh only those.
+    has_inside = inside.any(dim=0)
+    assert bool(outside[:, has_inside].any())
+    assert bool((result.weights[:, has_inside][outside[:, has_inside]] == 0).all())
+    # A row with none (row 1 here) gets its solved draws clipped into the bounds, equally weighted.
+    assert torch.equal(result.clipped, ~has_inside & result.draws.converged.any(dim=0)) and bool(result.clipped.any())
+    assert torch.equal(result.usable, has_inside | result.clipped)
+    clipped = result.clipped
+    assert bool((result.weights[:, clipped] == 1 / 64).all())
     assert torch.allclose(result.weights.sum(dim=0), torch.ones(4, dtype=torch.float64))
-    assert bool((result.weights[:, ~usable] == 1 / 64).all())
     point, _ = conditional_mean(result.draws)
-    within = (point[usable] >= -1 - 1e-12) & (point[usable] <= 1 + 1e-12)
-    assert bool((within | ~HIDDEN[usable]).all())
+    within = (point >= -1 - 1e-12) & (point <= 1 + 1e-12)
+    assert bool((within | ~HIDDEN).all())
+    assert torch.equal(result.draws.samples[:, ~HIDDEN], samples[:, ~HIDDEN])  # observed entries untouched
+    box = (result.draws.samples[:, clipped] >= -1) & (result.draws.samples[:, clipped] <= 1)
+    assert bool((box | ~HIDDEN[clipped]).all())
 
 
 def test_monte_carlo_error_is_the_delta_method_standard_error():
@@ -83,3 +91,31 @@ def test_monte_carlo_error_is_the_delta_method_standard_error():
     mean = 0.5 * 1 + 0.25 * 3 + 0.25 * 2
     expected = np.sqrt(0.25 * (1 - mean) ** 2 + 0.0625 * (3 - mean) ** 2 + 0.0625 * (2 - mean) ** 2)
     assert torch.allclose(monte_carlo_error(samples, weights, hidden), torch.tensor([expected], dtype=torch.float64))
+
+
+def test_paired_monte_carlo_error_treats_each_antithetic_pair_as_one_draw():
+    # 4 draws of 1 row: pairs (0, 1) and (2, 3). Per pair, sum_k w_k (x_k - mean).
+    samples = torch.tensor([[[1.0]], [[3.0]], [[0.0]], [[6.0]]], dtype=torch.float64)
+    weights = torch.tensor([[0.25], [0.25], [0.25], [0.25]], dtype=torch.float64)
+    hidden = torch.tensor([[True]])
+    mean = 2.5
+    pair_terms = [0.25 * (1 - mean) + 0.25 * (3 - mean), 0.25 * (0 - mean) + 0.25 * (6 - mean)]
+    expected = np.sqrt(sum(t ** 2 for t in pair_terms))
+    assert torch.allclose(monte_carlo_error(samples, weights, hidden, paired=True),
+                          torch.tensor([expected], dtype=torch.float64))
+
+
+def test_antithetic_pairs_cancel_what_is_linear_in_the_noise(generator):
+    # Through an affine flow a completion is affine in the posterior's noise, so with equal weights
+    # every mirrored pair has the same mean (the completion at the posterior's mean): the point
+    # estimate has no Monte Carlo error, and the paired error estimate says so.
+    flow, y, params = setting(generator)
+    paired = reliable_draws(flow, y, HIDDEN, params, 8, RowNoise(KEYS), weighted=False, antithetic=True)
+    samples = paired.draws.samples
+    pair_means = (samples[0::2] + samples[1::2]) / 2
+    assert torch.allclose(pair_means, pair_means[:1].expand_as(pair_means), atol=1e-10)
+    assert float(paired.mc_error.max()) < 1e-8 and paired.n_draws.tolist() == [8] * 4
+    assert torch.allclose(conditional_mean(paired.draws)[0], pair_means[0], atol=1e-10)
+    # Independent draws of the same proposal leave an error: the prior's unit scale over sqrt(8) or so.
+    independent = reliable_draws(flow, y, HIDDEN, params, 8, RowNoise(KEYS), weighted=False, max_rounds=0)
+    assert bool((independent.mc_error > 0.05).all())

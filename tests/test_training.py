@@ -121,6 +121,14 @@ def test_early_stopping_monitors_a_moving_average():
     assert (stopper.monitored, stopper.best_loss, stopper.best_epoch) == (3.0, 3.0, 1)
 
 
+def test_early_stopping_waits_for_min_updates():
+    stopper = EarlyStopping(patience=1, min_updates=4)
+    # Stale from the second update on, but no stop before the fourth.
+    assert [stopper.update(1.0), stopper.update(2.0), stopper.update(2.0), stopper.update(2.0)] == [
+        False, False, False, True]
+    assert stopper.n_stale == 3
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [({"patience": 0}, "patience"),
                                                ({"patience": 1, "ema_weight": 0.0}, "ema_weight")])
 def test_early_stopping_rejects_bad_arguments(kwargs, match):

@@ -194,7 +194,7 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
                           n_samples=8, logdet="exact", solver="auto", options=None, objective="elbo",
                           train_flow=False, validation_fraction=0.0, monitor="bound", patience=10,
                           min_delta=1e-4, max_grad_norm=10.0, rows_per_epoch=None, max_validation_rows=None,
-                          generator=None, verbose=False):
+                          min_steps=0, generator=None, verbose=False):
     """Train an amortised posterior on the bound over minibatches of incomplete rows.
 
     With ``train_flow=True`` the flow's weights are trained jointly on the same bound
@@ -235,6 +235,10 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     max_validation_rows : int, optional
         Hold out at most this many rows (``validation_fraction`` of them if fewer), so
         that the held-out check does not grow with the table either.
+    min_steps : int, default=0
+        With held-out rows, never stop before the epochs that make this many optimiser
+        steps: a small table's epoch is a few steps, and its first epochs' held-out loss
+        too noisy to stop on.
     generator : torch.Generator, optional
     verbose : bool
 
@@ -280,6 +284,7 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     optimizer = torch.optim.Adam(params, lr=lr)
     order = torch.randperm(y.shape[0], generator=generator, device=y.device)
     validation_rows, train_rows = order[:n_validation], order[n_validation:]
+    steps_per_epoch = max(math.ceil(min(len(train_rows), rows_per_epoch or len(train_rows)) / batch_size), 1)
     held_out_seed = int(torch.randint(_SEED_RANGE, (1,), generator=generator, device=y.device))
     y_validation, hidden_validation = y[validation_rows], hidden[validation_rows]
     if n_validation and monitor == "imputation":
@@ -303,6 +308,7 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
             max_epochs,
             validation_loss=validation_loss,
             # The flow's state is kept even when it is not trained: restoring both is what was validated.
-            stopper=EarlyStopping(patience, min_delta, modules=[network, flow]) if n_validation else None,
+            stopper=EarlyStopping(patience, min_delta, modules=[network, flow],
+                                  min_updates=math.ceil(min_steps / steps_per_epoch)) if n_validation else None,
             started=start, description="fit inference network", verbose=verbose,
         )

@@ -118,7 +118,7 @@ def _standard_log_density(eps, log_scale, hidden):
     return (h * (-0.5 * eps.pow(2) - 0.5 * _LOG_2PI - log_scale)).sum(dim=-1)
 
 
-def rsample(params, hidden, n_samples, generator=None, stick_the_landing=False):
+def rsample(params, hidden, n_samples, generator=None, stick_the_landing=False, antithetic=False):
     """Reparameterised draws of ``x^H`` and their log-densities.
 
     Parameters
@@ -132,6 +132,10 @@ def rsample(params, hidden, n_samples, generator=None, stick_the_landing=False):
         carries gradient; Roeder et al. 2017). Same value and the same expected ELBO
         gradient, but the gradient vanishes draw by draw when ``q`` is the exact
         posterior, so fitting converges to it instead of jittering around it.
+    antithetic : bool, default=False
+        Draws in antithetic pairs: draw ``2k + 1`` mirrors draw ``2k`` about the mean
+        (``n_samples`` must be even). Each draw still follows ``q``; a pair's mean cancels
+        the part of an estimate that is linear in the noise.
 
     Returns
     -------
@@ -154,7 +158,13 @@ def rsample(params, hidden, n_samples, generator=None, stick_the_landing=False):
     (True, True)
     """
     mean, log_scale, reflections = params
-    eps = standard_normal((n_samples, *mean.shape), generator, mean.dtype, mean.device)
+    if antithetic:
+        if n_samples % 2:
+            raise ValueError(f"antithetic draws come in pairs: n_samples must be even, got {n_samples}.")
+        half = standard_normal((n_samples // 2, *mean.shape), generator, mean.dtype, mean.device)
+        eps = torch.stack([half, -half], dim=1).reshape(n_samples, *mean.shape)
+    else:
+        eps = standard_normal((n_samples, *mean.shape), generator, mean.dtype, mean.device)
     eps = torch.where(hidden, eps, 0.0)
     z = torch.exp(log_scale) * eps
     if reflections is not None:

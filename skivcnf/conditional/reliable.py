@@ -12,7 +12,9 @@ the data (a blow-up). :func:`reliable_draws` guards each row:
    exceeds ``mc_tolerance``, draw again, twice as many each round, up to ``max_rounds``;
 4. rows still above 0.7 are flagged (``unreliable``) and keep their smoothed weights.
    Falling back to equal weights on the posterior's draws (the plain posterior mean) was
-   measured and not kept: it was less accurate (docs/benchmarks.md, "Uncertainty").
+   measured and not kept: it was less accurate (docs/benchmarks.md, "Uncertainty");
+5. rows whose solved draws all left ``bounds`` get those draws clipped into the bounds, with
+   equal weights (``clipped``): measured better than the training means on outlying rows.
 """
 
 from typing import NamedTuple
@@ -46,8 +48,13 @@ class ReliableDraws(NamedTuple):
     n_draws : LongTensor (batch,)
         Draws made for each row.
     usable : BoolTensor (batch,)
-        Rows with at least one solved draw within ``bounds``; the others have no estimate
-        (their ``weights`` are uniform only so that they stay a distribution).
+        Rows with an estimate: at least one solved draw, within ``bounds`` or clipped into
+        them; the others (no solved draw) have none (their ``weights`` are uniform only so
+        that they stay a distribution).
+    clipped : BoolTensor (batch,)
+        Rows whose solved draws all left ``bounds``: their hidden entries are clipped into
+        the bounds and weighted equally (the posterior's draws, at the nearest values the flow
+        was trained on).
     """
 
     draws: ConditionalDraws
@@ -57,9 +64,10 @@ class ReliableDraws(NamedTuple):
     unreliable: torch.Tensor
     n_draws: torch.Tensor
     usable: torch.Tensor
+    clipped: torch.Tensor
 
 
-def monte_carlo_error(samples, weights, hidden):
+def monte_carlo_error(samples, weights, hidden, paired=False):
     """Largest delta-method standard error of a row's self-normalised weighted mean over its hidden entries.
 
     Parameters
@@ -68,17 +76,23 @@ def monte_carlo_error(samples, weights, hidden):
     weights : Tensor (n_samples, batch)
         Normalised over draws.
     hidden : BoolTensor (batch, d)
+    paired : bool, default=False
+        Draws ``2k`` and ``2k + 1`` are an antithetic pair: the pairs, not the draws, are
+        the independent units (``n_samples`` even).
 
     Returns
     -------
     Tensor (batch,)
-        ``max_j sqrt(sum_k w_k^2 (x_kj - mean_j)^2)``; 0 for a row with nothing hidden.
+        ``max_j sqrt(sum_u (sum_{k in u} w_k (x_kj - mean_j))^2)`` over units ``u`` (draws, or
+        pairs); 0 for a row with nothing hidden.
     """
     w = weights.unsqueeze(-1)
     used = w > 0
     mean = torch.where(used, w * samples, 0.0).sum(dim=0)
-    spread = torch.where(used, w.pow(2) * (samples - mean).pow(2), 0.0).sum(dim=0)
-    return torch.where(hidden, spread, 0.0).amax(dim=-1).sqrt()
+    terms = torch.where(used, w * (samples - mean), 0.0)
+    if paired:
+        terms = terms.reshape(-1, 2, *terms.shape[1:]).sum(dim=1)
+    return torch.where(hidden, terms.pow(2).sum(dim=0), 0.0).amax(dim=-1).sqrt()
 
 
 def _usable(draws, hidden, bounds):
@@ -102,20 +116,20 @@ def _smooth(log_weight, n_draws):
     return smoothed, k_hat
 
 
-def _weigh(draws, hidden, bounds, weighted, n_draws):
+def _weigh(draws, hidden, bounds, weighted, n_draws, paired):
     """Normalised weights (smoothed), ``k_hat``, rows above the threshold and the Monte Carlo error."""
     usable = _usable(draws, hidden, bounds)
     equal = usable.to(draws.samples.dtype)
     equal = torch.where(usable.any(dim=0), equal / equal.sum(dim=0).clamp_min(1), 1.0 / usable.shape[0])
     if not weighted:
         nan = torch.full_like(equal[0], float("nan"))
-        return equal, nan, torch.zeros_like(usable[0]), monte_carlo_error(draws.samples, equal, hidden)
+        return equal, nan, torch.zeros_like(usable[0]), monte_carlo_error(draws.samples, equal, hidden, paired)
     log_weight = torch.where(usable, draws.log_weight, float("-inf"))
     smoothed, k_hat = _smooth(log_weight, n_draws)
     has_weight = torch.isfinite(smoothed).any(dim=0)
     weights = torch.where(has_weight, torch.softmax(torch.where(has_weight, smoothed, 0.0), dim=0), equal)
     uneven = k_hat > PARETO_K_THRESHOLD  # nan (too few draws to tell) is not flagged
-    return weights, k_hat, uneven, monte_carlo_error(draws.samples, weights, hidden)
+    return weights, k_hat, uneven, monte_carlo_error(draws.samples, weights, hidden, paired)
 
 
 def _pad(draws, n):
@@ -136,7 +150,7 @@ def _pad(draws, n):
 
 
 def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, solver="auto", options=None,
-                   bounds=None, mc_tolerance=0.05, max_rounds=2):
+                   bounds=None, mc_tolerance=0.05, max_rounds=2, antithetic=False):
     """Draw ``n_samples`` completions per row, and more where the row's estimate is unreliable.
 
     Parameters
@@ -160,6 +174,9 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
     mc_tolerance : float, default=0.05
         Monte Carlo standard error (the flow's scale) above which a row draws again.
     max_rounds : int, default=2
+    antithetic : bool, default=False
+        Draw in antithetic pairs (``n_samples`` even; see :func:`~.sampling.sample_conditional`),
+        and measure the Monte Carlo error over pairs.
 
     Returns
     -------
@@ -167,10 +184,11 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
     """
     calls = noise.calls
     weights_option = "auto" if weighted else False
-    draws = sample_conditional(flow, y, hidden, params, n_samples, noise, solver, options, weights=weights_option)
+    draws = sample_conditional(flow, y, hidden, params, n_samples, noise, solver, options, weights=weights_option,
+                               antithetic=antithetic)
     weighted = weighted and draws.log_weight is not None
     n_draws = torch.full((y.shape[0],), n_samples, dtype=torch.long, device=y.device)
-    weights, k_hat, uneven, error = _weigh(draws, hidden, bounds, weighted, n_draws)
+    weights, k_hat, uneven, error = _weigh(draws, hidden, bounds, weighted, n_draws, antithetic)
     for round_ in range(1, max_rounds + 1):
         again = uneven | (error > mc_tolerance)
         if not bool(again.any()):
@@ -180,7 +198,7 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
         sub_noise.calls = calls + round_
         sub_params = type(params)(*(None if p is None else p[rows] for p in params))
         more = sample_conditional(flow, y[rows], hidden[rows], sub_params, n_samples * 2 ** (round_ - 1), sub_noise,
-                                  solver, options, weights=weights_option)
+                                  solver, options, weights=weights_option, antithetic=antithetic)
         merged = _pad(draws, draws.samples.shape[0] + more.samples.shape[0])
         # The new draws go after the row's earlier ones (the padding of rows that did not draw again).
         start = n_draws[rows]
@@ -190,7 +208,22 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
                 old[slots, rows] = new
         draws = merged
         n_draws[rows] += more.samples.shape[0]
-        weights, k_hat, uneven, error = _weigh(draws, hidden, bounds, weighted, n_draws)
+        weights, k_hat, uneven, error = _weigh(draws, hidden, bounds, weighted, n_draws, antithetic)
     noise.calls = calls + 1 + max_rounds
-    usable = _usable(draws, hidden, bounds).any(dim=0)
-    return ReliableDraws(draws._replace(log_weight=torch.log(weights)), weights, k_hat, error, uneven, n_draws, usable)
+    in_bounds = _usable(draws, hidden, bounds).any(dim=0)
+    clipped = ~in_bounds & draws.converged.any(dim=0)
+    if bool(clipped.any()):
+        draws, weights = _clip_into_bounds(draws, hidden, bounds, weights, clipped)
+        error = monte_carlo_error(draws.samples, weights, hidden, antithetic)
+    return ReliableDraws(draws._replace(log_weight=torch.log(weights)), weights, k_hat, error, uneven, n_draws,
+                         in_bounds | clipped, clipped)
+
+
+def _clip_into_bounds(draws, hidden, bounds, weights, rows):
+    """For ``rows`` (every solved draw out of bounds): hidden entries clipped into the bounds, equal
+    weights on the solved draws. The nearest values the flow was trained on, rather than no estimate."""
+    lower, upper = bounds
+    inside = torch.where(hidden, torch.clamp(draws.samples, lower, upper), draws.samples)
+    solved = draws.converged.to(weights.dtype)
+    weights = torch.where(rows, solved / solved.sum(dim=0).clamp_min(1), weights)
+    return draws._replace(samples=torch.where(rows.unsqueeze(-1), inside, draws.samples)), weights
