@@ -250,6 +250,10 @@ def rubin_report(records):
         text += (f"{intros[table]}; nominal 90% intervals; multiple imputation pooled by Rubin's rules from {m} "
                  "imputations; coverage ± its standard error over the repeats.\n\n"
                  + _table(["method", "repeats", "coverage", "mean width", "bias", "RMSE"], rows) + "\n")
+        older = sorted({f"{r['imputer']} ({r['code']})" for r in ok
+                        if r.get("code") and r.get("table", "gaussian") == table})
+        if older:
+            text += f"Not re-run with the current code: {', '.join(older)}.\n\n"
     return text
 
 
