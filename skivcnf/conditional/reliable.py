@@ -210,13 +210,13 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
         n_draws[rows] += more.samples.shape[0]
         weights, k_hat, uneven, error = _weigh(draws, hidden, bounds, weighted, n_draws, antithetic)
     noise.calls = calls + 1 + max_rounds
-    in_bounds = _usable(draws, hidden, bounds).any(dim=0)
-    clipped = ~in_bounds & draws.converged.any(dim=0)
+    usable = draws.converged.any(dim=0)  # an estimate: in bounds, or clipped into them
+    clipped = usable & ~_usable(draws, hidden, bounds).any(dim=0)
     if bool(clipped.any()):
         draws, weights = _clip_into_bounds(draws, hidden, bounds, weights, clipped)
         error = monte_carlo_error(draws.samples, weights, hidden, antithetic)
     return ReliableDraws(draws._replace(log_weight=torch.log(weights)), weights, k_hat, error, uneven, n_draws,
-                         in_bounds | clipped, clipped)
+                         usable, clipped)
 
 
 def _clip_into_bounds(draws, hidden, bounds, weights, rows):
