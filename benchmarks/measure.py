@@ -131,3 +131,87 @@ def single_interval(estimate, se, dof, level=0.9):
     """The estimate and its ``level`` t interval from one complete-data analysis."""
     half = stats.t.ppf((1 + level) / 2, dof) * se
     return estimate, estimate - half, estimate + half
+
+
+# ---------------------------------------------------------------------------------------------- mixed-type tables
+
+
+def pfc(truth, imputed, mask, categorical):
+    """Proportion of falsely classified entries: the share of the masked entries of the ``categorical``
+    columns (names) of the frame ``truth`` that ``imputed`` gets wrong (NaN when none is masked)."""
+    wrong, total = 0, 0
+    for name in categorical:
+        j = truth.columns.get_loc(name)
+        hidden = mask[:, j]
+        wrong += int((imputed[name].to_numpy()[hidden] != truth[name].to_numpy()[hidden]).sum())
+        total += int(hidden.sum())
+    return wrong / total if total else float("nan")
+
+
+def pfc_by_column(truth, imputed, mask, categorical):
+    """:func:`pfc` of each categorical column alone."""
+    return {name: pfc(truth, imputed, mask, [name]) for name in categorical}
+
+
+def numeric_rmse(truth, imputed, mask, numeric):
+    """RMSE over the masked entries of the ``numeric`` columns (names), each column in its standard
+    deviations over the complete table (as :func:`rmse` on the standardised real tables)."""
+    errors = []
+    for name in numeric:
+        j = truth.columns.get_loc(name)
+        values = truth[name].to_numpy(dtype=float)
+        sd = values.std()
+        guess = imputed[name].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+        errors.append((guess[mask[:, j]] - values[mask[:, j]]) / (sd if sd > 0 else 1.0))
+    errors = np.concatenate(errors) if errors else np.array([])
+    return float(np.sqrt(np.mean(errors ** 2))) if errors.size else float("nan")
+
+
+def check_frame(frame_missing, out, mask, baseline=None):
+    """Problems with an imputer's completed frame, as short strings (empty when it is sound).
+
+    The output must have the input's columns and dtypes (a category column its categories),
+    no missing entry, and the observed entries unchanged. ``baseline`` (the most frequent / mean
+    imputation's frame), when given: an output equal to it on every masked entry is a silent
+    fallback, reported as failed (as :func:`check_output` does for the mean).
+    """
+    import pandas as pd
+
+    if not isinstance(out, pd.DataFrame):
+        return [f"output is a {type(out).__name__}, not a DataFrame"]
+    if out.shape != frame_missing.shape or list(out.columns) != list(frame_missing.columns):
+        return [f"output shape {out.shape} or columns differ from the input's {frame_missing.shape}"]
+    problems = []
+    changed_dtype = [str(c) for c in frame_missing.columns if out[c].dtype != frame_missing[c].dtype]
+    if changed_dtype:
+        problems.append(f"dtype changed: {', '.join(changed_dtype)}")
+    if out.isna().to_numpy().any():
+        problems.append(f"{int(out.isna().to_numpy().sum())} entries left missing")
+    changed = 0
+    for j, name in enumerate(frame_missing.columns):
+        seen = ~mask[:, j]
+        given, got = frame_missing[name][seen], out[name][seen]
+        if isinstance(frame_missing[name].dtype, pd.CategoricalDtype):
+            changed += int((given.astype(object).to_numpy() != got.astype(object).to_numpy()).sum())
+        else:
+            a = given.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+            b = got.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+            changed += int((~np.isclose(b, a, rtol=1e-7, atol=1e-9)).sum())
+    if changed:
+        problems.append(f"changed {changed / (~mask).sum():.1%} of observed entries")
+    if baseline is not None and mask.any():
+        same = True
+        for j, name in enumerate(frame_missing.columns):
+            hidden = mask[:, j]
+            if not hidden.any():
+                continue
+            if isinstance(frame_missing[name].dtype, pd.CategoricalDtype):
+                same &= bool(np.all(out[name].astype(object).to_numpy()[hidden]
+                                    == baseline[name].astype(object).to_numpy()[hidden]))
+            else:
+                a = out[name].astype("Float64").to_numpy(dtype=float, na_value=np.nan)[hidden]
+                b = baseline[name].astype("Float64").to_numpy(dtype=float, na_value=np.nan)[hidden]
+                same &= bool(np.allclose(a, b, atol=1e-6))
+        if same:
+            problems.append("equals most frequent / mean imputation (silent fallback)")
+    return problems

@@ -60,6 +60,20 @@ def _sound_cases(records):
     return cases
 
 
+def _failures(records):
+    """The table of the peers that failed or crashed, grouped by what happened ("" if none)."""
+    bad = [r for r in records if r.get("status") != "ok"]
+    if not bad:
+        return ""
+    grouped = defaultdict(list)
+    for r in bad:
+        grouped[(r["imputer"], r.get("error") or r["status"])].append(f"{r['table']} {r['mechanism']} s{r['seed']}")
+    return "\n### Peers that failed or crashed\n\n" + _table(
+        ["imputer", "what happened", "cases"],
+        [[n, why.replace("|", "/"), f"{len(c)}: " + ", ".join(c[:4]) + (" ..." if len(c) > 4 else "")]
+         for (n, why), c in grouped.items()])
+
+
 def accuracy_summary(records):
     """Per case: our RMSE, the best peer's, the ratio, our rank; and each imputer's mean rank."""
     cases = _sound_cases(records)
@@ -161,15 +175,7 @@ def accuracy_report(records, out):
         text += f"\n#### {table}\n\n"
         names = sorted(by, key=lambda n: (n != OURS, n))
         text += _table(["imputer", *mechanisms], [[n, *[by[n].get(m, "-") for m in mechanisms]] for n in names])
-    bad = [r for r in records if r.get("status") != "ok"]
-    if bad:
-        text += "\n### Peers that failed or crashed\n\n"
-        grouped = defaultdict(list)
-        for r in bad:
-            grouped[(r["imputer"], r.get("error") or r["status"])].append(f"{r['table']} {r['mechanism']} s{r['seed']}")
-        text += _table(["imputer", "what happened", "cases"],
-                       [[n, why.replace("|", "/"), f"{len(c)}: " + ", ".join(c[:4]) + (" ..." if len(c) > 4 else "")]
-                        for (n, why), c in grouped.items()])
+    text += _failures(records)
     if rows:
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1))
@@ -355,6 +361,146 @@ def scaling_report(records, out):
     return text + _save_figure(fig, out, "scaling.png", "Seconds against rows and columns, log axes")
 
 
+# ---------------------------------------------------------------------------------------------- mixed tables
+
+ALL_NUMERIC, ORACLE = "IVCNFImputer (all-numeric)", "oracle"
+MIXED_COMMAND = "python -m benchmarks.run --section mixed --workers 1"
+
+
+def _geometric_mean(values):
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v) and v > 0], float)
+    return float(np.exp(np.log(values).mean())) if len(values) else None
+
+
+def _finite_values(values):
+    return [v for v in values if v is not None and np.isfinite(v)]
+
+
+def _finite_mean(values):
+    """The mean of the finite values (PFC is NaN where a mask hid no categorical entry); None if none."""
+    values = _finite_values(values)
+    return float(np.mean(values)) if values else None
+
+
+def mixed_summary(records):
+    """Per (table, mechanism): mean PFC, numeric RMSE and seconds of each imputer over its seeds, the best
+    peer by PFC (neither IVCNF variant nor the oracle) and IVCNF's ratios to it and to the all-numeric run."""
+    cases = _sound_cases(records)
+    rows = []
+    for (table, mechanism), by in cases.items():
+        mean = {name: {field: _finite_mean([r.get(field) for r in rs])
+                       for field in ("pfc", "numeric_rmse", "seconds", "fit_seconds")}
+                for name, rs in by.items()}
+        peers = {n: m["pfc"] for n, m in mean.items() if n not in (OURS, ALL_NUMERIC, ORACLE) and m["pfc"] is not None}
+        best = min(peers, key=peers.get) if peers else None
+        rmses = [(m["numeric_rmse"], n) for n, m in mean.items()
+                 if n not in (OURS, ALL_NUMERIC, ORACLE) and m["numeric_rmse"] is not None]
+        best_rmse = min(rmses, default=(None, "-"))
+        ours, plain = mean.get(OURS), mean.get(ALL_NUMERIC)
+
+        def ratio(a, b):
+            return a / b if a is not None and b not in (None, 0) else None
+
+        rows.append(dict(
+            table=table, mechanism=mechanism, means=mean, best=best, best_pfc=peers.get(best),
+            best_rmse_peer=best_rmse[1], best_rmse=best_rmse[0],
+            oracle_pfc=mean.get(ORACLE, {}).get("pfc"), oracle_rmse=mean.get(ORACLE, {}).get("numeric_rmse"),
+            ours_pfc=ours and ours["pfc"], ours_rmse=ours and ours["numeric_rmse"],
+            plain_pfc=plain and plain["pfc"], plain_rmse=plain and plain["numeric_rmse"],
+            pfc_ratio=ratio(ours and ours["pfc"], peers.get(best)),
+            rmse_ratio=ratio(ours and ours["numeric_rmse"], plain and plain["numeric_rmse"]),
+            fit_ratio=ratio(ours and ours["fit_seconds"], plain and plain["fit_seconds"]),
+            ours_fit=ours and ours["fit_seconds"], plain_fit=plain and plain["fit_seconds"]))
+    return rows
+
+
+def _fmt(value, digits=3):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def mixed_report(records, out):
+    if not records:
+        return ""
+    rows = mixed_summary(records)
+    tables = list(dict.fromkeys(r["table"] for r in records))
+    shape = {r["table"]: r for r in records}
+    text = ("Mixed-type tables as pandas DataFrames (`benchmarks/mixed_data.py`: which columns are categorical, "
+            "integer and float, and why): "
+            + "; ".join(f"{t}: {shape[t]['rows']:,} rows, {shape[t]['columns']} columns, "
+                        f"{shape[t]['categorical_columns']} categorical" for t in tables)
+            + ". The numeric grid's masks, drawn on the category codes. PFC: the share of the masked categorical "
+            "entries imputed with a wrong category; numeric RMSE: over the masked integer and float entries, each "
+            "column in its standard deviations over the complete table. Means over the mask seeds each imputer "
+            "ran (3; hyperimpute as shipped and hyperimpute's missforest plugin seed 0 only); a PFC over the seeds "
+            "whose mask hides categorical entries (MAR keeps 30% of the columns always observed: on diabetes_sex, "
+            "mask seed 2 keeps `sex`). Best peer: the lowest PFC of the peers (neither IVCNF "
+            "variant nor the oracle, which knows the simulated table's law). Peers: "
+            "`benchmarks/mixed_peers.py`. Run in the environment with the `bench` extra: "
+            f"`{MIXED_COMMAND}` (`--skip-imputers` / `--imputers NAME ...` run some imputers' tasks).\n\n")
+    text += "### Summary: PFC against the best peer, numeric RMSE against the all-numeric run\n\n"
+    text += _table(
+        ["table", "missingness", "IVCNF PFC", "best peer (PFC)", "its PFC", "IVCNF / best", "oracle PFC",
+         "IVCNF RMSE", "all-numeric RMSE", "IVCNF / all-numeric", "best peer RMSE", "IVCNF fit s",
+         "all-numeric fit s"],
+        [[r["table"], r["mechanism"], _fmt(r["ours_pfc"]), r["best"] or "-", _fmt(r["best_pfc"]), _fmt(r["pfc_ratio"]),
+          _fmt(r["oracle_pfc"]), _fmt(r["ours_rmse"]), _fmt(r["plain_rmse"]), _fmt(r["rmse_ratio"]),
+          f"{_fmt(r['best_rmse'])} ({r['best_rmse_peer']})", _fmt(r["ours_fit"], 1), _fmt(r["plain_fit"], 1)]
+         for r in rows])
+    targets = []
+    for table in tables:
+        mine = [r for r in rows if r["table"] == table]
+        pfc_gm, rmse_gm, fit_gm = (_geometric_mean([r[k] for r in mine]) for k in ("pfc_ratio", "rmse_ratio",
+                                                                                    "fit_ratio"))
+        if pfc_gm is None and rmse_gm is None:
+            continue
+        targets.append([table, _fmt(pfc_gm), _fmt(rmse_gm), _fmt(fit_gm, 2),
+                        sum(1 for r in mine if r["pfc_ratio"] is not None)])
+    if targets:
+        text += ("\nTargets, geometric means over the cases of each table: IVCNF's PFC over the best peer's "
+                 "(target at most 0.95), IVCNF's numeric RMSE over the all-numeric run's (at most 1), IVCNF's fit "
+                 "seconds over the all-numeric run's (at most 1.5).\n\n")
+        text += _table(["table", "PFC / best peer", "RMSE / all-numeric", "fit s / all-numeric", "cases"], targets)
+        text += "\n" + time_ratios(records, peers=("MissForest-like", "MICE (linear/logistic)",
+                                                  "miceforest (most probable)"))
+    else:
+        text += "\nNo IVCNFImputer records yet: the figures above are the peers'.\n"
+    by_table = defaultdict(lambda: defaultdict(dict))
+    mechanisms = list(dict.fromkeys(r["mechanism"] for r in rows))
+    for (table, mechanism), by in _sound_cases(records).items():
+        for name, rs in by.items():
+            by_table[table][name][mechanism] = rs
+    order = [OURS, ALL_NUMERIC]
+    for table in tables:
+        by = by_table[table]
+        names = sorted(by, key=lambda n: (n not in order, n == ORACLE, order.index(n) if n in order else 0, n))
+
+        def grid(field, digits=3, by=by, names=names):
+            def cell(rs):
+                values = _finite_values([r.get(field) for r in rs])
+                return _mean_sd(values, digits) if values else "-"
+
+            return _table(["imputer", *mechanisms],
+                          [[n, *[cell(by[n][m]) if m in by[n] else "-" for m in mechanisms]] for n in names])
+
+        text += f"\n#### {table}\n\nPFC, mean ± sd over mask seeds:\n\n" + grid("pfc")
+        text += "\nNumeric RMSE (column sds):\n\n" + grid("numeric_rmse")
+        text += "\nSeconds (fit + transform, one thread):\n\n" + grid("seconds", 1)
+    text += _failures(records)
+    plotted = [r for r in rows if r["pfc_ratio"] is not None]
+    if plotted:
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(7, 0.28 * len(plotted) + 1))
+        labels = [f"{r['table']}, {r['mechanism']}" for r in plotted]
+        ratios = [r["pfc_ratio"] for r in plotted]
+        ax.barh(labels, ratios, color=["tab:green" if x <= 0.95 else "tab:red" for x in ratios])
+        ax.axvline(0.95, color="k", lw=0.8, ls="--")
+        ax.axvline(1, color="k", lw=0.8)
+        ax.set_xlabel("IVCNFImputer PFC / best peer's PFC (target: at most 0.95)")
+        ax.invert_yaxis()
+        text += _save_figure(fig, out, "mixed.png", "IVCNF PFC over the best peer's, per case")
+    return text
+
+
 # ---------------------------------------------------------------------------------------------- components
 
 
@@ -463,6 +609,7 @@ def write(out):
         ("digits", "The paper's MNIST protocol on digits", lambda r: digits_report(r, out)),
         ("completion", "Post-training completion of digits", completion_report),
         ("scaling", "Scaling", lambda r: scaling_report(r, out)),
+        ("mixed", "Mixed-type tables: categorical and numeric columns", lambda r: mixed_report(r, out)),
         ("flow_fit", "The flow fitted to complete rows", flow_fit_report),
         ("logdet", "Log-determinant cost: one training step", logdet_report),
         ("solvers", "Constraint solvers on trained flows", solvers_report),

@@ -7,9 +7,12 @@ without peers, and ``--report-only``, need only the package and matplotlib)::
     python -m benchmarks.run --quick --out /tmp/b     # a smoke run of every section
     python -m benchmarks.run --section flow_fit solvers   # some sections
     python -m benchmarks.run --report-only            # tables and plots from stored results
+    python -m benchmarks.run --section mixed --skip-imputers IVCNFImputer "IVCNFImputer (all-numeric)"
+                                                      # some imputers' tasks (--imputers: only these)
 
-The sections: ``accuracy``, ``rubin``, ``completion``, ``digits`` and ``scaling`` measure
-the imputer against its peers (``benchmarks.sections``); ``flow_fit``, ``logdet``,
+The sections: ``accuracy``, ``rubin``, ``completion``, ``digits``, ``scaling`` and ``mixed``
+(mixed-type tables: ``benchmarks.mixed_data``, ``benchmarks.mixed_peers``) measure the imputer
+against its peers (``benchmarks.sections``); ``flow_fit``, ``logdet``,
 ``solvers`` and ``posteriors`` measure the flow and the sampler on flows trained for the
 purpose (``benchmarks.components``).
 
@@ -30,11 +33,12 @@ import json
 import multiprocessing
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
 
-from . import components, data, masks, peers, report, sections
+from . import components, data, masks, mixed_data, mixed_peers, peers, report, sections
 
 RESULTS = Path(__file__).parent / "results" / "suite"
 
@@ -59,22 +63,35 @@ SCALING_COLUMNS = [10, 30, 50]
 # with the table, the scaling grid trains a fixed number of epochs (plus two default fits).
 SCALING_EPOCHS = 5
 RUBIN_REPEATS = 40
+# The mixed grid's one-seed peers, for time: hyperimpute as shipped (it raises TypeError on the
+# tables with a column of fewer than 5 distinct values: scikit-learn 1.9 has no
+# LogisticRegression(multi_class=...)) and hyperimpute's missforest plugin, as shipped and told
+# the categories (15-65 s a task). hyperimpute told the categories, the best peer on 4 of the
+# 12 cases, runs every seed (20-65 s a task).
+MIXED_ONE_SEED_PEERS = {"hyperimpute", "missforest (hyperimpute)", "missforest (hyperimpute, adapted)"}
+HYPERIMPUTE_MIXED = {name for name, peer in mixed_peers.MIXED_PEERS.items() if peer.package == "hyperimpute"}
 
 
 def _plan_accuracy(quick):
     tables = ["wine", "gaussian"] if quick else sorted(data.TABLES, key=lambda t: t != "breast_cancer")
     mechanisms = ["MCAR 20%", "MNAR 30%"] if quick else list(masks.MECHANISMS)
     names = ["IVCNFImputer", "mean", "MICE"] if quick else [n for n in peers.PEERS if n != "hyperimpute (adapted)"]
+    extra = {table: ["hyperimpute (adapted)"] for table in ADAPTED_TABLES if not quick}
+    return _grid_tasks(sections.accuracy, tables, mechanisms, names, extra, ONE_SEED_PEERS, quick)
+
+
+def _grid_tasks(function, tables, mechanisms, names, extra, one_seed, quick):
+    """Tasks of ``function`` over tables x mechanisms x mask seeds x imputers (``names``, and
+    ``extra[table]`` on some tables; the ``one_seed`` imputers on mask seed 0 only)."""
     tasks = []
     for table in tables:
-        extra = ["hyperimpute (adapted)"] if table in ADAPTED_TABLES and not quick else []
         for mechanism in mechanisms:
             for seed in range(1 if quick else 3):
-                for name in names + extra:
-                    if name in ONE_SEED_PEERS and seed > 0:
+                for name in names + extra.get(table, []):
+                    if name in one_seed and seed > 0:
                         continue
                     kw = dict(table=table, mechanism=mechanism, seed=seed, imputer=name, quick=quick)
-                    tasks.append(((table, mechanism, seed, name), sections.accuracy, kw))
+                    tasks.append(((table, mechanism, seed, name), function, kw))
     return tasks
 
 
@@ -118,6 +135,15 @@ def _plan_scaling(quick):
     return tasks
 
 
+def _plan_mixed(quick):
+    tables = ["simulated", "fair"] if quick else mixed_data.TABLES
+    mechanisms = ["MCAR 20%", "MNAR 30%"] if quick else list(masks.MECHANISMS)
+    names = [*mixed_peers.IVCNF_NAMES, mixed_peers.BASELINE, "MICE (linear/logistic)", "MissForest-like"] if quick \
+        else list(mixed_peers.MIXED_PEERS)
+    extra = {table: [mixed_peers.ORACLE] for table in mixed_data.ORACLE_TABLES}
+    return _grid_tasks(sections.mixed, tables, mechanisms, names, extra, MIXED_ONE_SEED_PEERS, quick)
+
+
 def _plan_flow_fit(quick):
     tables = ["gaussian"] if quick else components.FLOW_FIT_TABLES
     return [((table, dtype), components.flow_fit, dict(table=table, dtype=dtype, quick=quick))
@@ -145,6 +171,7 @@ PLANS = {
     "completion": _plan_completion,
     "digits": _plan_digits,
     "scaling": _plan_scaling,
+    "mixed": _plan_mixed,
     "flow_fit": _plan_flow_fit,
     "logdet": _plan_logdet,
     "solvers": _plan_solvers,
@@ -163,8 +190,13 @@ def plan(section, quick):
 
 def _init_worker():
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    # OMP_NUM_THREADS and the like, set by main, reach the spawned workers before NumPy loads;
+    # with --workers 1 the tasks fork from this process, whose BLAS and OpenMP pools were sized
+    # at import (two threads on 2 cores: a logistic regression ran 20x slower beside a busy core)
+    threadpool_limits(1)
     # The first torch.optim optimizer of a process imports torch._dynamo (about 1 s): a cost a
     # user pays once per session, not per fit, so the workers pay it before any task is timed.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
@@ -231,8 +263,20 @@ def _record_provenance(out, sections_run, command, workers):
     path.write_text(json.dumps(provenance, indent=1) + "\n")
 
 
-def run(sections_wanted, out, quick=False, workers=2, fresh=False, log=print, command="python -m benchmarks.run"):
-    """Run the tasks of ``sections_wanted`` not yet stored in ``out``; returns ``{section: records}``."""
+def _selected(kwargs, imputers, skip_imputers):
+    """Whether a task is wanted under ``--imputers`` / ``--skip-imputers`` (tasks of no imputer always are)."""
+    name = kwargs.get("imputer")
+    if name is None:
+        return True
+    return (imputers is None or name in imputers) and name not in skip_imputers
+
+
+def run(sections_wanted, out, quick=False, workers=2, fresh=False, log=print, command="python -m benchmarks.run",
+        imputers=None, skip_imputers=()):
+    """Run the tasks of ``sections_wanted`` not yet stored in ``out``; returns ``{section: records}``.
+
+    ``imputers`` (names) keeps only the tasks of those imputers, ``skip_imputers`` leaves theirs out
+    (tasks that measure no imputer, such as the flow's sections, are kept either way)."""
     out.mkdir(parents=True, exist_ok=True)
     todo = []
     for section in sections_wanted:
@@ -241,13 +285,15 @@ def run(sections_wanted, out, quick=False, workers=2, fresh=False, log=print, co
             path.unlink()
         done = _stored_records(path)
         for key, function, kwargs in plan(section, quick):
-            if key not in done:
+            if key not in done and _selected(kwargs, imputers, skip_imputers):
                 if section == "completion":
                     kwargs = dict(kwargs, figure=str(out / "completion.png"))
                 todo.append((section, key, function, kwargs))
     # hyperimpute adapted to scikit-learn 1.9 is the least important and least predictable in
     # cost on digits: last, so that a run cut short has the rest
-    todo.sort(key=lambda task: task[0] == "digits" and "hyperimpute (adapted)" in task[1])
+    # hyperimpute's plugins are the costliest in the mixed grid (about a minute a task): last too
+    todo.sort(key=lambda task: (task[0] == "digits" and "hyperimpute (adapted)" in task[1],
+                                task[0] == "mixed" and task[1][-1] in HYPERIMPUTE_MIXED))
     log(f"{len(todo)} tasks to run with {workers} worker(s)")
 
     def store(section, key, record):
@@ -260,7 +306,9 @@ def run(sections_wanted, out, quick=False, workers=2, fresh=False, log=print, co
     if workers <= 1:
         _init_worker()
         for section, key, function, kwargs in todo:
-            store(section, key, _run_task(function, kwargs))
+            # forked as with workers, so that no task inherits what an earlier one changed (the
+            # "(adapted)" hyperimpute peers patch scikit-learn's LogisticRegression in their process)
+            store(section, key, _run_task_in_child(function, kwargs))
     else:
         context = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
@@ -288,14 +336,19 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="tasks side by side, one thread each")
     parser.add_argument("--fresh", action="store_true", help="discard stored results of the sections run")
     parser.add_argument("--report-only", action="store_true", help="only rebuild tables and plots")
+    parser.add_argument("--imputers", nargs="+", default=None, metavar="NAME",
+                        help="run only the tasks of these imputers (names as in the tables)")
+    parser.add_argument("--skip-imputers", nargs="+", default=(), metavar="NAME",
+                        help="leave out the tasks of these imputers")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out or (RESULTS.parent / "quick" if args.quick else RESULTS)
     wanted = list(dict.fromkeys(args.sections or SECTIONS))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"  # inherited by the spawned workers: one thread per task
     if not args.report_only:
-        command = " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
-        run(wanted, out, quick=args.quick, workers=args.workers, fresh=args.fresh, command=command)
+        command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+        run(wanted, out, quick=args.quick, workers=args.workers, fresh=args.fresh, command=command,
+            imputers=args.imputers, skip_imputers=args.skip_imputers)
     report.write(out)
 
 

@@ -1,4 +1,4 @@
-"""The suite's sections on the imputer against its peers (accuracy, rubin, digits, completion, scaling).
+"""The suite's sections on the imputer against its peers (accuracy, rubin, digits, completion, scaling, mixed).
 
 Each task is a plain function of its key that returns one record (a dict).
 
@@ -18,8 +18,21 @@ from sklearn.model_selection import train_test_split
 from skivcnf.conditional import GaussianPosterior, conditional_mean, fit_posterior, sample_conditional
 from skivcnf.pooling import pool_estimates
 
-from . import data, masks, peers
-from .measure import beyond_range, check_output, interval_coverage, mae, ols, rmse, single_interval, timed
+from . import data, masks, mixed_data, mixed_peers, peers
+from .measure import (
+    beyond_range,
+    check_frame,
+    check_output,
+    interval_coverage,
+    mae,
+    numeric_rmse,
+    ols,
+    pfc,
+    pfc_by_column,
+    rmse,
+    single_interval,
+    timed,
+)
 
 QUICK_IVCNF = {"max_epochs": 2, "n_draws": 8}
 N_MULTIPLE = 50  # imputations drawn for interval coverage
@@ -308,4 +321,46 @@ def scaling(imputer, n_rows, n_columns, quick=False, max_epochs=None):
                   oracle_rmse=rmse(X, ds.law.oracle_mean(X_missing), mask), warnings=sorted(set(kinds + kinds2)))
     if imputer == "IVCNFImputer":
         record["epochs"] = len(model.history_.train_loss)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# mixed-type tables: categories, integers and floats in one DataFrame (benchmarks.mixed_data)
+
+
+def mixed(table, mechanism, seed, imputer, quick=False):
+    """One imputer on one mixed table and mask: PFC of the categorical entries, RMSE of the numeric ones."""
+    ds = mixed_data.load(table, n_samples=150 if quick else None)
+    mask = mixed_data.make_mask(mechanism, ds, seed)
+    frame_missing = mixed_data.with_missing(ds.frame, mask)
+    categorical = np.isin(ds.frame.columns, ds.categorical)
+    record = {"table": table, "mechanism": mechanism, "seed": seed, "imputer": imputer, "rows": len(ds.frame),
+              "columns": ds.frame.shape[1], "categorical_columns": len(ds.categorical),
+              "missing_rate": float(mask.mean()), "missing_categorical": int(mask[:, categorical].sum()),
+              "missing_numeric": int(mask[:, ~categorical].sum())}
+    try:
+        if imputer == mixed_peers.ORACLE:
+            model = mixed_peers.Oracle(ds, seed)
+        else:
+            model = mixed_peers.make(imputer, seed)
+            if quick and imputer in mixed_peers.IVCNF_NAMES:
+                model.set_params(**QUICK_IVCNF)
+        out, seconds, memory, kinds = timed(model.fit_transform, frame_missing)
+    except Exception as exc:
+        return _crashed(record, exc)
+    baseline = None if imputer in (mixed_peers.BASELINE, mixed_peers.ORACLE) else \
+        mixed_peers.MostFrequentMean().fit_transform(frame_missing)
+    problems = check_frame(frame_missing, out, mask, baseline=baseline)
+    record.update(status="failed: " + "; ".join(problems) if problems else "ok", seconds=seconds, peak_mib=memory,
+                  warnings=kinds)
+    try:  # figures even with a changed dtype (reported in the status)
+        record.update(pfc=pfc(ds.frame, out, mask, ds.categorical),
+                      pfc_by_column=pfc_by_column(ds.frame, out, mask, ds.categorical),
+                      numeric_rmse=numeric_rmse(ds.frame, out, mask, ds.numeric))
+    except Exception as exc:
+        problems.append(f"no figures: {type(exc).__name__}: {exc}".splitlines()[0][:200])
+        record["status"] = "failed: " + "; ".join(problems)
+    if imputer in mixed_peers.IVCNF_NAMES:
+        record.update(fit_seconds=model.fit_seconds_, transform_seconds=model.transform_seconds_,
+                      epochs=len(model.model.history_.train_loss))
     return record

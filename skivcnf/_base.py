@@ -11,13 +11,21 @@ from numbers import Integral
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.impute import MissingIndicator
-from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, validate_data
+from sklearn.utils.validation import FLOAT_DTYPES, check_array, check_is_fitted, validate_data
 
 from . import _persistence
 from ._columns import ColumnLayout, missing_mask
-from ._sklearn_compat import MissingValues, check_feature_names_in, output_container, wrap_in_output_container
+from ._encoding import CATEGORICAL, NUMERIC, TableEncoder, is_dataframe
+from ._sklearn_compat import (
+    MissingValues,
+    StrOptions,
+    check_feature_names_in,
+    output_container,
+    wrap_in_output_container,
+)
 from ._utils import RandomStreams, caller_stacklevel, resolve_device
 from .conditional.smoothing import PARETO_K_THRESHOLD
 from .exceptions import ConstraintWarning, UnreliableWeightsWarning
@@ -83,6 +91,27 @@ def warn_unsolved(n_unsolved, n_rows, consequence, unit="rows"):
                       ConstraintWarning, stacklevel=caller_stacklevel())
 
 
+class Table(NamedTuple):
+    """A validated input table, column by column (see :meth:`BaseFlowImputer._validate_input`).
+
+    Attributes
+    ----------
+    codes : ndarray (n_samples, n_features)
+        Every column as floats, a category as its code; NaN where missing.
+    mask : ndarray of bool (n_samples, n_features)
+        The missing entries.
+    data : DataFrame or ndarray
+        The input (as floats for array input), whose observed entries the output keeps.
+    encoder : TableEncoder or None
+        The column kinds (None: an array that could not be read, before ``validate_data``'s error).
+    """
+
+    codes: np.ndarray
+    mask: np.ndarray
+    data: object
+    encoder: object
+
+
 class BaseFlowImputer(TransformerMixin, BaseEstimator):
     """Base class of the flow imputers (not for direct use).
 
@@ -93,6 +122,8 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "missing_values": [MissingValues()],
+        "categorical_features": [StrOptions({"auto"}), "array-like", None],
+        "handle_unknown": [StrOptions({"error", "missing"})],
         "add_indicator": ["boolean"],
         "keep_empty_features": ["boolean"],
         "device": [str],
@@ -101,40 +132,86 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
     }
 
     def _validate_input(self, X, reset):
-        """Validated float copy of ``X`` with NaN at every missing entry, the input's values, and the mask."""
+        """The flow's features of ``X`` (float, NaN at every missing entry), the table they come
+        from (a :class:`Table`), and their missing mask.
+
+        Without categorical columns the features are the columns (``validate_data`` as floats);
+        with some, each column is read by the fitted :class:`~skivcnf._encoding.TableEncoder`
+        (categories as codes, then one-hot blocks).
+        """
         if not reset:
             check_is_fitted(self, "modelled_features_")
-        # NaN always means missing (whatever missing_values is); infinities are refused.
-        X = validate_data(self, X, reset=reset, dtype=FLOAT_DTYPES, copy=True, ensure_all_finite="allow-nan",
-                          ensure_min_samples=2 if reset else 1)
-        mask = missing_mask(X, self.missing_values)
-        original = X.copy()
-        X[mask] = np.nan
-        return X, original, mask
+        encoder = TableEncoder.fit(X, self.categorical_features, self.missing_values, self.handle_unknown) \
+            if reset else getattr(self, "_encoder", None)
+        raw = X
+        if encoder is None or CATEGORICAL not in encoder.kinds:
+            # NaN always means missing (whatever missing_values is); infinities are refused.
+            X = validate_data(self, X, reset=reset, dtype=FLOAT_DTYPES, copy=True, ensure_all_finite="allow-nan",
+                              ensure_min_samples=2 if reset else 1)
+            mask = missing_mask(X, self.missing_values)
+            codes, data = X.copy(), X
+            codes[mask] = np.nan
+        else:
+            validate_data(self, X, reset=reset, skip_check_array=True)
+            data = X if is_dataframe(X) else check_array(X, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan")
+            codes = encoder.codes(data, self.missing_values)
+            check_array(codes, ensure_all_finite="allow-nan", ensure_min_samples=2 if reset else 1)
+            mask = np.isnan(codes)
+            numeric = np.array([kind != CATEGORICAL for kind in encoder.kinds])
+            mask[:, numeric] = missing_mask(codes[:, numeric], self.missing_values)
+            codes[mask] = np.nan
+        features = codes if encoder is None else encoder.expand(codes)
+        # A DataFrame's own columns are kept, for its dtypes in a pandas output.
+        data = raw if is_dataframe(raw) else data
+        return features, Table(codes, mask, data, encoder), np.isnan(features)
 
-    def _fit_layout(self, X, mask, check_layout=None):
+    def _fit_layout(self, X, mask, table, check_layout=None):
         """Fit the indicator and the column layout, choose the device, root the random streams.
 
         Everything is checked (``check_layout(layout)`` raises for a layout the subclass cannot
         model) before any fitted attribute is set, so a failed ``fit`` leaves no imputer that
-        looks fitted.
+        looks fitted. ``X`` and ``mask`` are the flow's features, ``table`` their columns.
         """
         layout = ColumnLayout.fit(X, mask)
         device = resolve_device(self.device)
         if check_layout is not None:
             check_layout(layout)
-        self.indicator_ = MissingIndicator(missing_values=np.nan, error_on_new=False).fit(X) \
+        encoder = table.encoder
+        self._encoder = encoder
+        self.feature_kinds_ = np.array(encoder.kinds if encoder is not None else [NUMERIC] * X.shape[1], dtype=object)
+        self.categories_ = list(encoder.categories) if encoder is not None else [None] * X.shape[1]
+        self.indicator_ = MissingIndicator(missing_values=np.nan, error_on_new=False).fit(table.codes) \
             if self.add_indicator else None
         self.empty_features_, self.constant_values_ = layout.empty, layout.constant_values
         self.modelled_features_, self.center_, self.scale_ = layout.modelled, layout.center, layout.scale
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # no modelled column: an empty range
             modelled = X[:, layout.modelled]
-            self.observed_range_ = np.vstack([np.nanmin(modelled, axis=0, initial=np.inf, where=~np.isnan(modelled)),
-                                              np.nanmax(modelled, axis=0, initial=-np.inf, where=~np.isnan(modelled))])
+            low = np.nanmin(modelled, axis=0, initial=np.inf, where=~np.isnan(modelled))
+            high = np.nanmax(modelled, axis=0, initial=-np.inf, where=~np.isnan(modelled))
+        # A discrete feature was trained on its cells: the range reaches the outer cells' edges.
+        half_cell = 0.5 * self._cell_widths()
+        self.observed_range_ = np.vstack([low - half_cell, high + half_cell])
         self._device = device
         self._streams = RandomStreams.from_random_state(self.random_state)
         return layout
+
+    def _empty_columns(self):
+        """Columns entirely missing at ``fit`` (``empty_features_`` is per feature of the flow)."""
+        if getattr(self, "_encoder", None) is None:
+            return self.empty_features_
+        return np.array([self.empty_features_[s].all() for s in self._encoder.feature_slices()], dtype=bool)
+
+    def _dequantisation_cells(self, device):
+        """The cells of the modelled features on the flow's scale (a tensor), or None where all are floats."""
+        cells = self._cell_widths() / self.scale_
+        return torch.as_tensor(cells, dtype=torch.float32, device=device) if cells.any() else None
+
+    def _cell_widths(self):
+        """Dequantisation cell of each modelled feature, on the input's scale (0 for floats)."""
+        if getattr(self, "_encoder", None) is None:
+            return np.zeros(int(self.modelled_features_.sum()))
+        return self._encoder.cell_widths()[self.modelled_features_]
 
     def _has_hidden_modelled(self, mask):
         """Whether the flow has entries to fill in rows with missing ``mask``."""
@@ -150,16 +227,49 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         return ColumnLayout(self.empty_features_, self.constant_values_, self.modelled_features_, self.center_,
                             self.scale_)
 
-    def _completed(self, original, mask, standardised_values, X):
-        """The output table: ``original`` with its missing entries filled, then the indicator columns.
+    def _column_codes(self, table, mask, standardised_values, X):
+        """Every column's codes with the missing entries filled, from the flow's features.
 
         ``standardised_values`` (n_samples, n_modelled) are the flow's values of the modelled
-        columns on its own scale, or None when the flow fills nothing.
+        features on its own scale, or None when the flow fills nothing; ``X`` and ``mask`` are
+        the features (NaN where missing) and their mask.
         """
         layout = self._layout()
         values = None if standardised_values is None else layout.unstandardise(standardised_values)
-        out = layout.complete(original, mask, values, self.keep_empty_features)
-        return out if self.indicator_ is None else np.hstack([out, self.indicator_.transform(X)])
+        features = layout.complete(X, mask, values, keep_empty=True)
+        collapsed = features if table.encoder is None else table.encoder.collapse(features)
+        return np.where(table.mask, collapsed, table.codes)
+
+    def _columns_out(self, table, mask, standardised_values, X, frame=False):
+        """The completed columns (no indicator): observed entries of the input unchanged."""
+        codes = self._column_codes(table, mask, standardised_values, X)
+        keep = np.ones(table.codes.shape[1], dtype=bool) if self.keep_empty_features else ~self._empty_columns()
+        if table.encoder is None:
+            return codes[:, keep]
+        return table.encoder.restore(codes, table.mask, table.data, keep, frame=frame)
+
+    def _completed(self, table, mask, standardised_values, X):
+        """The output table: the input with its missing entries filled, then the indicator columns.
+
+        A DataFrame with the input's dtypes under ``set_output(transform="pandas")`` for a
+        DataFrame input; otherwise an array (``set_output`` wraps it).
+        """
+        frame = output_container(self) == "pandas" and is_dataframe(table.data) and table.encoder is not None
+        out = self._columns_out(table, mask, standardised_values, X, frame=frame)
+        if self.indicator_ is None:
+            pass
+        elif frame:
+            import pandas as pd
+
+            indicator = pd.DataFrame(self.indicator_.transform(table.codes).astype(float), index=out.index)
+            out = pd.concat([out, indicator], axis=1)
+        else:
+            out = np.hstack([out, self.indicator_.transform(table.codes)])
+        if frame:
+            out.columns = self.get_feature_names_out()
+        elif isinstance(table.data, np.ndarray) and table.data.dtype == np.float32 and out.dtype != object:
+            out = out.astype(np.float32)
+        return out
 
     def _stack_in_output_container(self, outputs, X_in):
         """Stack completed copies in the container that ``transform`` returns (``set_output``)."""
@@ -212,7 +322,7 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "modelled_features_")
         names = check_feature_names_in(self, input_features)
-        out = names if self.keep_empty_features else names[~self.empty_features_]
+        out = names if self.keep_empty_features else names[~self._empty_columns()]
         if self.indicator_ is not None:
             out = np.concatenate([out, self.indicator_.get_feature_names_out(names)])
         return out

@@ -23,7 +23,7 @@ from .conditional import (
 )
 
 __all__ = ["ANTITHETIC", "BOOTSTRAP_EPOCHS", "MAX_ROUNDS", "MC_TOLERANCE", "REFINEMENT_DRAWS", "bootstrap_copies",
-           "iter_draws"]
+           "iter_draws", "snap_categories"]
 
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
 REFINEMENT_DRAWS = 8
@@ -100,6 +100,30 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
             tally[key] = tally.get(key, 0) + count
 
 
+def snap_categories(imputer, draws):
+    """``draws`` with each categorical column's features put on the category they decode to
+    (a one-hot block on its argmax, a 0/1 code rounded), so that their weighted mean is the
+    categories' probabilities; other features are unchanged. On the flow's scale."""
+    encoder = getattr(imputer, "_encoder", None)
+    if encoder is None or not encoder.category_blocks():
+        return draws
+    center = torch.as_tensor(imputer.center_, dtype=draws.samples.dtype, device=draws.samples.device)
+    scale = torch.as_tensor(imputer.scale_, dtype=draws.samples.dtype, device=draws.samples.device)
+    position = np.cumsum(imputer.modelled_features_) - 1  # feature -> its index among the modelled ones
+    values = draws.samples * scale + center
+    for block, n_categories in encoder.category_blocks():
+        if not imputer.modelled_features_[block].all():
+            continue  # a constant (single-category) column is not drawn
+        columns = torch.as_tensor(position[block], device=values.device)
+        part = values[..., columns]
+        if len(columns) > 1:
+            snapped = torch.nn.functional.one_hot(part.argmax(dim=-1), len(columns)).to(part.dtype)
+        else:
+            snapped = part.round().clamp(0, n_categories - 1)
+        values[..., columns] = snapped
+    return draws._replace(samples=(values - center) / scale)
+
+
 def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
     """``n_imputations`` draws of the missing entries of ``X``, each from the fitted model trained on
     for ``BOOTSTRAP_EPOCHS`` epochs on its own bootstrap resample of the rows of ``X``.
@@ -123,7 +147,8 @@ def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
         fit_inference_network(flow, z[rows], hidden[rows], network, max_epochs=BOOTSTRAP_EPOCHS,
                               batch_size=imputer.batch_size, lr=imputer.learning_rate, n_samples=imputer.n_train_draws,
                               logdet=imputer.logdet, solver=imputer.solver, objective=imputer.objective,
-                              train_flow=True, rows_per_epoch=ROWS_PER_EPOCH, generator=generator)
+                              train_flow=True, rows_per_epoch=ROWS_PER_EPOCH,
+                              dequantisation=imputer._dequantisation_cells(imputer._device), generator=generator)
         with torch.no_grad():
             copy_keys = keys ^ np.uint64(k)  # each copy its own stream (keys are hashes: any bijection will do)
             batches = iter_draws(imputer, X, imputer.n_draws, copy_keys, "", modules=(flow, network), tally=tally,

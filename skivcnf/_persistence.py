@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.impute import MissingIndicator
 
+from ._encoding import TableEncoder
 from ._sklearn_compat import own_output_config
 from ._training import TrainingHistory
 from ._utils import RandomStreams, resolve_device
@@ -26,7 +27,8 @@ __all__ = ["FORMAT", "VERSION", "load_imputer", "save_imputer", "pickled_state",
 FORMAT = "skivcnf.IVCNFImputer"
 #: Version 2: centre and scale instead of StandardScaler's internals, the ``set_output``
 #: configuration, the unified training history, the root seed of the named random streams.
-VERSION = 2
+#: Version 3: the column kinds and categories (mixed-type tables).
+VERSION = 3
 
 _ARRAYS = ("empty_features_", "constant_values_", "modelled_features_", "center_", "scale_", "observed_range_")
 
@@ -50,6 +52,7 @@ def save_imputer(imputer, path):
         "history": asdict(imputer.history_) if imputer.history_ is not None else None,
         # set_output's choice (e.g. {"transform": "pandas"}) is estimator state too.
         "output_config": own_output_config(imputer),
+        "encoder": imputer._encoder.to_dict() if imputer._encoder is not None else None,
     }
     payload = {
         "format": FORMAT,
@@ -87,6 +90,10 @@ def load_imputer(cls, path):
     fitted = json.loads(payload["fitted"])
     imputer = cls(**params)
     imputer.n_features_in_ = fitted["n_features_in"]
+    encoder = TableEncoder.from_dict(fitted["encoder"]) if fitted["encoder"] is not None else None
+    imputer._encoder = encoder
+    imputer.feature_kinds_ = np.array(encoder.kinds if encoder else ["numeric"] * imputer.n_features_in_, dtype=object)
+    imputer.categories_ = list(encoder.categories) if encoder else [None] * imputer.n_features_in_
     if fitted["feature_names_in"] is not None:
         imputer.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
     for name in _ARRAYS:

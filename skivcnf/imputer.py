@@ -10,7 +10,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._base import BaseFlowImputer, ImputationDraws
-from ._drawing import ROWS_PER_EPOCH, bootstrap_copies, iter_draws
+from ._drawing import ROWS_PER_EPOCH, bootstrap_copies, iter_draws, snap_categories
 from ._sklearn_compat import Interval, StrOptions, fit_context
 from ._utils import caller_stacklevel, one_warning_per_kind
 from .conditional import (
@@ -98,8 +98,18 @@ class IVCNFImputer(BaseFlowImputer):
     n_iter_no_change : int, default=8
         Epochs without improvement of the held-out bound before stopping (never before
         ``MIN_TRAINING_STEPS`` = 200 optimiser steps: a small table's epochs are short).
-    missing_values : float, int or None, default=np.nan
-        Placeholder of a missing entry (``np.nan`` is always treated as missing too).
+    missing_values : float, int, str or None, default=np.nan
+        Placeholder of a missing entry (``np.nan``, and ``None``/``pd.NA`` in label columns,
+        are always treated as missing too).
+    categorical_features : "auto", array-like of str or int, bool mask or None, default="auto"
+        Columns whose values are categories. ``"auto"``: the DataFrame columns of dtype
+        ``category``, ``object``, ``string`` and ``bool`` (none for arrays). A list of names or
+        indices, or a mask, names them (for arrays, their values are then category codes).
+        A categorical entry is imputed by its most probable category (a copy of
+        :meth:`sample_multiple_imputations` draws it); integer-dtype columns are imputed by
+        integers. See the user guide, "Mixed-type tables".
+    handle_unknown : {"error", "missing"}, default="error"
+        A category not seen at ``fit`` raises a ValueError, or is imputed as if missing.
     add_indicator : bool, default=False
         Append :class:`~sklearn.impute.MissingIndicator` columns.
     keep_empty_features : bool, default=False
@@ -117,18 +127,23 @@ class IVCNFImputer(BaseFlowImputer):
         The flow on the standardised modelled columns and the amortised posterior.
     history_ : TrainingHistory or None
         Losses (minus the bound per row) per epoch, held-out losses, steps, timings.
-    modelled_features_ : ndarray of bool (n_features,)
-        Columns the flow models: neither empty nor constant at ``fit``.
-    empty_features_ : ndarray of bool (n_features,)
-        Columns entirely missing at ``fit``.
-    constant_values_ : ndarray (n_features,)
-        Value of each constant column (0 elsewhere), used to fill it.
+    modelled_features_ : ndarray of bool (n_flow_features,)
+        Features the flow models: neither empty nor constant at ``fit``. The features are the
+        columns, but for a categorical column with ``K > 2`` categories: ``K`` one-hot ones.
+    empty_features_ : ndarray of bool (n_flow_features,)
+        Features entirely missing at ``fit``.
+    constant_values_ : ndarray (n_flow_features,)
+        Value of each constant feature (0 elsewhere), used to fill it.
     center_, scale_ : ndarray (n_modelled,)
-        Observed mean and standard deviation of each modelled column: the flow sees
+        Observed mean and standard deviation of each modelled feature: the flow sees
         ``(X - center_) / scale_``.
     n_features_in_ : int
     feature_names_in_ : ndarray of str
     indicator_ : MissingIndicator or None
+    feature_kinds_ : ndarray of str (n_features,)
+        ``"numeric"``, ``"integer"`` or ``"categorical"``, for each column.
+    categories_ : list of (ndarray or None)
+        The categories of each categorical column seen at ``fit`` (None for other columns).
 
     Examples
     --------
@@ -166,8 +181,9 @@ class IVCNFImputer(BaseFlowImputer):
                  n_draws=64, n_train_draws=2, importance_weighting=True, refinement_steps=0,
                  objective="iwae", solver="auto",
                  logdet="exact", max_epochs=100, batch_size=64, learning_rate=2e-3, validation_fraction=0.1,
-                 early_stopping=True, n_iter_no_change=8, missing_values=np.nan, add_indicator=False,
-                 keep_empty_features=False, device="auto", random_state=None, verbose=0):
+                 early_stopping=True, n_iter_no_change=8, missing_values=np.nan, categorical_features="auto",
+                 handle_unknown="error", add_indicator=False, keep_empty_features=False, device="auto",
+                 random_state=None, verbose=0):
         self.n_blocks = n_blocks
         self.hidden_layer_sizes = hidden_layer_sizes
         self.lipschitz_coeff = lipschitz_coeff
@@ -186,6 +202,8 @@ class IVCNFImputer(BaseFlowImputer):
         self.early_stopping = early_stopping
         self.n_iter_no_change = n_iter_no_change
         self.missing_values = missing_values
+        self.categorical_features = categorical_features
+        self.handle_unknown = handle_unknown
         self.add_indicator = add_indicator
         self.keep_empty_features = keep_empty_features
         self.device = device
@@ -199,8 +217,9 @@ class IVCNFImputer(BaseFlowImputer):
             raise ValueError(f"objective='iwae' needs the log-weights' values, which logdet={self.logdet!r} does not "
                              "give: use logdet='exact', or objective='elbo' with logdet='clade' or 'nlade'.")
         if self.logdet == "exact" and layout.n_modelled > EXACT_LOGDET_MAX_FEATURES:
-            raise ValueError(f"logdet='exact' supports up to {EXACT_LOGDET_MAX_FEATURES} modelled columns, got "
-                             f"{layout.n_modelled}; use logdet='clade' (or 'nlade') with objective='elbo'.")
+            raise ValueError(f"logdet='exact' supports up to {EXACT_LOGDET_MAX_FEATURES} modelled features, got "
+                             f"{layout.n_modelled} (a categorical column with K > 2 categories counts K); use "
+                             "logdet='clade' (or 'nlade') with objective='elbo'.")
 
     def _build_modules(self, features, generator=None):
         """The flow and the amortised posterior for ``features`` modelled columns (fit, load, unpickling)."""
@@ -224,8 +243,8 @@ class IVCNFImputer(BaseFlowImputer):
         -------
         self : IVCNFImputer
         """
-        X, _, mask = self._validate_input(X, reset=True)
-        layout = self._fit_layout(X, mask, check_layout=self._check_settings)
+        X, table, mask = self._validate_input(X, reset=True)
+        layout = self._fit_layout(X, mask, table, check_layout=self._check_settings)
         self.flow_, self.posterior_, self.history_ = None, None, None
         d = layout.n_modelled
         if d == 0:
@@ -245,6 +264,7 @@ class IVCNFImputer(BaseFlowImputer):
             objective=self.objective, train_flow=True, monitor="bound", patience=self.n_iter_no_change,
             validation_fraction=self.validation_fraction if holds_out else 0.0, rows_per_epoch=ROWS_PER_EPOCH,
             max_validation_rows=MAX_VALIDATION_ROWS, min_steps=MIN_TRAINING_STEPS,
+            dequantisation=self._dequantisation_cells(self._device),
             generator=self._streams.generator("fit", self._device), verbose=bool(self.verbose))
         if holds_out and not self.history_.stopped_early:
             warnings.warn(f"Training stopped at max_epochs={self.max_epochs} while the held-out bound was still "
@@ -277,14 +297,15 @@ class IVCNFImputer(BaseFlowImputer):
         -------
         X_imputed : ndarray of shape (n_samples, n_features_out)
         """
-        X, original, mask = self._validate_input(X, reset=False)
+        X, table, mask = self._validate_input(X, reset=False)
         values = None
         if self._has_hidden_modelled(mask):
             batches = iter_draws(self, X, self.n_draws, self._row_keys("transform", X),
                                  "their missing entries are the training means")
-            values = np.concatenate([conditional_mean(result.draws)[0].cpu().double().numpy()
+            # A categorical block's weighted mean of one-hot draws is its categories' probabilities.
+            values = np.concatenate([conditional_mean(snap_categories(self, result.draws))[0].cpu().double().numpy()
                                      for result, _ in batches])
-        return self._completed(original, mask, values, X)
+        return self._completed(table, mask, values, X)
 
     @one_warning_per_kind
     def sample_multiple_imputations(self, X, n_imputations=5, *, proper=True):
@@ -316,7 +337,7 @@ class IVCNFImputer(BaseFlowImputer):
             iterate with ``frame.groupby(level="imputation")``.
         """
         self._check_count("n_imputations", n_imputations)
-        X_checked, original, mask = self._validate_input(X, reset=False)
+        X_checked, table, mask = self._validate_input(X, reset=False)
         copies = [None] * n_imputations
         if self._has_hidden_modelled(mask):
             # Equal rows get independent copies: the k-th occurrence of a row has its own key.
@@ -330,7 +351,7 @@ class IVCNFImputer(BaseFlowImputer):
                                      mc_tolerance=float("inf"))
                 copies = np.concatenate([importance_resample(result.draws, n_imputations, noise).cpu().double()
                                          .numpy() for result, noise in batches], axis=1)
-        return self._stack_in_output_container([self._completed(original, mask, copy, X_checked) for copy in copies], X)
+        return self._stack_in_output_container([self._completed(table, mask, copy, X_checked) for copy in copies], X)
 
     @one_warning_per_kind
     def conditional_draws(self, X, n_draws=None):
@@ -352,10 +373,10 @@ class IVCNFImputer(BaseFlowImputer):
         """
         n_draws = self.n_draws if n_draws is None else n_draws
         self._check_count("n_draws", n_draws)
-        X, original, mask = self._validate_input(X, reset=False)
-        n, layout = len(X), self._layout()
+        X, table, mask = self._validate_input(X, reset=False)
+        n = len(X)
         if not self._has_hidden_modelled(mask):  # every draw is the row itself, solved without an iteration
-            copy = layout.complete(original, mask, None, self.keep_empty_features)
+            copy = self._columns_out(table, mask, None, X)
             return ImputationDraws(np.repeat(copy[None], n_draws, axis=0), np.full((n_draws, n), 1.0 / n_draws),
                                    np.full(n, float(n_draws)), np.ones((n_draws, n), dtype=bool),
                                    *np.zeros((2, n_draws, n), dtype=np.int64))
@@ -366,8 +387,7 @@ class IVCNFImputer(BaseFlowImputer):
             batches.append((draws.samples, weights, ess, draws.converged, draws.n_iter, draws.method))
         samples, weights, ess, converged, n_iter, method = (torch.cat(parts, dim=-2 if parts[0].dim() == 3 else -1)
                                                              .cpu().numpy() for parts in zip(*batches, strict=True))
-        values = np.stack([layout.complete(original, mask, layout.unstandardise(sample.astype(np.float64)),
-                                           self.keep_empty_features) for sample in samples])
+        values = np.stack([self._columns_out(table, mask, sample.astype(np.float64), X) for sample in samples])
         return ImputationDraws(values, weights.astype(np.float64), ess.astype(np.float64), converged, n_iter, method)
 
     @one_warning_per_kind

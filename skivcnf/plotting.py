@@ -8,10 +8,7 @@ on, and takes the axes to draw into when the figure is part of a larger one.
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
-
-from ._columns import missing_mask
 
 __all__ = ["plot_imputed_distributions", "plot_training_history"]
 
@@ -50,7 +47,7 @@ def _column_index(imputer, column):
 
 def _chosen_columns(imputer, columns, mask):
     """Input indices of the columns to draw, each with missing entries in ``mask`` and imputed by ``imputer``."""
-    imputed = ~imputer.empty_features_
+    imputed = ~imputer._empty_columns()
     if columns is None:
         chosen = np.flatnonzero(mask.any(axis=0) & imputed)[:DEFAULT_MAX_COLUMNS]
         if not len(chosen):
@@ -73,9 +70,9 @@ def _copies_as_array(copies, n_imputations, n_rows):
     if isinstance(copies, np.ndarray):
         return copies
     if hasattr(copies, "index"):  # pandas: the m copies stacked, imputation by imputation
-        values = copies.to_numpy(dtype=float)
+        values = copies.to_numpy(dtype=object)
     else:  # polars: stacked too, with a first column "imputation"
-        values = copies.drop("imputation").to_numpy().astype(float)
+        values = copies.drop("imputation").to_numpy().astype(object)
     return values.reshape(n_imputations, n_rows, -1)
 
 
@@ -87,6 +84,7 @@ def _feature_name(imputer, j):
 def plot_imputed_distributions(imputer, X, n_imputations=5, columns=None, bins=30, axes=None):
     """Histograms of each column's observed values against its imputed values.
 
+    A categorical column gets bars of each category's share instead (observed, imputed).
     One panel per column: the observed entries of that column of ``X`` (grey bars) and the
     values imputed for its missing entries in ``n_imputations`` copies of
     :meth:`~skivcnf.IVCNFImputer.sample_multiple_imputations` (blue bars, pooled over the
@@ -150,10 +148,11 @@ def plot_imputed_distributions(imputer, X, n_imputations=5, columns=None, bins=3
     """
     plt = _pyplot()
     check_is_fitted(imputer, "modelled_features_")
-    values = check_array(X, dtype=np.float64, ensure_all_finite="allow-nan")
-    if values.shape[1] != imputer.n_features_in_:
-        raise ValueError(f"X has {values.shape[1]} columns; the imputer was fitted on {imputer.n_features_in_}")
-    mask = missing_mask(values, imputer.missing_values)
+    n_columns = np.shape(X)[1] if np.ndim(X) == 2 else None
+    if n_columns != imputer.n_features_in_:
+        raise ValueError(f"X has {n_columns} columns; the imputer was fitted on {imputer.n_features_in_}")
+    _, table, _ = imputer._validate_input(X, reset=False)
+    values, mask = table.codes, table.mask
     chosen = _chosen_columns(imputer, columns, mask)
     if axes is None:
         n_cols = min(PANELS_PER_ROW, len(chosen))
@@ -167,20 +166,40 @@ def plot_imputed_distributions(imputer, X, n_imputations=5, columns=None, bins=3
         if len(axes) < len(chosen):
             raise ValueError(f"axes has {len(axes)} axes for {len(chosen)} columns")
     copies = _copies_as_array(imputer.sample_multiple_imputations(X, n_imputations), n_imputations, len(values))
-    kept = np.ones(imputer.n_features_in_, dtype=bool) if imputer.keep_empty_features else ~imputer.empty_features_
+    kept = np.ones(imputer.n_features_in_, dtype=bool) if imputer.keep_empty_features else ~imputer._empty_columns()
     output_index = np.cumsum(kept) - 1  # input column -> column of the output (empty ones may be dropped)
     for k, (ax, j) in enumerate(zip(axes, chosen, strict=False)):
         observed = values[~mask[:, j], j]
         imputed = copies[:, mask[:, j], output_index[j]].ravel()
+        ax.set_title(f"{_feature_name(imputer, j)} ({int(mask[:, j].sum())} missing)", fontsize=9)
+        if imputer.categories_[j] is not None:
+            _category_bars(ax, imputer.categories_[j], observed, imputed, n_imputations, legend=k == 0)
+            continue
+        imputed = imputed.astype(float)
         edges = np.histogram_bin_edges(np.concatenate([observed, imputed]), bins=bins)
         ax.hist(observed, bins=edges, density=True, color="0.6", alpha=0.7, label="observed")
         ax.hist(imputed, bins=edges, density=True, color="tab:blue", alpha=0.5,
                 label=f"imputed ({n_imputations} copies)")
-        ax.set_title(f"{_feature_name(imputer, j)} ({int(mask[:, j].sum())} missing)", fontsize=9)
         if k == 0:
             ax.set_ylabel("density")
             ax.legend(fontsize=7)
     return axes[0].figure
+
+
+def _category_bars(ax, categories, observed_codes, imputed_labels, n_imputations, legend):
+    """Side-by-side bars of each category's share among the observed and the imputed entries."""
+    import pandas as pd
+
+    imputed_codes = pd.Index(categories).get_indexer(imputed_labels.astype(categories.dtype))
+    positions = np.arange(len(categories))
+    for codes, offset, color, label in ((observed_codes, -0.2, "0.6", "observed"),
+                                         (imputed_codes, 0.2, "tab:blue", f"imputed ({n_imputations} copies)")):
+        shares = np.bincount(codes.astype(np.intp), minlength=len(categories)) / max(len(codes), 1)
+        ax.bar(positions + offset, shares, width=0.4, color=color, alpha=0.7, label=label)
+    ax.set_xticks(positions, [str(c) for c in categories], fontsize=7)
+    ax.set_ylabel("share")
+    if legend:
+        ax.legend(fontsize=7)
 
 
 def _training_history(history):

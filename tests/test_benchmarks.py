@@ -178,3 +178,128 @@ def test_beyond_range_measures_the_distance_past_the_observed_range_in_sds():
     # Column 0: observed range [0, 2], sd 1, imputed -1 (1 below); column 1: [1, 3], sd 1, imputed 7 (4 above).
     assert measure.beyond_range(X_missing, out, mask) == pytest.approx(4.0)
     assert measure.beyond_range(X_missing, np.where(mask, 1.5, X_missing), mask) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- mixed-type tables
+
+
+@pytest.mark.parametrize("name", ["fair", "simulated", "diabetes_sex"])
+def test_mixed_tables_keep_their_column_kinds_through_codes_and_masks(name):
+    import pandas as pd
+
+    from benchmarks import mixed_data
+
+    table = mixed_data.load(name)
+    frame = table.frame
+    for column in frame.columns:
+        dtype = frame[column].dtype
+        if column in table.categorical:
+            assert isinstance(dtype, pd.CategoricalDtype), column
+        elif column in table.integer:
+            assert dtype == np.int64, column
+        else:
+            assert dtype == np.float64, column
+    assert mixed_data.from_codes(table.codes(), frame).equals(frame)
+    for mechanism in masks.MECHANISMS:
+        mask = mixed_data.make_mask(mechanism, table, seed=1)
+        assert not mask.all(axis=1).any()
+        incomplete = mixed_data.with_missing(frame, mask)
+        assert np.array_equal(incomplete.isna().to_numpy(), mask)
+        for column in table.integer:
+            assert incomplete[column].dtype == "Int64"
+        for column in table.categorical:
+            assert incomplete[column].dtype == frame[column].dtype
+
+
+def test_pfc_and_numeric_rmse_count_masked_entries_only():
+    import pandas as pd
+
+    truth = pd.DataFrame({"c": pd.Categorical(["a", "b", "a", "b"]), "x": [0.0, 2.0, 4.0, 6.0]})
+    imputed = pd.DataFrame({"c": pd.Categorical(["b", "b", "b", "a"]), "x": [0.0, 2.0, 4.0 + np.sqrt(5), 6.0]})
+    mask = np.array([[True, False], [True, False], [False, True], [True, True]])
+    # categorical entries masked in rows 0, 1, 3: row 0 and row 3 are wrong (row 2 is wrong but observed)
+    assert measure.pfc(truth, imputed, mask, ["c"]) == pytest.approx(2 / 3)
+    # x masked in rows 2 and 3, errors sqrt(5) and 0, column sd sqrt(5): RMSE sqrt((1 + 0) / 2)
+    assert measure.numeric_rmse(truth, imputed, mask, ["x"]) == pytest.approx(np.sqrt(0.5))
+
+
+def test_check_frame_flags_dtypes_observed_changes_and_fallbacks():
+    import pandas as pd
+
+    given = pd.DataFrame({"c": pd.Categorical(["a", None, "b"]), "n": pd.array([1, 2, None], dtype="Int64"),
+                          "x": [0.5, np.nan, 1.0]})
+    mask = given.isna().to_numpy()
+    sound = pd.DataFrame({"c": pd.Categorical(["a", "b", "b"]), "n": pd.array([1, 2, 3], dtype="Int64"),
+                          "x": [0.5, 0.7, 1.0]})
+    assert measure.check_frame(given, sound, mask) == []
+    as_floats = sound.assign(n=sound["n"].astype(float))
+    assert measure.check_frame(given, as_floats, mask) == ["dtype changed: n"]
+    moved = sound.assign(x=[0.6, 0.7, 1.0])
+    assert measure.check_frame(given, moved, mask) == ["changed 16.7% of observed entries"]
+    assert measure.check_frame(given, sound, mask, baseline=sound) == [
+        "equals most frequent / mean imputation (silent fallback)"]
+    assert measure.check_frame(given, given, mask) == ["3 entries left missing"]
+
+
+def test_mixed_oracle_is_the_exact_posterior_where_it_has_a_closed_form():
+    from scipy.special import expit, softmax
+    from scipy.stats import norm
+
+    from benchmarks import mixed_data
+
+    law = mixed_data.MixedLaw()
+    X = law.sample_codes(300, np.random.default_rng(0))
+    col = {name: j for j, name in enumerate(law.columns)}
+    x = X[:, [col["x0"], col["x1"], col["x2"]]]
+    # c1 hidden, everything else observed: p(c1 | rest) is proportional to softmax(W x) p(c3 | x0, c1) p(x3 | c1, x2)
+    hidden_c1 = X.copy()
+    hidden_c1[:, col["c1"]] = np.nan
+    c3 = X[:, col["c3"]][:, None]
+    p3 = expit(1.5 * x[:, [0]] + law.g)
+    posterior = (softmax(x @ law.W.T, axis=1) * np.where(c3 == 1, p3, 1 - p3)
+                 * norm.pdf(X[:, [col["x3"]]], law.m + 0.5 * x[:, [2]], law.x3_noise))
+    found = law.oracle(hidden_c1, n_draws=4000)[:, col["c1"]]
+    clear = np.sort(posterior / posterior.sum(1, keepdims=True), axis=1)[:, -1] > 0.6  # no near ties
+    assert np.mean(found[clear] == posterior.argmax(1)[clear]) > 0.97
+    # x3 hidden with c1 and x2 observed: its posterior mean is m[c1] + 0.5 x2 exactly
+    hidden_x3 = X.copy()
+    hidden_x3[:, col["x3"]] = np.nan
+    expected = law.m[X[:, col["c1"]].astype(int)] + 0.5 * x[:, 2]
+    np.testing.assert_allclose(law.oracle(hidden_x3, n_draws=50)[:, col["x3"]], expected)
+
+
+def test_mixed_peers_keep_dtypes_and_use_the_other_columns():
+    from benchmarks import mixed_data, mixed_peers
+
+    table = mixed_data.load("simulated", n_samples=300)
+    mask = mixed_data.make_mask("MCAR 20%", table, seed=0)
+    incomplete = mixed_data.with_missing(table.frame, mask)
+    baseline = mixed_peers.MostFrequentMean().fit_transform(incomplete)
+    assert measure.check_frame(incomplete, baseline, mask) == []
+    base_pfc = measure.pfc(table.frame, baseline, mask, table.categorical)
+    for model in (mixed_peers.mice_linear(0), mixed_peers.missforest_like(0, n_estimators=10, max_iter=3)):
+        out = model.fit_transform(incomplete)
+        assert measure.check_frame(incomplete, out, mask, baseline=baseline) == []
+        # c1 and x3 depend on the Gaussians: a model of the table misclassifies far less than the mode
+        assert measure.pfc(table.frame, out, mask, table.categorical) < 0.8 * base_pfc
+        assert measure.numeric_rmse(table.frame, out, mask, table.numeric) < measure.numeric_rmse(
+            table.frame, baseline, mask, table.numeric)
+
+
+def test_mixed_plan_and_imputer_selection(tmp_path):
+    from benchmarks import mixed_peers
+
+    full = run.plan("mixed", quick=False)
+    oracle_tables = {key[0] for key, _, _ in full if key[-1] == mixed_peers.ORACLE}
+    assert oracle_tables == {"simulated"}
+    assert {key[2] for key, _, _ in full if key[-1] in run.MIXED_ONE_SEED_PEERS} == {0}
+    assert {key[-1] for key, _, _ in full} == set(mixed_peers.MIXED_PEERS) | {mixed_peers.ORACLE}
+    run.run(["mixed"], tmp_path, quick=True, workers=1, log=lambda *_: None, imputers=[mixed_peers.BASELINE])
+    records = [json.loads(line) for line in (tmp_path / "mixed.jsonl").read_text().splitlines()]
+    assert {r["imputer"] for r in records} == {mixed_peers.BASELINE} and len(records) == 4
+    assert all(r["status"] == "ok" and 0 < r["pfc"] < 1 for r in records)
+    run.run(["mixed"], tmp_path, quick=True, workers=1, log=lambda *_: None,
+            skip_imputers=[*mixed_peers.IVCNF_NAMES, "MissForest-like"])
+    records = [json.loads(line) for line in (tmp_path / "mixed.jsonl").read_text().splitlines()]
+    assert {r["imputer"] for r in records} == {mixed_peers.BASELINE, "MICE (linear/logistic)", mixed_peers.ORACLE}
+    assert "## Mixed-type tables" in report.write(tmp_path)

@@ -236,10 +236,13 @@ def test_integer_input_with_a_sentinel(data):
     ints = np.round(X * 10).astype(np.int64)
     ints[mask] = -999
     out = IVCNFImputer(missing_values=-999, **TINY).fit_transform(ints)
-    # The sentinel is only a spelling of NaN: the same table with NaN gives the same output.
-    as_nan = np.where(mask, np.nan, ints.astype(np.float64))
+    # The sentinel is only a spelling of a missing entry: the same integers with pandas' NA give the same output.
+    as_na = pd.DataFrame(ints).astype("Int64").mask(mask)
     assert out.dtype == np.float64
-    np.testing.assert_array_equal(out, IVCNFImputer(**TINY).fit_transform(as_nan))
+    np.testing.assert_array_equal(out, IVCNFImputer(**TINY).fit_transform(as_na))
+    # Integer columns are discrete numbers: imputed by integers, observed entries unchanged.
+    np.testing.assert_array_equal(out, np.round(out))
+    np.testing.assert_array_equal(out[~mask], ints[~mask])
 
 
 def test_nan_is_missing_whatever_the_placeholder(data):
@@ -265,11 +268,11 @@ def test_bad_input_raises_a_clear_error(bad, error, match):
         IVCNFImputer(**TINY).fit(bad)
 
 
-def test_object_column_in_a_frame_is_refused(data):
+def test_label_column_is_refused_when_categories_are_off(data):
     _, X_missing, _, _ = data
     frame = pd.DataFrame(X_missing[:, :3], columns=["a", "b", "c"]).assign(kind="x")
-    with pytest.raises(ValueError, match="could not convert|string"):
-        IVCNFImputer(**TINY).fit(frame)
+    with pytest.raises(ValueError, match="Column 'kind' holds labels"):
+        IVCNFImputer(categorical_features=None, **TINY).fit(frame)
 
 
 def test_wrong_number_of_features_at_transform(fitted, data):

@@ -193,3 +193,19 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch, fitted):
     for call in (lambda: plot_training_history(fitted[0]), lambda: plot_imputed_distributions(*fitted[:2])):
         with pytest.raises(ImportError, match=r"needs matplotlib: pip install skivcnf\[plot\]"):
             call()
+
+
+def test_categorical_columns_get_bars_of_category_shares():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=90)
+    frame = pd.DataFrame({"x": x, "kind": np.array(["a", "b", "c"], dtype=object)[np.digitize(x, [-0.4, 0.4])]})
+    frame.loc[rng.random(90) < 0.25, "kind"] = None
+    imputer = fit_quietly(IVCNFImputer(**TINY), frame)
+    fig = plot_imputed_distributions(imputer, frame, n_imputations=M, columns=["kind"])
+    observed, imputed = ([bar.get_height() for bar in container] for container in fig.axes[0].containers)
+    seen = frame["kind"].dropna()
+    np.testing.assert_allclose(observed, [np.mean(seen == c) for c in "abc"])
+    copies = imputer.sample_multiple_imputations(frame, M)
+    drawn = np.concatenate([copy[frame["kind"].isna().to_numpy(), 1] for copy in copies])
+    np.testing.assert_allclose(imputed, [np.mean(drawn == c) for c in "abc"])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b", "c"]
