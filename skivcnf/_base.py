@@ -141,7 +141,7 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         """
         if not reset:
             check_is_fitted(self, "modelled_features_")
-        encoder = TableEncoder.fit(X, self.categorical_features, self.missing_values, self.handle_unknown) \
+        encoder = TableEncoder.fit(X, self.categorical_features, self.missing_values) \
             if reset else getattr(self, "_encoder", None)
         raw = X
         if encoder is None or CATEGORICAL not in encoder.kinds:
@@ -154,7 +154,7 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         else:
             validate_data(self, X, reset=reset, skip_check_array=True)
             data = X if is_dataframe(X) else check_array(X, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan")
-            codes = encoder.codes(data, self.missing_values)
+            codes = encoder.codes(data, self.missing_values, self.handle_unknown)
             check_array(codes, ensure_all_finite="allow-nan", ensure_min_samples=2 if reset else 1)
             mask = np.isnan(codes)
             numeric = np.array([kind != CATEGORICAL for kind in encoder.kinds])

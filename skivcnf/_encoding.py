@@ -39,7 +39,8 @@ def _is_missing(values, missing_values):
 
     missing = np.asarray(pd.isna(values), dtype=bool)
     if not (missing_values is None or isinstance(missing_values, float) and np.isnan(missing_values)):
-        missing |= np.asarray(values == missing_values, dtype=bool) & ~missing
+        present = ~missing  # pd.NA == x is NA, not a bool: compare the present entries only
+        missing[present] = np.asarray(values[present] == missing_values, dtype=bool)
     return missing
 
 
@@ -106,17 +107,14 @@ class TableEncoder:
     categories : tuple of (ndarray or None) (n_features,)
         The categories of each categorical column seen at ``fit``, in order (the dtype's order
         for a pandas ``category`` column, sorted otherwise); None for other columns.
-    handle_unknown : {"error", "missing"}
-        What a category not seen at ``fit`` is at ``transform``.
     """
 
     kinds: tuple
     categories: tuple
-    handle_unknown: str = "error"
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, X, categorical_features, missing_values, handle_unknown="error"):
+    def fit(cls, X, categorical_features, missing_values):
         """Read the kinds of the columns of ``X`` and the categories of its categorical ones.
 
         Parameters
@@ -127,7 +125,6 @@ class TableEncoder:
             ``bool`` (none for arrays); otherwise the named columns, whose values are
             category labels (codes for arrays).
         missing_values : float, int, str or None
-        handle_unknown : {"error", "missing"}
         """
         if is_dataframe(X):
             names, dtypes = [str(c) for c in X.columns], tuple(X.dtypes)
@@ -160,6 +157,12 @@ class TableEncoder:
             chosen = _resolve_categorical(None if auto else categorical_features, n, None)
             base = INTEGER if array.dtype.kind in "iub" else NUMERIC
             kinds = [CATEGORICAL if c else base for c in chosen]
+            for j in np.flatnonzero(chosen):
+                try:
+                    array[:, j].astype(float)
+                except (TypeError, ValueError):
+                    raise ValueError(f"categorical column {j} of an array holds labels: an array's categories must be "
+                                     "numeric codes; pass a DataFrame to keep labels.") from None
             columns = [array[:, j] for j in range(n)] if chosen.any() else []
         categories = []
         for j, kind in enumerate(kinds):
@@ -170,7 +173,7 @@ class TableEncoder:
             observed = values[~_is_missing(values, missing_values)]
             categories.append(cls._categories(observed, dtypes[j] if dtypes is not None else None,
                                               names[j] if dtypes is not None else j))
-        return cls(tuple(kinds), tuple(categories), handle_unknown)
+        return cls(tuple(kinds), tuple(categories))
 
     @staticmethod
     def _categories(observed, dtype, name):
@@ -200,13 +203,13 @@ class TableEncoder:
                 raise TypeError(f"the categories of column {j} cannot be saved (only str, numbers and bools can); "
                                 "pickle the imputer instead.")
             categories.append(None if c is None else {"labels": c.dtype == object, "values": c.tolist()})
-        return {"kinds": list(self.kinds), "categories": categories, "handle_unknown": self.handle_unknown}
+        return {"kinds": list(self.kinds), "categories": categories}
 
     @classmethod
     def from_dict(cls, state):
         categories = tuple(None if c is None else np.array(c["values"], dtype=object if c["labels"] else float)
                            for c in state["categories"])
-        return cls(tuple(state["kinds"]), categories, state["handle_unknown"])
+        return cls(tuple(state["kinds"]), categories)
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -246,7 +249,7 @@ class TableEncoder:
                 if k == CATEGORICAL]
 
     # ------------------------------------------------------------------ reading a table
-    def codes(self, X, missing_values):
+    def codes(self, X, missing_values, handle_unknown="error"):
         """Every column as floats: numbers as they are, a category as its index; NaN where missing.
 
         Raises a ValueError naming the column and the value for a category not seen at
@@ -269,7 +272,7 @@ class TableEncoder:
 
             coded = pd.Index(self.categories[j]).get_indexer(np.where(missing, None, values).astype(object))
             unknown = (coded < 0) & ~missing
-            if unknown.any() and self.handle_unknown == "error":
+            if unknown.any() and handle_unknown == "error":
                 name = X.columns[j] if frame else j
                 raise ValueError(f"Column {name!r} has the category {values[np.flatnonzero(unknown)[0]]!r}, not "
                                  "seen at fit; pass handle_unknown='missing' to impute such entries instead.")
@@ -343,7 +346,11 @@ class TableEncoder:
                 if mask[:, j].any():
                     values = series.to_numpy(dtype=object, copy=True)
                     values[mask[:, j]] = self._values(j, codes[mask[:, j], j])
-                    series = pd.Series(values, index=data.index, name=series.name).astype(series.dtype)
+                    dtype = series.dtype
+                    if isinstance(dtype, pd.CategoricalDtype):  # the transform frame's dtype may lack a category
+                        extra = [c for c in self.categories[j] if c not in set(dtype.categories)]
+                        dtype = pd.CategoricalDtype([*dtype.categories, *extra], ordered=dtype.ordered)
+                    series = pd.Series(values, index=data.index, name=series.name).astype(dtype)
                 parts[j] = series
             return pd.concat([parts[j] for j in columns], axis=1) if len(columns) else pd.DataFrame(index=data.index)
         labels = self.has_labels

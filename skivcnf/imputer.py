@@ -395,7 +395,9 @@ class IVCNFImputer(BaseFlowImputer):
         """Estimated log-likelihood of each row's observed entries, on the input's scale.
 
         The importance-weighted bound over ``n_draws`` draws (a lower bound on ``log p(x^O)``
-        in expectation; constant and empty features add nothing). Unsolved draws are left
+        in expectation; constant and empty features add nothing). A discrete (integer or
+        categorical) entry is scored by the density at its cell's centre: the midpoint value
+        of its probability, not a bound. Unsolved draws are left
         out as in training; a row with none solved scores NaN, with a ``ConstraintWarning``.
 
         Parameters

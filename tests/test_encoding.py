@@ -69,8 +69,19 @@ def test_unknown_categories_raise_or_are_missing():
     new = pd.DataFrame({"c": ["b", "zz", None], "x": [1.0, 2.0, 3.0]})
     with pytest.raises(ValueError, match="Column 'c' has the category 'zz', not seen at fit"):
         encoder.codes(new, np.nan)
-    lenient = TableEncoder(encoder.kinds, encoder.categories, "missing")
-    np.testing.assert_array_equal(lenient.codes(new, np.nan)[:, 0], [1, np.nan, np.nan])
+    np.testing.assert_array_equal(encoder.codes(new, np.nan, handle_unknown="missing")[:, 0], [1, np.nan, np.nan])
+
+
+def test_placeholders_beside_pandas_na():
+    frame = pd.DataFrame({"s": pd.array(["a", "b", None, "?"], dtype="string"),
+                          "f": pd.array([True, None, False, True], dtype="boolean")})
+    encoder = TableEncoder.fit(frame, "auto", "?")
+    np.testing.assert_array_equal(encoder.codes(frame, "?"), [[0, 1], [1, np.nan], [np.nan, 0], [np.nan, 1]])
+
+
+def test_labels_in_an_array_are_refused():
+    with pytest.raises(ValueError, match="categorical column 1 of an array holds labels"):
+        TableEncoder.fit(np.array([[1.0, "a"], [2.0, "b"]], dtype=object), [1], np.nan)
 
 
 def test_placeholders_of_label_columns_are_missing():
@@ -120,6 +131,6 @@ def test_array_output_holds_labels_as_objects():
 def test_plain_data_round_trip():
     encoder = TableEncoder.fit(frame_of_every_dtype(), "auto", np.nan)
     copy = TableEncoder.from_dict(encoder.to_dict())
-    assert copy.kinds == encoder.kinds and copy.handle_unknown == encoder.handle_unknown
+    assert copy.kinds == encoder.kinds
     for mine, theirs in zip(copy.categories, encoder.categories, strict=True):
         assert (mine is None and theirs is None) or (mine.tolist() == theirs.tolist() and mine.dtype == theirs.dtype)
