@@ -18,7 +18,7 @@ from sklearn.utils.validation import FLOAT_DTYPES, check_array, check_is_fitted,
 
 from . import _persistence
 from ._columns import ColumnLayout, missing_mask
-from ._encoding import CATEGORICAL, NUMERIC, TableEncoder, is_dataframe
+from ._encoding import CATEGORICAL, TableEncoder, is_dataframe
 from ._sklearn_compat import (
     MissingValues,
     StrOptions,
@@ -102,8 +102,8 @@ class Table(NamedTuple):
         The missing entries.
     data : DataFrame or ndarray
         The input (as floats for array input), whose observed entries the output keeps.
-    encoder : TableEncoder or None
-        The column kinds (None: an array that could not be read, before ``validate_data``'s error).
+    encoder : TableEncoder
+        The column kinds and categories.
     """
 
     codes: np.ndarray
@@ -142,9 +142,9 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         if not reset:
             check_is_fitted(self, "modelled_features_")
         encoder = TableEncoder.fit(X, self.categorical_features, self.missing_values) \
-            if reset else getattr(self, "_encoder", None)
+            if reset else self._encoder
         raw = X
-        if encoder is None or CATEGORICAL not in encoder.kinds:
+        if encoder is None or CATEGORICAL not in encoder.kinds:  # None: unreadable, validate_data raises
             # NaN always means missing (whatever missing_values is); infinities are refused.
             X = validate_data(self, X, reset=reset, dtype=FLOAT_DTYPES, copy=True, ensure_all_finite="allow-nan",
                               ensure_min_samples=2 if reset else 1)
@@ -160,7 +160,7 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
             numeric = np.array([kind != CATEGORICAL for kind in encoder.kinds])
             mask[:, numeric] = missing_mask(codes[:, numeric], self.missing_values)
             codes[mask] = np.nan
-        features = codes if encoder is None else encoder.expand(codes)
+        features = encoder.expand(codes)
         # A DataFrame's own columns are kept, for its dtypes in a pandas output.
         data = raw if is_dataframe(raw) else data
         return features, Table(codes, mask, data, encoder), np.isnan(features)
@@ -178,8 +178,8 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
             check_layout(layout)
         encoder = table.encoder
         self._encoder = encoder
-        self.feature_kinds_ = np.array(encoder.kinds if encoder is not None else [NUMERIC] * X.shape[1], dtype=object)
-        self.categories_ = list(encoder.categories) if encoder is not None else [None] * X.shape[1]
+        self.feature_kinds_ = np.array(encoder.kinds, dtype=object)
+        self.categories_ = list(encoder.categories)
         self.indicator_ = MissingIndicator(missing_values=np.nan, error_on_new=False).fit(table.codes) \
             if self.add_indicator else None
         self.empty_features_, self.constant_values_ = layout.empty, layout.constant_values
@@ -198,8 +198,6 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
 
     def _empty_columns(self):
         """Columns entirely missing at ``fit`` (``empty_features_`` is per feature of the flow)."""
-        if getattr(self, "_encoder", None) is None:
-            return self.empty_features_
         return np.array([self.empty_features_[s].all() for s in self._encoder.feature_slices()], dtype=bool)
 
     def _dequantisation_cells(self, device):
@@ -209,8 +207,6 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
 
     def _cell_widths(self):
         """Dequantisation cell of each modelled feature, on the input's scale (0 for floats)."""
-        if getattr(self, "_encoder", None) is None:
-            return np.zeros(int(self.modelled_features_.sum()))
         return self._encoder.cell_widths()[self.modelled_features_]
 
     def _has_hidden_modelled(self, mask):
@@ -237,15 +233,13 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         layout = self._layout()
         values = None if standardised_values is None else layout.unstandardise(standardised_values)
         features = layout.complete(X, mask, values, keep_empty=True)
-        collapsed = features if table.encoder is None else table.encoder.collapse(features)
+        collapsed = table.encoder.collapse(features)
         return np.where(table.mask, collapsed, table.codes)
 
     def _columns_out(self, table, mask, standardised_values, X, frame=False):
         """The completed columns (no indicator): observed entries of the input unchanged."""
         codes = self._column_codes(table, mask, standardised_values, X)
         keep = np.ones(table.codes.shape[1], dtype=bool) if self.keep_empty_features else ~self._empty_columns()
-        if table.encoder is None:
-            return codes[:, keep]
         return table.encoder.restore(codes, table.mask, table.data, keep, frame=frame)
 
     def _completed(self, table, mask, standardised_values, X):
@@ -254,7 +248,7 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         A DataFrame with the input's dtypes under ``set_output(transform="pandas")`` for a
         DataFrame input; otherwise an array (``set_output`` wraps it).
         """
-        frame = output_container(self) == "pandas" and is_dataframe(table.data) and table.encoder is not None
+        frame = output_container(self) == "pandas" and is_dataframe(table.data)
         out = self._columns_out(table, mask, standardised_values, X, frame=frame)
         if self.indicator_ is None:
             pass

@@ -11,10 +11,11 @@ import math
 import numpy as np
 import torch
 
-from ._base import warn_unreliable, warn_unsolved
+from ._base import ImputationDraws, warn_unreliable, warn_unsolved
 from .conditional import (
     GaussianPosterior,
     RowNoise,
+    draw_weights,
     fit_inference_network,
     fit_posterior,
     importance_resample,
@@ -23,7 +24,7 @@ from .conditional import (
 )
 
 __all__ = ["ANTITHETIC", "BOOTSTRAP_EPOCHS", "MAX_ROUNDS", "MC_TOLERANCE", "REFINEMENT_DRAWS", "bootstrap_copies",
-           "iter_draws", "snap_categories"]
+           "draw_record", "iter_draws", "snap_categories"]
 
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
 REFINEMENT_DRAWS = 8
@@ -100,12 +101,32 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
             tally[key] = tally.get(key, 0) + count
 
 
+def draw_record(imputer, X, table, mask, n_draws, keys):
+    """The :class:`~skivcnf.ImputationDraws` of the rows of ``X`` (features, their ``table`` and
+    ``mask`` from ``_validate_input``): raw first-round draws, completed as the output's columns."""
+    n = len(X)
+    if not imputer._has_hidden_modelled(mask):  # every draw is the row itself, solved without an iteration
+        copy = imputer._columns_out(table, mask, None, X)
+        return ImputationDraws(np.repeat(copy[None], n_draws, axis=0), np.full((n_draws, n), 1.0 / n_draws),
+                               np.full(n, float(n_draws)), np.ones((n_draws, n), dtype=bool),
+                               *np.zeros((2, n_draws, n), dtype=np.int64))
+    batches = []
+    for draws, _ in iter_draws(imputer, X, n_draws, keys, "their missing entries are the training means",
+                               reliable=False):
+        weights, ess = draw_weights(draws, weighted=imputer.importance_weighting and draws.log_weight is not None)
+        batches.append((draws.samples, weights, ess, draws.converged, draws.n_iter, draws.method))
+    samples, weights, ess, converged, n_iter, method = (torch.cat(parts, dim=-2 if parts[0].dim() == 3 else -1)
+                                                         .cpu().numpy() for parts in zip(*batches, strict=True))
+    values = np.stack([imputer._columns_out(table, mask, sample.astype(np.float64), X) for sample in samples])
+    return ImputationDraws(values, weights.astype(np.float64), ess.astype(np.float64), converged, n_iter, method)
+
+
 def snap_categories(imputer, draws):
     """``draws`` with each categorical column's features put on the category they decode to
     (a one-hot block on its argmax, a 0/1 code rounded), so that their weighted mean is the
     categories' probabilities; other features are unchanged. On the flow's scale."""
-    encoder = getattr(imputer, "_encoder", None)
-    if encoder is None or not encoder.category_blocks():
+    encoder = imputer._encoder
+    if not encoder.category_blocks():
         return draws
     center = torch.as_tensor(imputer.center_, dtype=draws.samples.dtype, device=draws.samples.device)
     scale = torch.as_tensor(imputer.scale_, dtype=draws.samples.dtype, device=draws.samples.device)

@@ -52,7 +52,7 @@ def save_imputer(imputer, path):
         "history": asdict(imputer.history_) if imputer.history_ is not None else None,
         # set_output's choice (e.g. {"transform": "pandas"}) is estimator state too.
         "output_config": own_output_config(imputer),
-        "encoder": imputer._encoder.to_dict() if imputer._encoder is not None else None,
+        "encoder": imputer._encoder.to_dict(),
     }
     payload = {
         "format": FORMAT,
@@ -90,10 +90,9 @@ def load_imputer(cls, path):
     fitted = json.loads(payload["fitted"])
     imputer = cls(**params)
     imputer.n_features_in_ = fitted["n_features_in"]
-    encoder = TableEncoder.from_dict(fitted["encoder"]) if fitted["encoder"] is not None else None
-    imputer._encoder = encoder
-    imputer.feature_kinds_ = np.array(encoder.kinds if encoder else ["numeric"] * imputer.n_features_in_, dtype=object)
-    imputer.categories_ = list(encoder.categories) if encoder else [None] * imputer.n_features_in_
+    encoder = imputer._encoder = TableEncoder.from_dict(fitted["encoder"])
+    imputer.feature_kinds_ = np.array(encoder.kinds, dtype=object)
+    imputer.categories_ = list(encoder.categories)
     if fitted["feature_names_in"] is not None:
         imputer.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
     for name in _ARRAYS:

@@ -9,14 +9,13 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from ._base import BaseFlowImputer, ImputationDraws
-from ._drawing import ROWS_PER_EPOCH, bootstrap_copies, iter_draws, snap_categories
+from ._base import BaseFlowImputer
+from ._drawing import ROWS_PER_EPOCH, bootstrap_copies, draw_record, iter_draws, snap_categories
 from ._sklearn_compat import Interval, StrOptions, fit_context
 from ._utils import caller_stacklevel, one_warning_per_kind
 from .conditional import (
     InferenceNetwork,
     conditional_mean,
-    draw_weights,
     fit_inference_network,
     importance_resample,
     masked_bound,
@@ -27,10 +26,9 @@ from .flows import EXACT_LOGDET_MAX_FEATURES, ResidualFlow
 
 __all__ = ["IVCNFImputer"]
 
-#: Early stopping holds rows out only when at least this many are held out...
-MIN_VALIDATION_ROWS = 2
-#: ...and at least this many remain to train on (below, the whole table trains).
-MIN_TRAINING_ROWS = 18
+#: Early stopping holds rows out only when at least this many are held out and this many remain
+#: to train on (else the whole table trains).
+MIN_VALIDATION_ROWS, MIN_TRAINING_ROWS = 2, 18
 #: At most this many rows are held out, and an epoch is at most ``ROWS_PER_EPOCH`` rows drawn afresh:
 #: early-stopping checks, and the work between them, stop growing with the table (docs/benchmarks.md).
 MAX_VALIDATION_ROWS = 1024
@@ -99,15 +97,11 @@ class IVCNFImputer(BaseFlowImputer):
         Epochs without improvement of the held-out bound before stopping (never before
         ``MIN_TRAINING_STEPS`` = 200 optimiser steps: a small table's epochs are short).
     missing_values : float, int, str or None, default=np.nan
-        Placeholder of a missing entry (``np.nan``, and ``None``/``pd.NA`` in label columns,
-        are always treated as missing too).
+        Placeholder of a missing entry (NaN, None and ``pd.NA`` are always missing too).
     categorical_features : "auto", array-like of str or int, bool mask or None, default="auto"
-        Columns whose values are categories. ``"auto"``: the DataFrame columns of dtype
-        ``category``, ``object``, ``string`` and ``bool`` (none for arrays). A list of names or
-        indices, or a mask, names them (for arrays, their values are then category codes).
-        A categorical entry is imputed by its most probable category (a copy of
-        :meth:`sample_multiple_imputations` draws it); integer-dtype columns are imputed by
-        integers. See the user guide, "Mixed-type tables".
+        ``"auto"``: DataFrame columns of dtype category, object, string and bool; or names,
+        indices, a mask (an array's values are then codes). Imputed by the most probable
+        category; integer columns by integers (user guide, "Mixed-type tables").
     handle_unknown : {"error", "missing"}, default="error"
         A category not seen at ``fit`` raises a ValueError, or is imputed as if missing.
     add_indicator : bool, default=False
@@ -141,9 +135,9 @@ class IVCNFImputer(BaseFlowImputer):
     feature_names_in_ : ndarray of str
     indicator_ : MissingIndicator or None
     feature_kinds_ : ndarray of str (n_features,)
-        ``"numeric"``, ``"integer"`` or ``"categorical"``, for each column.
+        ``"numeric"``, ``"integer"`` or ``"categorical"``.
     categories_ : list of (ndarray or None)
-        The categories of each categorical column seen at ``fit`` (None for other columns).
+        Each categorical column's categories seen at ``fit`` (None elsewhere).
 
     Examples
     --------
@@ -374,31 +368,16 @@ class IVCNFImputer(BaseFlowImputer):
         n_draws = self.n_draws if n_draws is None else n_draws
         self._check_count("n_draws", n_draws)
         X, table, mask = self._validate_input(X, reset=False)
-        n = len(X)
-        if not self._has_hidden_modelled(mask):  # every draw is the row itself, solved without an iteration
-            copy = self._columns_out(table, mask, None, X)
-            return ImputationDraws(np.repeat(copy[None], n_draws, axis=0), np.full((n_draws, n), 1.0 / n_draws),
-                                   np.full(n, float(n_draws)), np.ones((n_draws, n), dtype=bool),
-                                   *np.zeros((2, n_draws, n), dtype=np.int64))
-        batches = []
-        for draws, _ in iter_draws(self, X, n_draws, self._row_keys("conditional_draws", X),
-                                   "their missing entries are the training means", reliable=False):
-            weights, ess = draw_weights(draws, weighted=self.importance_weighting and draws.log_weight is not None)
-            batches.append((draws.samples, weights, ess, draws.converged, draws.n_iter, draws.method))
-        samples, weights, ess, converged, n_iter, method = (torch.cat(parts, dim=-2 if parts[0].dim() == 3 else -1)
-                                                             .cpu().numpy() for parts in zip(*batches, strict=True))
-        values = np.stack([self._columns_out(table, mask, sample.astype(np.float64), X) for sample in samples])
-        return ImputationDraws(values, weights.astype(np.float64), ess.astype(np.float64), converged, n_iter, method)
+        return draw_record(self, X, table, mask, n_draws, self._row_keys("conditional_draws", X))
 
     @one_warning_per_kind
     def score_samples(self, X):
         """Estimated log-likelihood of each row's observed entries, on the input's scale.
 
         The importance-weighted bound over ``n_draws`` draws (a lower bound on ``log p(x^O)``
-        in expectation; constant and empty features add nothing). A discrete (integer or
-        categorical) entry is scored by the density at its cell's centre: the midpoint value
-        of its probability, not a bound. Unsolved draws are left
-        out as in training; a row with none solved scores NaN, with a ``ConstraintWarning``.
+        in expectation; constant and empty features add nothing; a discrete entry is scored at
+        its cell's centre: a midpoint value, not a bound). Unsolved draws are left out as in
+        training; a row with none solved scores NaN, with a ``ConstraintWarning``.
 
         Parameters
         ----------
