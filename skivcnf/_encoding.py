@@ -147,13 +147,13 @@ class TableEncoder:
                                      "name it in categorical_features, or convert it to numbers.")
                 else:
                     kinds.append(kind)
-            columns = [X.iloc[:, j].to_numpy(dtype=object) for j in range(X.shape[1])]
+            columns = {j: X.iloc[:, j].to_numpy(dtype=object) for j in np.flatnonzero(chosen)}
         else:
             array = np.asarray(X) if not hasattr(X, "toarray") else None
             if array is None or array.ndim != 2:
                 return None  # validate_data gives the error for sparse or badly shaped input
             dtypes, n = None, array.shape[1]
-            auto = "auto" if isinstance(categorical_features, str) and categorical_features == "auto" else None
+            auto = isinstance(categorical_features, str) and categorical_features == "auto"  # none for arrays
             chosen = _resolve_categorical(None if auto else categorical_features, n, None)
             base = INTEGER if array.dtype.kind in "iub" else NUMERIC
             kinds = [CATEGORICAL if c else base for c in chosen]
@@ -163,7 +163,7 @@ class TableEncoder:
                 except (TypeError, ValueError):
                     raise ValueError(f"categorical column {j} of an array holds labels: an array's categories must be "
                                      "numeric codes; pass a DataFrame to keep labels.") from None
-            columns = [array[:, j] for j in range(n)] if chosen.any() else []
+            columns = {j: array[:, j] for j in np.flatnonzero(chosen)}
         categories = []
         for j, kind in enumerate(kinds):
             if kind != CATEGORICAL:
@@ -178,6 +178,9 @@ class TableEncoder:
     @staticmethod
     def _categories(observed, dtype, name):
         """The categories of one column: those of its observed entries, in the dtype's or sorted order."""
+        import pandas as pd
+
+        observed = pd.unique(observed)  # types and order are read from the distinct values only
         classes = {_type_class(v) for v in observed}
         if len(classes) > 1:
             raise ValueError(f"Column {name!r} mixes values of types {', '.join(sorted(classes))}; convert it to one "
