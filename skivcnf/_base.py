@@ -6,6 +6,7 @@ An estimator built on :class:`BaseFlowImputer` holds only its algorithm: it fits
 the base class turns those into completed tables.
 """
 
+import sys
 import warnings
 from numbers import Integral
 from typing import NamedTuple
@@ -112,6 +113,19 @@ class Table(NamedTuple):
     encoder: object
 
 
+def _refuse_dask(X, fit):
+    """A Dask collection is not pulled into memory behind the user's back: name what to do instead."""
+    dask = sys.modules.get("dask")  # not imported: X cannot be one of its collections
+    if dask is None or not dask.is_dask_collection(X):
+        return
+    if fit:
+        raise TypeError("X is a Dask collection: fit trains on a table in memory; pass X.compute() or a sample of its "
+                        "rows (to train on more rows in several processes, see 'Scaling out': torchrun).")
+    raise TypeError("X is a Dask collection: use skivcnf.dask.transform(imputer, X) or "
+                    "skivcnf.dask.sample_multiple_imputations(imputer, X, n, proper=False), which impute it partition "
+                    "by partition and return a Dask collection; or pass X.compute().")
+
+
 class BaseFlowImputer(TransformerMixin, BaseEstimator):
     """Base class of the flow imputers (not for direct use).
 
@@ -141,6 +155,7 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         """
         if not reset:
             check_is_fitted(self, "modelled_features_")
+        _refuse_dask(X, reset)
         encoder = TableEncoder.fit(X, self.categorical_features, self.missing_values) \
             if reset else self._encoder
         raw = X
@@ -332,7 +347,8 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
 
         The file holds only tensors, numbers and strings, so :meth:`load` reads it with
         ``torch.load(weights_only=True)``, which runs no code from the file, unlike
-        unpickling. The ``set_output`` configuration is saved too.
+        unpickling. The ``set_output`` configuration is saved too. Under ``torch.distributed``
+        (training with ``torchrun``) every rank calls it and rank 0 alone writes the file.
 
         Parameters
         ----------
@@ -342,22 +358,25 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         _persistence.save_imputer(self, path)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, device=None):
         """Read an imputer written by :meth:`save` (safe: no code in the file is run).
 
-        The imputer goes to its ``device`` setting, or to the CPU (with a warning) where
-        that device is not available.
+        The imputer goes to ``device``, or by default to its saved ``device`` setting (the
+        CPU, with a warning, where that device is not available here).
 
         Parameters
         ----------
         path : str or os.PathLike
+        device : str, optional
+            ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``: load onto this device, and
+            set it as the imputer's ``device`` (a GPU that is not available raises).
 
         Returns
         -------
         imputer
             Fitted; its transforms equal the saved imputer's.
         """
-        return _persistence.load_imputer(cls, path)
+        return _persistence.load_imputer(cls, path, device)
 
     def __getstate__(self):
         return _persistence.pickled_state(super().__getstate__())

@@ -23,8 +23,8 @@ from .conditional import (
     sample_conditional,
 )
 
-__all__ = ["ANTITHETIC", "BOOTSTRAP_EPOCHS", "MAX_ROUNDS", "MC_TOLERANCE", "REFINEMENT_DRAWS", "bootstrap_copies",
-           "draw_record", "iter_draws", "snap_categories"]
+__all__ = ["ANTITHETIC", "BOOTSTRAP_EPOCHS", "GPU_DRAW_ROWS", "MAX_ROUNDS", "MC_TOLERANCE", "PROPOSALS_PER_IMPUTATION",
+           "REFINEMENT_DRAWS", "bootstrap_copies", "draw_copies", "draw_record", "iter_draws", "snap_categories"]
 
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
 REFINEMENT_DRAWS = 8
@@ -34,8 +34,15 @@ MC_TOLERANCE = 0.05
 MAX_ROUNDS = 2
 #: Point estimates draw in antithetic pairs where ``n_draws`` is even (docs/benchmarks.md, "Uncertainty").
 ANTITHETIC = True
+#: Rows drawn together on a GPU at least: a row's draws do not depend on its batch, and 64 rows leave
+#: a GPU idle between kernel launches (H200, digits 50% MCAR: 196 rows/s at 64 rows, 1,295 at 1,024;
+#: docs/scaling.md, "GPU"). The CPU keeps ``batch_size``.
+GPU_DRAW_ROWS = 1024
 #: Rows per epoch of that training at most (as ``fit``'s, in :mod:`skivcnf.imputer`).
 ROWS_PER_EPOCH = 4096
+#: ``proper=False`` copies resample each row's from at least this many proposals per copy (and at
+#: least ``n_draws``), so that copies rarely repeat a proposal.
+PROPOSALS_PER_IMPUTATION = 4
 #: Epochs of training from the fitted model on each bootstrap resample (proper multiple imputation;
 #: docs/benchmarks.md, "Uncertainty").
 BOOTSTRAP_EPOCHS = 5
@@ -46,8 +53,8 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
     """Conditional draws of each batch of rows of ``X`` (NaN = missing), on the flow's scale,
     with the batch's :class:`~skivcnf.conditional.RowNoise` (for any further draws).
 
-    Memory ``~ batch_size * n_draws``. Row ``i`` draws from its own random stream, keyed by
-    ``keys[i]``, so its draws do not depend on its batch-mates. ``reliable``:
+    Memory ``~ batch_size * n_draws`` (``GPU_DRAW_ROWS`` rows at least on a GPU). Row ``i``
+    draws from its own random stream, keyed by ``keys[i]``, so its draws do not depend on its batch-mates. ``reliable``:
     :func:`~skivcnf.conditional.reliable_draws` (weights smoothed and bounded, more draws where
     needed; yields ``ReliableDraws``); else the raw ``ConditionalDraws``. ``modules``: the
     ``(flow, posterior)`` to draw from (the fitted ones by default). A row with no solved draw
@@ -64,9 +71,10 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
     standardised, n_unsolved, n_uneven, n_clipped = imputer._layout().standardise(X), 0, 0, 0
     bounds = [torch.as_tensor(b, dtype=torch.float32, device=device) for b in imputer._draw_bounds()]
     antithetic = ANTITHETIC and math.isfinite(mc_tolerance) and n_draws % 2 == 0
-    for start in range(0, len(X), imputer.batch_size):
-        noise = RowNoise(keys[start:start + imputer.batch_size])
-        z = torch.as_tensor(standardised[start:start + imputer.batch_size], dtype=torch.float32, device=device)
+    rows = imputer.batch_size if device.type == "cpu" else max(imputer.batch_size, GPU_DRAW_ROWS)
+    for start in range(0, len(X), rows):
+        noise = RowNoise(keys[start:start + rows])
+        z = torch.as_tensor(standardised[start:start + rows], dtype=torch.float32, device=device)
         hidden = torch.isnan(z)
         with torch.no_grad():
             params = network(torch.where(hidden, 0.0, z), hidden)
@@ -145,6 +153,22 @@ def snap_categories(imputer, draws):
     return draws._replace(samples=(values - center) / scale)
 
 
+def draw_copies(imputer, X, mask, n_imputations, proper, keys, min_rows):
+    """``n_imputations`` copies of the missing features of ``X`` (its ``mask``), on the flow's scale
+    (None each where nothing modelled is missing), row ``i`` drawing from ``keys[i]``: from bootstrap
+    re-estimated models (``proper``, :func:`bootstrap_copies`), else resampled by importance weight
+    from draws of the fitted model."""
+    if not imputer._has_hidden_modelled(mask):
+        return [None] * n_imputations
+    if proper:
+        return bootstrap_copies(imputer, X, n_imputations, keys, min_rows)
+    n_proposals = max(imputer.n_draws, PROPOSALS_PER_IMPUTATION * n_imputations)
+    batches = iter_draws(imputer, X, n_proposals, keys, "their missing entries are the training means in every "
+                         "imputation", mc_tolerance=float("inf"))
+    return np.concatenate([importance_resample(result.draws, n_imputations, noise).cpu().double().numpy()
+                           for result, noise in batches], axis=1)
+
+
 def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
     """``n_imputations`` draws of the missing entries of ``X``, each from the fitted model trained on
     for ``BOOTSTRAP_EPOCHS`` epochs on its own bootstrap resample of the rows of ``X``.
@@ -169,7 +193,9 @@ def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
                               batch_size=imputer.batch_size, lr=imputer.learning_rate, n_samples=imputer.n_train_draws,
                               logdet=imputer.logdet, solver=imputer.solver, objective=imputer.objective,
                               train_flow=True, rows_per_epoch=ROWS_PER_EPOCH,
-                              dequantisation=imputer._dequantisation_cells(imputer._device), generator=generator)
+                              dequantisation=imputer._dequantisation_cells(imputer._device), generator=generator,
+                              # The copies are drawn in this process: it does not wait for other ranks.
+                              distributed=False)
         with torch.no_grad():
             copy_keys = keys ^ np.uint64(k)  # each copy its own stream (keys are hashes: any bijection will do)
             batches = iter_draws(imputer, X, imputer.n_draws, copy_keys, "", modules=(flow, network), tally=tally,

@@ -5,6 +5,11 @@
 Pickling keeps the modules' weights as state dicts on the CPU, so a fitted imputer unpickles
 on a machine without a GPU. Both rebuild the flow and the posterior with the estimator's own
 builder, so fit, load and unpickling make the same architecture.
+
+Under ``torch.distributed`` (an imputer fitted data-parallel is the same on every rank),
+``save`` is a collective: every rank calls it, rank 0 alone writes, and every rank returns
+once the file is complete, so that ``load`` right after reads it on any rank. Calling it on
+rank 0 alone would leave rank 0 waiting for the others.
 """
 
 import json
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 from sklearn.impute import MissingIndicator
 
+from ._distributed import write_on_rank_zero
 from ._encoding import TableEncoder
 from ._sklearn_compat import own_output_config
 from ._training import TrainingHistory
@@ -38,7 +44,12 @@ def _cpu_state(module):
 
 
 def save_imputer(imputer, path):
-    """Write a fitted ``imputer`` to ``path`` (see :meth:`IVCNFImputer.save`)."""
+    """Write a fitted ``imputer`` to ``path`` (see :meth:`IVCNFImputer.save`); under ``torch.distributed``,
+    call it on every rank: rank 0 writes, the others wait for it (see the module's docstring)."""
+    write_on_rank_zero(lambda: _write(imputer, path))
+
+
+def _write(imputer, path):
     params = imputer.get_params()
     if not (params["random_state"] is None or isinstance(params["random_state"], Integral)):
         params["random_state"] = None  # a RandomState instance was only used to seed fit
@@ -73,7 +84,7 @@ def _plain_number(value):
     raise TypeError(f"parameter value {value!r} of type {type(value).__name__} cannot be saved.")
 
 
-def load_imputer(cls, path):
+def load_imputer(cls, path, device=None):
     """Read an imputer written by :func:`save_imputer` (see :meth:`IVCNFImputer.load`)."""
     payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -85,6 +96,9 @@ def load_imputer(cls, path):
                          f"{'upgrade skivcnf' if newer else 'refit the imputer'} to use it.")
     params = json.loads(payload["params"])
     params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    if device is not None:
+        resolve_device(device)  # a device that cannot be used fails here, naming it
+        params["device"] = device
     if isinstance(params["missing_values"], float) and math.isnan(params["missing_values"]):
         params["missing_values"] = np.nan
     fitted = json.loads(payload["fitted"])

@@ -7,8 +7,11 @@ and their losses are formed) and their held-out loss; the loop over epochs
 rule (:class:`EarlyStopping`) live here once.
 Losses are "lower is better" throughout: the bound fits record minus the bound.
 
-A leaf module: it imports torch, tqdm and :mod:`skivcnf.exceptions`, nothing of the flows or of
-the conditional sampler.
+Under data-parallel training (:mod:`skivcnf._distributed`) a step's gradients are summed over
+the ranks and its skip decision is shared, and only rank 0 shows progress and warns.
+
+A leaf module: it imports torch, tqdm, :mod:`skivcnf.exceptions` and :mod:`skivcnf._distributed`,
+nothing of the flows or of the conditional sampler.
 """
 
 import copy
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ._distributed import is_rank_zero
 from .exceptions import ConstraintWarning, NumericalWarning
 
 __all__ = ["EarlyStopping", "TrainingHistory", "fit_loop", "guarded_step", "warn_training_issues"]
@@ -77,13 +81,17 @@ class TrainingHistory:
     seconds: float = 0.0
 
 
-def guarded_step(optimizer, loss, history, max_grad_norm=None):
+def guarded_step(optimizer, loss, history, max_grad_norm=None, reducer=None):
     """Take one optimisation step on ``loss`` unless the loss or a gradient is not finite.
 
     Zeroes the gradients, back-propagates, optionally clips the gradients' total norm and
     steps. A non-finite loss is not back-propagated; a non-finite gradient leaves no
     gradient behind. Either way the weights are untouched and the step is counted in
     ``history.n_skipped_steps``; every call is counted in ``history.n_steps``.
+
+    With a ``reducer`` (data-parallel training) the gradients are summed over the ranks
+    before they are checked and clipped, and a non-finite loss on any rank skips the step
+    on every rank, so that the ranks' weights never diverge.
 
     Parameters
     ----------
@@ -95,6 +103,8 @@ def guarded_step(optimizer, loss, history, max_grad_norm=None):
         Updated in place.
     max_grad_norm : float or None, default=None
         Clip the gradients' total norm to this value; None does not clip.
+    reducer : skivcnf._distributed.GradientReducer, optional
+        Sums the gradients over the ranks (every rank calls this with its share of the loss).
 
     Returns
     -------
@@ -119,11 +129,18 @@ def guarded_step(optimizer, loss, history, max_grad_norm=None):
     """
     history.n_steps += 1
     optimizer.zero_grad(set_to_none=True)
-    if not bool(torch.isfinite(loss)):
+    finite = bool(torch.isfinite(loss))
+    if not finite and reducer is None:
         history.n_skipped_steps += 1
         return False
-    loss.backward()
+    # A rank's share without a graph (no trainable weight reached) contributes no gradient.
+    if finite and (reducer is None or loss.requires_grad):
+        loss.backward()
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    if reducer is not None and not reducer.reduce(parameters, finite):
+        optimizer.zero_grad(set_to_none=True)
+        history.n_skipped_steps += 1
+        return False
     if not all(bool(torch.isfinite(p.grad).all()) for p in parameters if p.grad is not None):
         optimizer.zero_grad(set_to_none=True)
         history.n_skipped_steps += 1
@@ -273,7 +290,9 @@ def fit_loop(history, train_epoch, max_epochs, *, validation_loss=None, stopper=
     :class:`~skivcnf.exceptions.ConstraintWarning` raised during the epochs is silenced
     (the history counts unsolved draws). At the end the best state is restored (if
     ``stopper`` keeps one), ``best_epoch``, ``stopped_early`` and ``seconds`` are set, and
-    skipped steps and unsolved draws are warned about once.
+    skipped steps and unsolved draws are warned about once. Under ``torch.distributed``
+    only rank 0 shows the progress bar and warns (the other ranks' warnings during the
+    epochs are dropped).
 
     Parameters
     ----------
@@ -311,7 +330,10 @@ def fit_loop(history, train_epoch, max_epochs, *, validation_loss=None, stopper=
     # Unsolved constraints are counted in the history and reported once, after the loop.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConstraintWarning)
-        epochs = tqdm(range(max_epochs), disable=not verbose, desc=description, unit=unit)
+        speaks = is_rank_zero()
+        if not speaks:
+            warnings.simplefilter("ignore")  # rank 0 computes the same and warns for all
+        epochs = tqdm(range(max_epochs), disable=not (verbose and speaks), desc=description, unit=unit)
         for _ in epochs:
             epoch_start = time.perf_counter()
             history.train_loss.append(train_epoch())
@@ -330,5 +352,6 @@ def fit_loop(history, train_epoch, max_epochs, *, validation_loss=None, stopper=
     else:
         history.best_epoch = len(history.train_loss) - 1
     history.seconds = time.perf_counter() - started
-    warn_training_issues(history, stacklevel=4)
+    if speaks:
+        warn_training_issues(history, stacklevel=4)
     return history

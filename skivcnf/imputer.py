@@ -10,14 +10,14 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._base import BaseFlowImputer
-from ._drawing import ROWS_PER_EPOCH, bootstrap_copies, draw_record, iter_draws, snap_categories
+from ._distributed import is_rank_zero
+from ._drawing import ROWS_PER_EPOCH, draw_copies, draw_record, iter_draws, snap_categories
 from ._sklearn_compat import Interval, StrOptions, fit_context
 from ._utils import caller_stacklevel, one_warning_per_kind
 from .conditional import (
     InferenceNetwork,
     conditional_mean,
     fit_inference_network,
-    importance_resample,
     masked_bound,
     row_keys,
 )
@@ -33,9 +33,6 @@ MIN_VALIDATION_ROWS, MIN_TRAINING_ROWS = 2, 18
 #: early-stopping checks, and the work between them, stop growing with the table (docs/benchmarks.md).
 MAX_VALIDATION_ROWS = 1024
 MIN_TRAINING_STEPS = 200  # early stopping waits this many optimiser steps (docs/benchmarks.md, "Uncertainty")
-#: ``sample_multiple_imputations(proper=False)`` resamples each row's copies from at least this
-#: many proposals per copy (and at least ``n_draws``), so that copies rarely repeat a proposal.
-PROPOSALS_PER_IMPUTATION = 4
 
 
 class IVCNFImputer(BaseFlowImputer):
@@ -260,7 +257,7 @@ class IVCNFImputer(BaseFlowImputer):
             max_validation_rows=MAX_VALIDATION_ROWS, min_steps=MIN_TRAINING_STEPS,
             dequantisation=self._dequantisation_cells(self._device),
             generator=self._streams.generator("fit", self._device), verbose=bool(self.verbose))
-        if holds_out and not self.history_.stopped_early:
+        if holds_out and not self.history_.stopped_early and is_rank_zero():  # one warning, not one per process
             warnings.warn(f"Training stopped at max_epochs={self.max_epochs} while the held-out bound was still "
                           f"improving (best epoch {self.history_.best_epoch + 1}); raise max_epochs for a better fit.",
                           ConvergenceWarning, stacklevel=caller_stacklevel())
@@ -311,7 +308,7 @@ class IVCNFImputer(BaseFlowImputer):
         parameters, which Rubin's rules need for intervals that cover (docs/benchmarks.md,
         "Uncertainty"); it costs ``5 * n_imputations`` epochs on ``X``. With ``proper=False``
         each row's copies are resampled by importance weight from ``max(n_draws,
-        PROPOSALS_PER_IMPUTATION * n_imputations)`` draws of the fitted model alone: fast, and
+        PROPOSALS_PER_IMPUTATION * n_imputations)`` (4 per copy) draws of the fitted model alone: fast, and
         a row's copies do not depend on the other rows of ``X``, but intervals are too narrow
         where the model's estimation error matters (small tables).
 
@@ -332,20 +329,13 @@ class IVCNFImputer(BaseFlowImputer):
         """
         self._check_count("n_imputations", n_imputations)
         X_checked, table, mask = self._validate_input(X, reset=False)
-        copies = [None] * n_imputations
-        if self._has_hidden_modelled(mask):
-            # Equal rows get independent copies: the k-th occurrence of a row has its own key.
-            keys = distinct_keys(self._row_keys("multiple_imputations", X_checked))
-            if proper:
-                copies = bootstrap_copies(self, X_checked, n_imputations, keys, min_rows=MIN_TRAINING_ROWS)
-            else:
-                n_proposals = max(self.n_draws, PROPOSALS_PER_IMPUTATION * n_imputations)
-                batches = iter_draws(self, X_checked, n_proposals, keys,
-                                     "their missing entries are the training means in every imputation",
-                                     mc_tolerance=float("inf"))
-                copies = np.concatenate([importance_resample(result.draws, n_imputations, noise).cpu().double()
-                                         .numpy() for result, noise in batches], axis=1)
+        copies = draw_copies(self, X_checked, mask, n_imputations, proper, self._copy_keys(X_checked),
+                             min_rows=MIN_TRAINING_ROWS)
         return self._stack_in_output_container([self._completed(table, mask, copy, X_checked) for copy in copies], X)
+
+    def _copy_keys(self, X):
+        """Each row's key for its copies: equal rows get independent copies (the k-th occurrence its own key)."""
+        return distinct_keys(self._row_keys("multiple_imputations", X))
 
     @one_warning_per_kind
     def conditional_draws(self, X, n_draws=None):

@@ -140,3 +140,15 @@ def test_an_imputer_saved_for_cuda_loads_where_there_is_none(tmp_path, frame, fi
         else:  # a CUDA generator draws other numbers: only the observed entries are comparable
             observed, d = ~np.isnan(frame.to_numpy()), frame.shape[1]
             np.testing.assert_array_equal(out[:, :d][observed], expected[:, :d][observed])
+
+
+def test_load_onto_a_named_device(tmp_path, frame, fitted):
+    fitted.save(tmp_path / "imputer.pt")
+    loaded = IVCNFImputer.load(tmp_path / "imputer.pt", device="cpu")
+    assert loaded.device == "cpu" and next(loaded.flow_.parameters()).device.type == "cpu"
+    np.testing.assert_array_equal(loaded.transform(frame), fitted.transform(frame))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            IVCNFImputer.load(tmp_path / "imputer.pt", device="cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        IVCNFImputer.load(tmp_path / "imputer.pt", device="gpu")

@@ -24,7 +24,7 @@ from .fitting import fit_inference_network, fit_posterior
 from .hidden_block import hidden_jacobian, log_prob_and_hidden_jacobian, solve_hidden_block
 from .implicit import attach_implicit_gradients
 from .linalg import GMRESResult, gmres
-from .noise import RowNoise, row_keys
+from .noise import RowNoise, ShardNoise, row_keys
 from .posteriors import (
     GaussianParameters,
     GaussianPosterior,
@@ -60,6 +60,7 @@ __all__ = [
     "InferenceNetwork",
     "ReliableDraws",
     "RowNoise",
+    "ShardNoise",
     "SolverOptions",
     "attach_implicit_gradients",
     "bound_integrand",

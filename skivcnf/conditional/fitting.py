@@ -5,14 +5,27 @@ the draws whose constraint was not solved) and record a
 :class:`~skivcnf.flows.TrainingHistory`.
 """
 
+import functools
 import math
 import time
 from contextlib import contextmanager
 
 import torch
 
+from .._distributed import (
+    GradientReducer,
+    all_sum,
+    broadcast_modules,
+    check_same_data,
+    from_rank_zero,
+    is_distributed,
+    shard_slice,
+    shared_generator,
+    world_size,
+)
 from .._training import EarlyStopping, TrainingHistory, fit_loop, guarded_step
 from .bound import OBJECTIVES, bound_terms, masked_bound
+from .noise import ShardNoise, uniform
 from .sampling import conditional_mean, sample_conditional
 
 __all__ = ["fit_inference_network", "fit_posterior"]
@@ -172,25 +185,47 @@ def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=
                         started=start, description="fit posterior", unit="step", verbose=verbose)
 
 
+def _batch_share(batch, generator, reducer):
+    """The rows this process computes of a global ``batch``, their draws, and how many ranks compute them.
+
+    One process (no ``reducer``) computes every row. Data-parallel ranks each compute a
+    contiguous share, drawing from a :class:`~.noise.ShardNoise`; a batch with fewer rows
+    than ranks (an epoch's last) is computed whole by every rank, each contributing
+    ``1 / world_size()`` of its gradient, so that no rank's share is empty.
+    """
+    if reducer is None:
+        return batch, generator, 1
+    if len(batch) < world_size():
+        return batch, generator, world_size()
+    rows = shard_slice(len(batch))
+    return batch[rows], ShardNoise(generator, len(batch), rows), 1
+
+
 def _fit_epoch(flow, y, hidden, rows, network, optimizer, history, batch_size, n_samples, logdet, solver, options,
-               objective, max_grad_norm, generator, rows_per_epoch=None, dequantisation=None):
+               objective, max_grad_norm, generator, rows_per_epoch=None, dequantisation=None, reducer=None):
     """One pass over shuffled minibatches of ``rows`` (a fresh random ``rows_per_epoch`` of them
     if fewer): minus the bound per row summed over the steps taken, / rows used. ``dequantisation``:
-    see :func:`fit_inference_network`."""
+    see :func:`fit_inference_network`. With a ``reducer`` (data-parallel training), each rank
+    computes its share of every batch and the loss and unsolved draws are summed over the ranks."""
     rows = rows[torch.randperm(len(rows), generator=generator, device=y.device)][:rows_per_epoch]
-    total_loss = 0.0
+    total_loss, n_unsolved_epoch = 0.0, 0
     for batch_start in range(0, len(rows), batch_size):
         batch = rows[batch_start:batch_start + batch_size]
-        y_b, h_b = y[batch], hidden[batch]
+        local, noise, copies = _batch_share(batch, generator, reducer)
+        y_b, h_b = y[local], hidden[local]
         if dequantisation is not None:
-            noise = (torch.rand(y_b.shape, generator=generator, device=y.device, dtype=y.dtype) - 0.5) * dequantisation
-            y_b = torch.where(h_b, y_b, y_b + noise)
-        terms = bound_terms(flow, y_b, h_b, network(y_b, h_b), n_samples, logdet, solver, options, None, generator)
+            cells = uniform(y_b.shape, noise, y.dtype, y.device, rows_axis=0)
+            y_b = torch.where(h_b, y_b, y_b + (cells - 0.5) * dequantisation)
+        terms = bound_terms(flow, y_b, h_b, network(y_b, h_b), n_samples, logdet, solver, options, None, noise)
         row_bounds, n_unsolved = masked_bound(terms, objective)
-        history.n_unsolved_draws += n_unsolved
-        loss = -row_bounds.sum()
-        if guarded_step(optimizer, loss / len(batch), history, max_grad_norm):
+        n_unsolved_epoch += n_unsolved
+        # Divided by the global batch's rows: the ranks' gradients then sum to the global batch's.
+        loss = -row_bounds.sum() / copies
+        if guarded_step(optimizer, loss / len(batch), history, max_grad_norm, reducer):
             total_loss += float(loss.detach())
+    if reducer is not None:
+        total_loss, n_unsolved_epoch = all_sum([total_loss, n_unsolved_epoch])
+    history.n_unsolved_draws += int(n_unsolved_epoch)
     return total_loss / max(len(rows), 1)
 
 
@@ -198,7 +233,7 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
                           n_samples=8, logdet="exact", solver="auto", options=None, objective="elbo",
                           train_flow=False, validation_fraction=0.0, monitor="bound", patience=10,
                           min_delta=1e-4, max_grad_norm=10.0, rows_per_epoch=None, max_validation_rows=None,
-                          min_steps=0, dequantisation=None, generator=None, verbose=False):
+                          min_steps=0, dequantisation=None, generator=None, distributed=True, verbose=False):
     """Train an amortised posterior on the bound over minibatches of incomplete rows.
 
     With ``train_flow=True`` the flow's weights are trained jointly on the same bound
@@ -249,6 +284,15 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
         density whose integral over a cell is a discrete value's probability (uniform
         dequantisation). Held-out rows get one such draw of the noise, kept for every epoch.
     generator : torch.Generator, optional
+    distributed : bool, default=True
+        When a ``torch.distributed`` process group of more than one process is initialised,
+        train data-parallel: every rank must call this with the same arguments (the same
+        rows, ``generator`` seeded alike); each global minibatch is split into contiguous
+        shares, one per rank, whose gradients are summed over the ranks before every rank
+        takes the same step (see :mod:`skivcnf._distributed`). The weights then stay identical
+        on every rank and equal one process's, trained on the same global batches, up to the
+        order of float summation. Rank 0 alone computes the held-out loss and shows progress.
+        False trains on every row in this process, whatever the process group.
     verbose : bool
 
     Returns
@@ -289,6 +333,12 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     start = time.perf_counter()
     history = TrainingHistory()
     y = torch.where(hidden, 0.0, y)
+    reducer = None
+    if distributed and is_distributed():
+        check_same_data(y, hidden)  # first: a rank with other data fails before any other collective
+        broadcast_modules([flow, network])
+        generator = shared_generator(generator, y.device)
+        reducer = GradientReducer()
     params = list(network.parameters()) + (list(flow.parameters()) if train_flow else [])
     optimizer = torch.optim.Adam(params, lr=lr)
     order = torch.randperm(y.shape[0], generator=generator, device=y.device)
@@ -315,12 +365,15 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
         def validation_loss():
             return _held_out_bound_loss(flow, y_validation, hidden_validation, network, n_samples, logdet, solver,
                                         options, objective, batch_size, held_out_seed)
+    if n_validation and reducer is not None:
+        # Every rank must take the same early-stopping decision: rank 0's held-out loss decides for all.
+        validation_loss = functools.partial(from_rank_zero, validation_loss)
     with _flow_frozen(flow, frozen=not train_flow):
         return fit_loop(
             history,
             lambda: _fit_epoch(flow, y, hidden, train_rows, network, optimizer, history, batch_size, n_samples,
                                logdet, solver, options, objective, max_grad_norm, generator, rows_per_epoch,
-                               dequantisation),
+                               dequantisation, reducer),
             max_epochs,
             validation_loss=validation_loss,
             # The flow's state is kept even when it is not trained: restoring both is what was validated.

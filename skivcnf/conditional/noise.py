@@ -7,13 +7,16 @@ counter-based generators): entry ``(k, i, j)`` of the ``c``-th call depends only
 ``i``'s 64-bit key, ``c``, ``k`` and ``j``. Imputing a row alone, in another batch or in
 another order therefore gives the same draws, given the same sequence of calls.
 Keys come from :func:`row_keys`: a hash of a seed, the row's values and its mask.
+
+:class:`ShardNoise` serves data-parallel training instead: each rank draws the whole global
+batch's numbers from the same ``torch.Generator`` and keeps its own rows.
 """
 
 import numpy as np
 import torch
 from scipy.special import ndtri
 
-__all__ = ["RowNoise", "distinct_keys", "row_keys", "standard_normal", "uniform"]
+__all__ = ["RowNoise", "ShardNoise", "distinct_keys", "row_keys", "standard_normal", "uniform"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MULTIPLIERS = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
@@ -160,8 +163,71 @@ class RowNoise:
         return torch.as_tensor(ndtri(self._uniform53(shape, rows_axis)), dtype=dtype, device=device)
 
 
+class ShardNoise:
+    """One rank's rows of random tensors drawn for a whole global batch, alike on every rank.
+
+    In data-parallel training each rank computes the bound of a contiguous share of the rows
+    of every global batch. Drawing each tensor for the global batch from the same
+    ``torch.Generator`` on every rank and keeping this rank's rows gives every row the numbers
+    one process would give it for the whole batch, and keeps the ranks' generators in step.
+    Pass it where the training loop passes a ``torch.Generator``; draws that are not per row
+    (the Russian roulette's, the rows' order) use :attr:`generator` itself.
+
+    Parameters
+    ----------
+    generator : torch.Generator or None
+    n_rows : int
+        Rows of the global batch.
+    rows : slice
+        This rank's rows of the global batch (at least one).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional.noise import ShardNoise
+    >>> whole = torch.randn(2 * 5, 3, generator=torch.Generator().manual_seed(0))  # (n_samples * rows, d)
+    >>> share = ShardNoise(torch.Generator().manual_seed(0), 5, slice(3, 5)).normal((2 * 2, 3), torch.float32)
+    >>> torch.equal(share, whole.view(2, 5, 3)[:, 3:5].reshape(4, 3))
+    True
+    """
+
+    def __init__(self, generator, n_rows, rows):
+        self.generator = generator
+        self.n_rows = int(n_rows)
+        self.rows = rows
+        self.n_local = len(range(n_rows)[rows])
+        if self.n_local < 1:
+            raise ValueError(f"ShardNoise needs at least one row of the global batch, got {rows} of {n_rows}.")
+
+    def _draw(self, sample, shape, dtype, device, rows_axis):
+        """``sample`` the global tensor whose rows replace ``shape``'s on ``rows_axis``; keep this rank's rows.
+
+        A rows' dimension of ``k`` times this rank's rows holds ``k`` stacked blocks of rows
+        (the flattened ``(n_samples * batch, d)`` draws, sample-major), each the global batch's.
+        """
+        shape = tuple(shape)
+        axis = rows_axis % len(shape)
+        blocks, remainder = divmod(shape[axis], self.n_local)
+        if remainder or not blocks:
+            raise ValueError(f"ShardNoise has {self.n_local} rows; a tensor of shape {shape} has {shape[axis]} on "
+                             f"its rows' dimension {rows_axis}.")
+        whole = sample((*shape[:axis], blocks * self.n_rows, *shape[axis + 1:]), generator=self.generator,
+                       dtype=dtype, device=device)
+        whole = whole.reshape(*shape[:axis], blocks, self.n_rows, *shape[axis + 1:])
+        return whole[(slice(None),) * (axis + 1) + (self.rows,)].reshape(shape).contiguous()
+
+    def normal(self, shape, dtype=torch.float32, device="cpu", rows_axis=-2):
+        """Standard normals, Tensor of ``shape`` with this rank's rows on ``rows_axis``."""
+        return self._draw(torch.randn, shape, dtype, device, rows_axis)
+
+    def uniform(self, shape, dtype=torch.float32, device="cpu", rows_axis=-1):
+        """Uniforms in [0, 1), Tensor of ``shape`` with this rank's rows on ``rows_axis``."""
+        return self._draw(torch.rand, shape, dtype, device, rows_axis)
+
+
 def standard_normal(shape, generator, dtype, device):
-    """Standard normals of ``shape`` from a ``torch.Generator`` (or None) or a :class:`RowNoise`."""
+    """Standard normals of ``shape`` from a ``torch.Generator`` (or None), a :class:`RowNoise` or a
+    :class:`ShardNoise` (rows on dimension -2, possibly flattened with the draws)."""
     if isinstance(generator, RowNoise):
         shape = tuple(shape)
         if shape[-2] % max(len(generator), 1) == 0 and shape[-2] != len(generator):
@@ -169,11 +235,14 @@ def standard_normal(shape, generator, dtype, device):
             stacked = (*shape[:-2], shape[-2] // len(generator), len(generator), shape[-1])
             return generator.normal(stacked, dtype, device).reshape(shape)
         return generator.normal(shape, dtype, device)
+    if isinstance(generator, ShardNoise):
+        return generator.normal(shape, dtype, device)
     return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
 
-def uniform(shape, generator, dtype, device):
-    """Uniforms in [0, 1) of ``shape`` (rows last) from a ``torch.Generator`` (or None) or a :class:`RowNoise`."""
-    if isinstance(generator, RowNoise):
-        return generator.uniform(shape, dtype, device)
+def uniform(shape, generator, dtype, device, rows_axis=-1):
+    """Uniforms in [0, 1) of ``shape`` (rows on ``rows_axis``) from a ``torch.Generator`` (or None), a
+    :class:`RowNoise` or a :class:`ShardNoise`."""
+    if isinstance(generator, (RowNoise, ShardNoise)):
+        return generator.uniform(shape, dtype, device, rows_axis)
     return torch.rand(shape, generator=generator, dtype=dtype, device=device)

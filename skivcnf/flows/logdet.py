@@ -9,11 +9,24 @@ reweighted so that it stays unbiased, with Hutchinson's trace estimator. The gra
 the Neumann series ``d log det(I + J) = sum_k (-1)^k tr(J^k dJ)``, estimated with the
 same roulette and probe vector, so that the graph holds one vector-Jacobian product
 instead of the whole series.
+
+The ``generator`` is a ``torch.Generator`` or, in data-parallel training, an object with a
+``generator`` (for the roulette, drawn alike by every rank) and a ``normal(shape, dtype,
+device)`` that gives this rank's rows of a global draw
+(:class:`skivcnf.conditional.noise.ShardNoise`: taken by duck typing, as ``flows`` does not
+import ``conditional``).
 """
 
 import torch
 
 __all__ = ["stochastic_block_logdet"]
+
+
+def _probe(shape, generator, dtype, device):
+    """Gaussian probe vectors, rows first."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    return generator.normal(shape, dtype, device)
 
 
 def _roulette_coefficients(n_exact_terms, geom_p, generator, dtype, device):
@@ -22,6 +35,8 @@ def _roulette_coefficients(n_exact_terms, geom_p, generator, dtype, device):
     ``N`` is geometric (failures before the first success, ``P(N >= m) = (1 - p)^m``);
     the first ``n_exact_terms`` terms are always kept with weight 1.
     """
+    if not (generator is None or isinstance(generator, torch.Generator)):
+        generator = generator.generator  # one draw for all rows: the global one, alike on every rank
     u = torch.rand((), generator=generator, device=None if generator is None else generator.device)
     extra = int(torch.floor(torch.log(u) / torch.log1p(torch.tensor(-geom_p))).item())
     n_terms = n_exact_terms + extra
@@ -43,7 +58,8 @@ def stochastic_block_logdet(block, z, generator=None, n_exact_terms=2, geom_p=0.
     block : ResidualBlock
     z : Tensor (batch, d)
     generator : torch.Generator, optional
-        Source of the roulette draw and the Gaussian probe vectors (one per row).
+        Source of the roulette draw and the Gaussian probe vectors (one per row); or a
+        data-parallel share of the draws (see the module's docstring).
     n_exact_terms : int
         Series terms always computed.
     geom_p : float
@@ -72,7 +88,7 @@ def stochastic_block_logdet(block, z, generator=None, n_exact_terms=2, geom_p=0.
     if n_exact_terms < 1:
         raise ValueError(f"n_exact_terms must be at least 1, got {n_exact_terms!r}.")
     n_terms, coeff = _roulette_coefficients(n_exact_terms, geom_p, generator, z.dtype, z.device)
-    probe = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+    probe = _probe(z.shape, generator, z.dtype, z.device)
     needs_grad = torch.is_grad_enabled() and (
         z.requires_grad or any(p.requires_grad for p in block.parameters())
     )
