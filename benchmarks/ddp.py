@@ -70,6 +70,7 @@ def worker(table, n_rows, n_columns, batch_size, epochs, out):
     if dist.get_rank() == 0:
         Path(out).write_text(json.dumps({"epoch_seconds": imputer.history_.epoch_seconds, "fit_seconds": seconds,
                                          "steps": imputer.history_.n_steps, "shape": list(X.shape)}))
+    dist.barrier()  # no rank leaves the group while another still uses it
     dist.destroy_process_group()
 
 

@@ -71,6 +71,8 @@ def main():
             print(f"{world} process(es): fit {seconds:.1f} s, {len(imputer.history_.train_loss)} epochs, "
                   f"saved to {path}")
             print(f"IVCNFImputer RMSE on removed entries (standardised) {rmse:.3f}")
+        if launched:
+            dist.barrier()  # no rank leaves the group while another still uses it (gloo aborts then)
     finally:
         if launched:
             dist.destroy_process_group()

@@ -19,6 +19,7 @@ from sklearn.utils.validation import FLOAT_DTYPES, check_array, check_is_fitted,
 
 from . import _persistence
 from ._columns import ColumnLayout, missing_mask
+from ._distributed import from_rank_zero
 from ._encoding import CATEGORICAL, TableEncoder, is_dataframe
 from ._sklearn_compat import (
     MissingValues,
@@ -208,7 +209,9 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         half_cell = 0.5 * self._cell_widths()
         self.observed_range_ = np.vstack([low - half_cell, high + half_cell])
         self._device = device
-        self._streams = RandomStreams.from_random_state(self.random_state)
+        # Data-parallel ranks (torchrun) share every random stream, random_state=None included.
+        seed = RandomStreams.from_random_state(self.random_state).root_seed
+        self._streams = RandomStreams(int(from_rank_zero(lambda: float(seed))))  # an int32: exact in float64
         return layout
 
     def _empty_columns(self):

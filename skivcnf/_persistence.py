@@ -97,6 +97,8 @@ def load_imputer(cls, path, device=None):
     params = json.loads(payload["params"])
     params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
     if device is not None:
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a str such as 'cpu' or 'cuda:0', got {type(device).__name__}.")
         resolve_device(device)  # a device that cannot be used fails here, naming it
         params["device"] = device
     if isinstance(params["missing_values"], float) and math.isnan(params["missing_values"]):

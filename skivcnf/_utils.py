@@ -8,8 +8,6 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from ._distributed import is_rank_zero
-
 __all__ = ["STREAMS", "RandomStreams", "caller_stacklevel", "one_warning_per_kind", "resolve_device"]
 
 
@@ -82,16 +80,12 @@ def one_warning_per_kind(method):
     Warnings raised inside (one per batch, per solver call, per bootstrap model...) are
     recorded; at the end the first of each class is re-emitted, with the number of others
     appended. The user's filters apply to the re-emitted warnings (``"error"`` raises then).
-    Under ``torch.distributed`` only rank 0 re-emits them: every rank runs the same call on
-    the same model, so the others would repeat its warnings.
     """
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = method(*args, **kwargs)
-        if not is_rank_zero():
-            return result
         for category in dict.fromkeys(w.category for w in caught):
             same = [w for w in caught if w.category is category]
             more = f" (and {len(same) - 1} more {category.__name__}s in this call)" if len(same) > 1 else ""

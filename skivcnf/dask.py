@@ -60,10 +60,11 @@ def transform(imputer, X):
     model, X, frame = _prepare(imputer, X)
     example = _example_output(model, X, frame)
     handle = _delayed(model)
+    empty = example.iloc[:0] if frame else example[:0]  # what a partition without rows gives
     if frame:
-        return X.map_partitions(_transform_partition, handle, meta=example.iloc[:0], enforce_metadata=False)
-    return X.map_blocks(_transform_partition, handle, dtype=example.dtype, chunks=(X.chunks[0], (example.shape[1],)),
-                        meta=np.empty((0, 0), dtype=example.dtype))
+        return X.map_partitions(_transform_partition, handle, empty, meta=empty, enforce_metadata=False)
+    return X.map_blocks(_transform_partition, handle, empty, dtype=example.dtype,
+                        chunks=(X.chunks[0], (example.shape[1],)), meta=np.empty((0, 0), dtype=example.dtype))
 
 
 def sample_multiple_imputations(imputer, X, n_imputations=5, *, proper=True):
@@ -115,15 +116,18 @@ def sample_multiple_imputations(imputer, X, n_imputations=5, *, proper=True):
     final = np.split(distinct_keys(np.concatenate(keys)), np.cumsum([len(k) for k in keys])[:-1])
     # Only the repeats' keys change: a partition is sent the few (row, key) pairs that differ.
     fixes = [(np.flatnonzero(new != old), new[new != old]) for new, old in zip(final, keys, strict=True)]
-    copies = [dask.delayed(_copies_partition)(part, handle, n_imputations, fix, frame) for part, fix in
-              zip(parts, fixes, strict=True)]
     example = _example_output(model, X, frame)
+    if frame:
+        empty = example.iloc[:0]
+        empty.insert(0, IMPUTATION_COLUMN, np.array([], dtype=np.int64))
+    else:
+        empty = np.empty((n_imputations, 0, example.shape[1]), dtype=example.dtype)
+    copies = [dask.delayed(_copies_partition)(part, handle, n_imputations, fix, frame, empty) for part, fix in
+              zip(parts, fixes, strict=True)]
     if frame:
         import dask.dataframe as dd
 
-        meta = example.iloc[:0]
-        meta.insert(0, IMPUTATION_COLUMN, np.array([], dtype=np.int64))
-        return dd.from_delayed(copies, meta=meta, verify_meta=False)
+        return dd.from_delayed(copies, meta=empty, verify_meta=False)
     return da.concatenate([da.from_delayed(part, shape=(n_imputations, len(k), example.shape[1]), dtype=example.dtype)
                            for part, k in zip(copies, keys, strict=True)], axis=1)
 
@@ -165,29 +169,38 @@ def _example_output(model, X, frame):
     """The output of one row with every entry that can be missing missing, for the result's dtypes."""
     if frame:
         row = X._meta_nonempty.iloc[:1].copy()
-        for column in row.columns:
+        for j, column in enumerate(row.columns):
             if row[column].dtype.kind not in "iub":  # entries of numpy ints and bools cannot be missing
                 row[column] = row[column].where(np.zeros(1, dtype=bool))
+            elif model.categories_[j] is not None:  # a category seen at fit, not Dask's placeholder
+                row[column] = np.asarray(model.categories_[j][:1]).astype(row[column].dtype)
     else:
         dtype = X.dtype
         row = np.full((1, X.shape[1]), np.nan if dtype.kind in "fcO" else 0, dtype=dtype)
+        for j, categories in enumerate(model.categories_):
+            if dtype.kind not in "fcO" and categories is not None:
+                row[0, j] = categories[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return model.transform(row)
 
 
 @one_warning_per_kind
-def _transform_partition(part, model):
-    return model.transform(part)
+def _transform_partition(part, model, empty):
+    return empty if len(part) == 0 else model.transform(part)
 
 
 def _partition_keys(part, model):
+    if len(part) == 0:
+        return np.empty(0, dtype=np.uint64)
     X, _, _ = model._validate_input(part, reset=False)
     return model._row_keys("multiple_imputations", X)
 
 
 @one_warning_per_kind
-def _copies_partition(part, model, n_imputations, fix, frame):
+def _copies_partition(part, model, n_imputations, fix, frame, empty):
+    if len(part) == 0:
+        return empty
     X, table, mask = model._validate_input(part, reset=False)
     keys = model._row_keys("multiple_imputations", X)
     keys[fix[0]] = fix[1]

@@ -79,8 +79,8 @@ class IVCNFImputer(BaseFlowImputer):
         Passes over the training rows (early stopping usually ends training sooner); past
         ``ROWS_PER_EPOCH`` (4,096) training rows, an epoch is a fresh random 4,096 of them.
     batch_size : int, default=64
-        Rows per training step, and per batch at ``transform`` (memory grows with
-        ``batch_size * n_draws * d^2``, never with the number of rows).
+        Rows per training step, and per batch at ``transform`` (1,024 at least on a GPU;
+        memory grows with ``batch_size * n_draws * d^2``, never with the number of rows).
     learning_rate : float, default=2e-3
         Adam's step size for the flow and the inference network.
     validation_fraction : float, default=0.1

@@ -137,3 +137,21 @@ def test_dask_ml_parallel_post_fit(data, fitted):
     out = wrapped.transform(da.from_array(X, chunks=25))
     assert isinstance(out, da.Array)
     np.testing.assert_allclose(out.compute(), fitted.transform(X), rtol=0, atol=FLOAT32_NOISE * np.nanstd(X))
+
+
+def test_empty_partitions_and_integer_category_codes():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=60), "k": rng.choice([3, 5, 7], size=60)})
+    imputer = IVCNFImputer(**TINY, categorical_features=["k"]).fit(frame.assign(x=frame.x.mask(frame.index % 5 == 0)))
+    missing = frame.assign(x=frame.x.mask(frame.index % 5 == 0))  # k (numpy ints) has no missing entry
+    lazy = dd.from_pandas(missing, npartitions=3)
+    filtered = lazy.map_partitions(lambda part: part[part.index >= 40], meta=lazy._meta)  # two partitions empty
+    out = skdask.transform(imputer, filtered).compute()
+    assert list(out.index) == list(range(40, 60)) and out["k"].dtype == missing["k"].dtype
+    np.testing.assert_allclose(out.to_numpy(dtype=float), imputer.set_output(transform="default")
+                               .transform(missing.iloc[40:]).astype(float), rtol=0, atol=FLOAT32_NOISE * 10)
+    copies = skdask.sample_multiple_imputations(imputer, filtered, 2, proper=False).compute()
+    assert len(copies) == 40 and set(copies["k"]) <= {3, 5, 7}
+    array = da.from_array(missing.to_numpy(), chunks=20)
+    kept = array[array[:, 1] > 100]  # no row: every block is empty, with unknown sizes
+    assert skdask.transform(imputer, kept).compute().shape == (0, 2)

@@ -111,6 +111,7 @@ def _worker(out):
         except ValueError as exc:
             record[f"mismatch_{name}"] = str(exc)
     torch.save(record, out / f"rank{rank}.pt")
+    torch.distributed.barrier()  # no rank leaves the group while another still uses it
     torch.distributed.destroy_process_group()
 
 
@@ -213,7 +214,8 @@ def test_only_rank_zero_shows_progress_warns_and_writes(ranks):
     assert rank0["warnings"] == ["UnreliableWeightsWarning: uneven weights", "NumericalWarning: an epoch's warning",
                                  "NumericalWarning: 1 training steps had a non-finite loss or gradient and were "
                                  "skipped; consider a smaller learning rate or standardised inputs."]
-    assert rank1["warnings"] == []
+    # Training's warnings come from rank 0 alone; an inference method's are each rank's own (it runs locally).
+    assert rank1["warnings"] == ["UnreliableWeightsWarning: uneven weights"]
     assert rank0["saves"] == [os.fspath(out / "imputer.pt")] and rank1["saves"] == []
     for rank in (rank0, rank1):
         np.testing.assert_array_equal(rank["loaded_transform"], rank["transform"])

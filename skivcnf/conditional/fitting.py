@@ -218,14 +218,14 @@ def _fit_epoch(flow, y, hidden, rows, network, optimizer, history, batch_size, n
             y_b = torch.where(h_b, y_b, y_b + (cells - 0.5) * dequantisation)
         terms = bound_terms(flow, y_b, h_b, network(y_b, h_b), n_samples, logdet, solver, options, None, noise)
         row_bounds, n_unsolved = masked_bound(terms, objective)
-        n_unsolved_epoch += n_unsolved
+        n_unsolved_epoch += n_unsolved / copies  # a batch every rank computes whole is counted once
         # Divided by the global batch's rows: the ranks' gradients then sum to the global batch's.
         loss = -row_bounds.sum() / copies
         if guarded_step(optimizer, loss / len(batch), history, max_grad_norm, reducer):
             total_loss += float(loss.detach())
     if reducer is not None:
         total_loss, n_unsolved_epoch = all_sum([total_loss, n_unsolved_epoch])
-    history.n_unsolved_draws += int(n_unsolved_epoch)
+    history.n_unsolved_draws += round(n_unsolved_epoch)
     return total_loss / max(len(rows), 1)
 
 
