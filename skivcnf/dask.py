@@ -170,7 +170,8 @@ def _example_output(model, X, frame):
     if frame:
         row = X._meta_nonempty.iloc[:1].copy()
         for j, column in enumerate(row.columns):
-            if row[column].dtype.kind not in "iub":  # entries of numpy ints and bools cannot be missing
+            dtype = row[column].dtype
+            if not isinstance(dtype, np.dtype) or dtype.kind not in "iub":  # numpy ints and bools hold no NA
                 row[column] = row[column].where(np.zeros(1, dtype=bool))
             elif model.categories_[j] is not None:  # a category seen at fit, not Dask's placeholder
                 row[column] = np.asarray(model.categories_[j][:1]).astype(row[column].dtype)
