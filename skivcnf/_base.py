@@ -114,7 +114,7 @@ class Table(NamedTuple):
     encoder: object
 
 
-def _refuse_dask(X, fit):
+def refuse_dask(X, fit):
     """A Dask collection is not pulled into memory behind the user's back: name what to do instead."""
     dask = sys.modules.get("dask")  # not imported: X cannot be one of its collections
     if dask is None or not dask.is_dask_collection(X):
@@ -156,7 +156,7 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         """
         if not reset:
             check_is_fitted(self, "modelled_features_")
-        _refuse_dask(X, reset)
+        refuse_dask(X, reset)
         encoder = TableEncoder.fit(X, self.categorical_features, self.missing_values) \
             if reset else self._encoder
         raw = X
@@ -188,7 +188,7 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         model) before any fitted attribute is set, so a failed ``fit`` leaves no imputer that
         looks fitted. ``X`` and ``mask`` are the flow's features, ``table`` their columns.
         """
-        layout = ColumnLayout.fit(X, mask)
+        layout = self._column_layout(X, mask)
         device = resolve_device(self.device)
         if check_layout is not None:
             check_layout(layout)
@@ -213,6 +213,10 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         seed = RandomStreams.from_random_state(self.random_state).root_seed
         self._streams = RandomStreams(int(from_rank_zero(lambda: float(seed))))  # an int32: exact in float64
         return layout
+
+    def _column_layout(self, X, mask):
+        """Which features the flow models and their scaling (:class:`~skivcnf._columns.ColumnLayout`)."""
+        return ColumnLayout.fit(X, mask)
 
     def _empty_columns(self):
         """Columns entirely missing at ``fit`` (``empty_features_`` is per feature of the flow)."""

@@ -34,7 +34,8 @@ FORMAT = "skivcnf.IVCNFImputer"
 #: Version 2: centre and scale instead of StandardScaler's internals, the ``set_output``
 #: configuration, the unified training history, the root seed of the named random streams.
 #: Version 3: the column kinds and categories (mixed-type tables).
-VERSION = 3
+#: Version 4: the estimator's class, its modules by name (a classifier's head), its classes.
+VERSION = 4
 
 _ARRAYS = ("empty_features_", "constant_values_", "modelled_features_", "center_", "scale_", "observed_range_")
 
@@ -53,7 +54,9 @@ def _write(imputer, path):
     params = imputer.get_params()
     if not (params["random_state"] is None or isinstance(params["random_state"], Integral)):
         params["random_state"] = None  # a RandomState instance was only used to seed fit
-    params["hidden_layer_sizes"] = list(params["hidden_layer_sizes"])
+    for name in ("hidden_layer_sizes", "conv_channels", "image_shape", "head_hidden_layer_sizes"):
+        if params.get(name) is not None:
+            params[name] = list(params[name])
     fitted = {
         "n_features_in": int(imputer.n_features_in_),
         "feature_names_in": [str(n) for n in imputer.feature_names_in_] if hasattr(imputer, "feature_names_in_")
@@ -64,6 +67,9 @@ def _write(imputer, path):
         # set_output's choice (e.g. {"transform": "pandas"}) is estimator state too.
         "output_config": own_output_config(imputer),
         "encoder": imputer._encoder.to_dict(),
+        "estimator": type(imputer).__name__,
+        "pixel_step": imputer.pixel_step_,
+        "classes": imputer.classes_.tolist() if hasattr(imputer, "classes_") else None,
     }
     payload = {
         "format": FORMAT,
@@ -71,9 +77,11 @@ def _write(imputer, path):
         "params": json.dumps(params, default=_plain_number),
         "fitted": json.dumps(fitted, default=_plain_number),
         "arrays": {name: torch.from_numpy(np.array(getattr(imputer, name))) for name in _ARRAYS},
-        "flow": _cpu_state(imputer.flow_) if imputer.flow_ is not None else None,
-        "posterior": _cpu_state(imputer.posterior_) if imputer.posterior_ is not None else None,
+        "modules": {name: _cpu_state(getattr(imputer, name)) for name in imputer._MODULES
+                    if getattr(imputer, name) is not None},
     }
+    if hasattr(imputer, "class_prior_"):
+        payload["arrays"]["class_prior_"] = torch.from_numpy(imputer.class_prior_)
     torch.save(payload, os.fspath(path))
 
 
@@ -94,8 +102,13 @@ def load_imputer(cls, path, device=None):
         raise ValueError(f"{os.fspath(path)!r} was written by {'a newer' if newer else 'an older'} skivcnf (format "
                          f"version {payload['version']}, this one reads {VERSION}); "
                          f"{'upgrade skivcnf' if newer else 'refit the imputer'} to use it.")
+    fitted = json.loads(payload["fitted"])
+    if fitted["estimator"] != cls.__name__:
+        raise ValueError(f"{os.fspath(path)!r} holds a {fitted['estimator']}: read it with {fitted['estimator']}.load.")
     params = json.loads(payload["params"])
-    params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    for name in ("hidden_layer_sizes", "conv_channels", "image_shape", "head_hidden_layer_sizes"):
+        if params.get(name) is not None:
+            params[name] = tuple(params[name])
     if device is not None:
         if not isinstance(device, str):
             raise TypeError(f"device must be a str such as 'cpu' or 'cuda:0', got {type(device).__name__}.")
@@ -103,7 +116,6 @@ def load_imputer(cls, path, device=None):
         params["device"] = device
     if isinstance(params["missing_values"], float) and math.isnan(params["missing_values"]):
         params["missing_values"] = np.nan
-    fitted = json.loads(payload["fitted"])
     imputer = cls(**params)
     imputer.n_features_in_ = fitted["n_features_in"]
     encoder = imputer._encoder = TableEncoder.from_dict(fitted["encoder"])
@@ -113,6 +125,10 @@ def load_imputer(cls, path, device=None):
         imputer.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
     for name in _ARRAYS:
         setattr(imputer, name, payload["arrays"][name].numpy())
+    imputer.pixel_step_ = fitted["pixel_step"]
+    if fitted["classes"] is not None:
+        imputer.classes_ = np.asarray(fitted["classes"])
+        imputer.class_prior_ = payload["arrays"]["class_prior_"].numpy()
     imputer.empty_features_ = imputer.empty_features_.astype(bool)
     imputer.modelled_features_ = imputer.modelled_features_.astype(bool)
     imputer.indicator_ = None
@@ -123,14 +139,19 @@ def load_imputer(cls, path, device=None):
     imputer._streams = RandomStreams(fitted["root_seed"])
     imputer.history_ = TrainingHistory(**fitted["history"]) if fitted["history"] else None
     imputer._device = resolve_device(imputer.device, fall_back_to_cpu=True)
-    imputer.flow_, imputer.posterior_ = None, None
-    if payload["flow"] is not None:
-        imputer.flow_, imputer.posterior_ = imputer._build_modules(int(imputer.modelled_features_.sum()))
-        imputer.flow_.load_state_dict(payload["flow"])
-        imputer.posterior_.load_state_dict(payload["posterior"])
-        imputer.flow_.to(imputer._device)
-        imputer.posterior_.to(imputer._device)
+    _set_modules(imputer, payload["modules"])
     return imputer
+
+
+def _set_modules(imputer, states):
+    """Rebuild the estimator's modules from their CPU ``states`` (a name -> state dict) onto its device;
+    the modules without a state (no modelled column) are None."""
+    for name in imputer._MODULES:
+        setattr(imputer, name, None)
+    if states:
+        for name, module in imputer._rebuild_modules(int(imputer.modelled_features_.sum())).items():
+            module.load_state_dict(states[name])
+            setattr(imputer, name, module.to(imputer._device))
 
 
 def _rebuild_indicator(n_features, features):
@@ -143,8 +164,8 @@ def _rebuild_indicator(n_features, features):
 def pickled_state(state):
     """``__getstate__``: the estimator's state, its modules as CPU state dicts (parametrised modules pickle so)."""
     state = dict(state)
-    for name in ("flow_", "posterior_"):
-        if state.get(name) is not None:
+    for name in ("flow_", "posterior_", "head_"):
+        if isinstance(state.get(name), torch.nn.Module):
             state[name] = _cpu_state(state[name])
     state.pop("_device", None)
     return state
@@ -153,11 +174,8 @@ def pickled_state(state):
 def restore_pickled_state(imputer):
     """After ``__setstate__``: rebuild the modules on the ``device`` setting (the CPU if it is absent)."""
     state = imputer.__dict__
+    if "modelled_features_" not in state:
+        return
+    imputer._device = resolve_device(imputer.device, fall_back_to_cpu=True)
     if isinstance(state.get("flow_"), dict):
-        flow, posterior = imputer._build_modules(int(imputer.modelled_features_.sum()))
-        flow.load_state_dict(state["flow_"])
-        posterior.load_state_dict(state["posterior_"])
-        imputer._device = resolve_device(imputer.device, fall_back_to_cpu=True)
-        imputer.flow_, imputer.posterior_ = flow.to(imputer._device), posterior.to(imputer._device)
-    elif "modelled_features_" in state:
-        imputer._device = resolve_device(imputer.device, fall_back_to_cpu=True)
+        _set_modules(imputer, {name: state[name] for name in imputer._MODULES})

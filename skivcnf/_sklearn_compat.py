@@ -9,13 +9,14 @@ suite against it and against the newest release.
 from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, MissingValues, StrOptions
 from sklearn.utils._set_output import _get_output_config, _wrap_data_with_container
-from sklearn.utils.validation import _check_feature_names_in
+from sklearn.utils.validation import _check_feature_names_in, _check_y
 
 __all__ = [
     "Interval",
     "MissingValues",
     "StrOptions",
     "check_feature_names_in",
+    "check_y",
     "fit_context",
     "output_container",
     "own_output_config",
@@ -27,6 +28,11 @@ fit_context = _fit_context
 
 #: Input feature names, checked against ``feature_names_in_``.
 check_feature_names_in = _check_feature_names_in
+
+
+def check_y(y, estimator):
+    """A classifier's targets as a 1-d array: a column vector warns, NaN and infinities raise, as ``validate_data``."""
+    return _check_y(y, estimator=estimator)
 
 
 def output_container(estimator, method="transform"):

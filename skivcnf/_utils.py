@@ -55,7 +55,7 @@ def resolve_device(device, fall_back_to_cpu=False):
 #: The estimator's random streams, one per use, so that no use shifts another's draws
 #: (a new stream goes at the end: a stream's seed depends on its position).
 STREAMS = ("fit", "transform", "multiple_imputations", "score_samples", "conditional_draws", "initial_weights",
-           "bootstrap")
+           "bootstrap", "initial_head", "predict")
 
 #: Packages whose frames a warning skips, so that it points at the user's call.
 _INTERNAL_PACKAGES = ("skivcnf", "sklearn", "torch")
@@ -118,7 +118,7 @@ class RandomStreams:
     Traceback (most recent call last):
         ...
     ValueError: unknown random stream 'warm-up'; the streams are ('fit', 'transform', 'multiple_imputations', \
-'score_samples', 'conditional_draws', 'initial_weights', 'bootstrap').
+'score_samples', 'conditional_draws', 'initial_weights', 'bootstrap', 'initial_head', 'predict').
     """
 
     def __init__(self, root_seed):

@@ -12,6 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from ._base import BaseFlowImputer
 from ._distributed import is_rank_zero
 from ._drawing import ROWS_PER_EPOCH, draw_copies, draw_record, iter_draws, snap_categories
+from ._images import build_image_modules, check_image_shape, image_layout, pixel_step
 from ._sklearn_compat import Interval, StrOptions, fit_context
 from ._utils import caller_stacklevel, one_warning_per_kind
 from .conditional import (
@@ -93,6 +94,18 @@ class IVCNFImputer(BaseFlowImputer):
     n_iter_no_change : int, default=8
         Epochs without improvement of the held-out bound before stopping (never before
         ``MIN_TRAINING_STEPS`` = 200 optimiser steps: a small table's epochs are short).
+    image_shape : tuple of int or None, default=None
+        ``(height, width)`` or ``(channels, height, width)`` when rows are flattened images
+        (C-order): the flow is then convolutional (:func:`~skivcnf.flows.image_flow`: a
+        squeeze, ``n_blocks`` convolutional residual blocks with certified Lipschitz bounds,
+        ``n_dense_blocks`` fully connected ones of ``hidden_layer_sizes``) and the posterior
+        the paper's convolutional network; every pixel is modelled on one scale, with
+        uniform dequantisation of the intensities' grid (user guide, "Images"). None: the
+        MLP flow for tables.
+    conv_channels : tuple of int, default=(32, 32)
+        Hidden channels of each convolutional block (with ``image_shape``).
+    n_dense_blocks : int, default=1
+        Fully connected residual blocks after the convolutional ones (with ``image_shape``).
     missing_values : float, int, str or None, default=np.nan
         Placeholder of a missing entry (NaN, None and ``pd.NA`` are always missing too).
     categorical_features : "auto", array-like of str or int, bool mask or None, default="auto"
@@ -135,6 +148,9 @@ class IVCNFImputer(BaseFlowImputer):
         ``"numeric"``, ``"integer"`` or ``"categorical"``.
     categories_ : list of (ndarray or None)
         Each categorical column's categories seen at ``fit`` (None elsewhere).
+    pixel_step_ : float or None
+        With ``image_shape``: the grid step of the observed intensities, the width of the
+        dequantisation noise (None for tables).
 
     Examples
     --------
@@ -166,13 +182,17 @@ class IVCNFImputer(BaseFlowImputer):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "early_stopping": ["boolean"],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "image_shape": [tuple, list, None],
+        "conv_channels": [tuple, list],
+        "n_dense_blocks": [Interval(Integral, 0, None, closed="left")],
     }
 
     def __init__(self, *, n_blocks=4, hidden_layer_sizes=(64, 64), lipschitz_coeff=0.9, n_reflections=0,
                  n_draws=64, n_train_draws=2, importance_weighting=True, refinement_steps=0,
                  objective="iwae", solver="auto",
                  logdet="exact", max_epochs=100, batch_size=64, learning_rate=2e-3, validation_fraction=0.1,
-                 early_stopping=True, n_iter_no_change=8, missing_values=np.nan, categorical_features="auto",
+                 early_stopping=True, n_iter_no_change=8, image_shape=None, conv_channels=(32, 32), n_dense_blocks=1,
+                 missing_values=np.nan, categorical_features="auto",
                  handle_unknown="error", add_indicator=False, keep_empty_features=False, device="auto",
                  random_state=None, verbose=0):
         self.n_blocks = n_blocks
@@ -192,6 +212,9 @@ class IVCNFImputer(BaseFlowImputer):
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.n_iter_no_change = n_iter_no_change
+        self.image_shape = image_shape
+        self.conv_channels = conv_channels
+        self.n_dense_blocks = n_dense_blocks
         self.missing_values = missing_values
         self.categorical_features = categorical_features
         self.handle_unknown = handle_unknown
@@ -212,12 +235,35 @@ class IVCNFImputer(BaseFlowImputer):
                              f"{layout.n_modelled} (a categorical column with K > 2 categories counts K); use "
                              "logdet='clade' (or 'nlade') with objective='elbo'.")
 
+    #: The fitted torch modules, saved and pickled by name (see :mod:`skivcnf._persistence`).
+    _MODULES = ("flow_", "posterior_")
+
+    def _rebuild_modules(self, features):
+        """Freshly built modules by name, for loading their saved weights."""
+        return dict(zip(IVCNFImputer._MODULES, self._build_modules(features), strict=True))
+
     def _build_modules(self, features, generator=None):
         """The flow and the amortised posterior for ``features`` modelled columns (fit, load, unpickling)."""
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        if self.image_shape is not None:
+            return build_image_modules(self, check_image_shape(self.image_shape, features), generator)
         flow = ResidualFlow(features, n_blocks=self.n_blocks, hidden_features=tuple(self.hidden_layer_sizes),
                             lipschitz_coeff=self.lipschitz_coeff, generator=generator)
         return flow, InferenceNetwork(features, n_reflections=self.n_reflections, generator=generator)
+
+    def _column_layout(self, X, mask):
+        self.pixel_step_ = None
+        if self.image_shape is None:
+            return super()._column_layout(X, mask)
+        check_image_shape(self.image_shape, X.shape[1])
+        layout = image_layout(X, mask)
+        self.pixel_step_ = pixel_step(X, mask)
+        return layout
+
+    def _cell_widths(self):
+        if self.pixel_step_ is None:
+            return super()._cell_widths()
+        return np.full(int(self.modelled_features_.sum()), self.pixel_step_)
 
     @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -234,6 +280,11 @@ class IVCNFImputer(BaseFlowImputer):
         -------
         self : IVCNFImputer
         """
+        return self._fit_flow(X)
+
+    def _fit_flow(self, X, task=None):
+        """Fit the layout, then train the flow and the posterior on the bound (plus ``task(d, generator,
+        device)``'s supervised loss, a :class:`~skivcnf.conditional.ClassificationTask`, where given)."""
         X, table, mask = self._validate_input(X, reset=True)
         layout = self._fit_layout(X, mask, table, check_layout=self._check_settings)
         self.flow_, self.posterior_, self.history_ = None, None, None
@@ -246,6 +297,8 @@ class IVCNFImputer(BaseFlowImputer):
         self.flow_.initialize(torch.where(hidden, 0.0, z))
         self.flow_.to(self._device), self.posterior_.to(self._device)
         z, hidden = z.to(self._device), hidden.to(self._device)
+        if task is not None:
+            task = task(d, self._streams.generator("initial_head"), self._device)
         n_held_out = min(int(self.validation_fraction * len(z)), MAX_VALIDATION_ROWS)  # as fit_inference_network
         holds_out = (self.early_stopping and n_held_out >= MIN_VALIDATION_ROWS
                      and len(z) - n_held_out >= MIN_TRAINING_ROWS)
@@ -256,7 +309,7 @@ class IVCNFImputer(BaseFlowImputer):
             validation_fraction=self.validation_fraction if holds_out else 0.0, rows_per_epoch=ROWS_PER_EPOCH,
             max_validation_rows=MAX_VALIDATION_ROWS, min_steps=MIN_TRAINING_STEPS,
             dequantisation=self._dequantisation_cells(self._device),
-            generator=self._streams.generator("fit", self._device), verbose=bool(self.verbose))
+            generator=self._streams.generator("fit", self._device), task=task, verbose=bool(self.verbose))
         if holds_out and not self.history_.stopped_early and is_rank_zero():  # one warning, not one per process
             warnings.warn(f"Training stopped at max_epochs={self.max_epochs} while the held-out bound was still "
                           f"improving (best epoch {self.history_.best_epoch + 1}); raise max_epochs for a better fit.",

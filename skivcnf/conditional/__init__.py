@@ -20,6 +20,7 @@ from .bound import (
     importance_weighted_bound,
     masked_bound,
 )
+from .conv_network import ConvInferenceNetwork
 from .fitting import fit_inference_network, fit_posterior
 from .hidden_block import hidden_jacobian, log_prob_and_hidden_jacobian, solve_hidden_block
 from .implicit import attach_implicit_gradients
@@ -45,6 +46,7 @@ from .sampling import (
 from .smoothing import PARETO_K_THRESHOLD, pareto_smoothed_log_weights
 from .solver_options import SOLVERS, ConstraintSolution, SolverOptions, default_constraint_tolerance
 from .solvers import chord_start, resolve_chain, solve_constraint
+from .supervised import ClassificationTask, ClassifierHead, draw_class_probabilities
 
 __all__ = [
     "LOGDET_METHODS",
@@ -52,8 +54,11 @@ __all__ = [
     "PARETO_K_THRESHOLD",
     "SOLVERS",
     "BoundTerms",
+    "ClassificationTask",
+    "ClassifierHead",
     "ConditionalDraws",
     "ConstraintSolution",
+    "ConvInferenceNetwork",
     "GMRESResult",
     "GaussianParameters",
     "GaussianPosterior",
@@ -66,6 +71,7 @@ __all__ = [
     "bound_integrand",
     "bound_terms",
     "conditional_mean",
+    "draw_class_probabilities",
     "draw_weights",
     "default_constraint_tolerance",
     "fit_inference_network",

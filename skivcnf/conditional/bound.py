@@ -67,6 +67,10 @@ class BoundTerms(NamedTuple):
         Whether the draw's constraint was solved to tolerance.
     n_iter : LongTensor (n_samples, batch)
         Solver iterations per draw.
+    completed : Tensor (n_samples, batch, d) or None
+        The completed rows with their implicit gradients (to the draws, the observed
+        entries and the flow): what a loss on the completions, such as a classifier's on
+        their latent codes, differentiates (see :mod:`~.supervised`).
 
     Examples
     --------
@@ -88,6 +92,7 @@ class BoundTerms(NamedTuple):
     samples: torch.Tensor
     converged: torch.Tensor
     n_iter: torch.Tensor
+    completed: torch.Tensor | None = None
 
 
 def _hutchinson_probe(shape, mask, generator, dtype, device):
@@ -181,6 +186,13 @@ def bound_integrand(flow, y, hidden, x_hidden, log_q, logdet="exact", solver="au
     >>> x_hidden.grad.shape
     torch.Size([2, 3])
     """
+    log_weight, solution, _ = _integrand_and_completion(flow, y, hidden, x_hidden, log_q, logdet, solver, options,
+                                                        warm_start, generator, rtol)
+    return log_weight, solution
+
+
+def _integrand_and_completion(flow, y, hidden, x_hidden, log_q, logdet, solver, options, warm_start, generator, rtol):
+    """:func:`bound_integrand` and the completed rows with their implicit gradients."""
     if logdet not in LOGDET_METHODS:
         raise ValueError(f"logdet must be one of {LOGDET_METHODS}, got {logdet!r}.")
     options = options if options is not None else SolverOptions()
@@ -192,14 +204,14 @@ def bound_integrand(flow, y, hidden, x_hidden, log_q, logdet="exact", solver="au
     if logdet == "exact":
         log_p, block, order, valid = log_prob_and_hidden_jacobian(flow, y_full, hidden)
         at_solution.keep(block, order, valid)
-        return log_p - log_q - torch.linalg.slogdet(block).logabsdet, solution
+        return log_p - log_q - torch.linalg.slogdet(block).logabsdet, solution, y_full
     if logdet == "clade":
         x, logdet_g = flow.forward_and_logdet(y_full, generator, method="stochastic")
         value = flow.base_log_prob(x) + logdet_g - log_q
-        return value - _clade_hidden_surrogate(flow, y_full, hidden, generator, rtol, options), solution
+        return value - _clade_hidden_surrogate(flow, y_full, hidden, generator, rtol, options), solution, y_full
     x = flow(y_full)
     value = flow.base_log_prob(x) - log_q
-    return value + _nlade_observed_surrogate(flow, y_full, hidden, generator, rtol, options), solution
+    return value + _nlade_observed_surrogate(flow, y_full, hidden, generator, rtol, options), solution, y_full
 
 
 def bound_terms(flow, y, hidden, params, n_samples=8, logdet="exact", solver="auto", options=None,
@@ -255,11 +267,13 @@ def bound_terms(flow, y, hidden, params, n_samples=8, logdet="exact", solver="au
     # Each spectral norm (an SVD) is computed once per call, with its graph, not per use.
     with flow.cached_weights():
         warm = draw_guesses(flow, y.detach(), hidden, x_hidden.detach(), solver, options, warm_start)
-        log_w, solved = bound_integrand(flow, y_per_draw, hidden_per_draw, x_hidden.reshape(-1, d),
-                                        log_q.reshape(-1), logdet, solver, options, warm, generator)
+        log_w, solved, completed = _integrand_and_completion(
+            flow, y_per_draw, hidden_per_draw, x_hidden.reshape(-1, d), log_q.reshape(-1), logdet, solver, options,
+            warm, generator, 1e-8)
     shape = (n_samples, batch)
     return BoundTerms(log_w.reshape(shape), solved.solution.reshape(n_samples, batch, d),
-                      solved.converged.reshape(shape), solved.n_iter.reshape(shape))
+                      solved.converged.reshape(shape), solved.n_iter.reshape(shape),
+                      completed.reshape(n_samples, batch, d))
 
 
 def importance_weighted_bound(log_weight):

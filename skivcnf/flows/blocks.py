@@ -6,6 +6,7 @@ products, so :class:`~skivcnf.flows.ResidualFlow` composes layers in one loop wi
 asking which kind each is (as zuko and nflows compose transforms).
 """
 
+import math
 from abc import ABC, abstractmethod
 from typing import NamedTuple
 
@@ -16,7 +17,7 @@ from .linearize import DiagonalProducts, NeumannInverse
 from .lipschitz import LipschitzLinear, activation_derivative, make_activation
 from .logdet import stochastic_block_logdet
 
-__all__ = ["FlowLayer", "ResidualBlock", "ActNorm", "BlockInverse", "LOGDET_ESTIMATES"]
+__all__ = ["FlowLayer", "ResidualLayer", "ResidualBlock", "ActNorm", "BlockInverse", "LOGDET_ESTIMATES"]
 
 #: How a layer's log-determinant is computed: exactly, or by an unbiased estimate.
 LOGDET_ESTIMATES = ("exact", "stochastic")
@@ -131,13 +132,158 @@ class FlowLayer(nn.Module, ABC):
         return out, logdet
 
 
-class ResidualBlock(FlowLayer):
+class ResidualLayer(FlowLayer):
+    """``z -> z + h(z)`` with ``Lip(h) <= lipschitz_coeff < 1``: what every residual block shares.
+
+    A subclass builds ``self.net``, a sequence of Lipschitz linear maps (modules with
+    ``spectral_norm()`` and ``jacobian_product(v)``, the map without its bias) and
+    1-Lipschitz activations, and sets ``features`` (``d``) and ``branch_shape``, the shape
+    ``net`` takes a row in (``(d,)`` for an MLP, ``(C, H, W)`` for convolutions). The
+    fixed-point inverse, the closed-form tangents, both log-determinants and the Neumann
+    inverse are then the same for every branch.
+    """
+
+    features: int
+    branch_shape: tuple
+
+    def residual(self, z):
+        """The residual branch ``h(z)`` for ``z : Tensor (..., d)`` (one row or any stack of rows)."""
+        return self.net(z.reshape(-1, *self.branch_shape)).reshape(z.shape)
+
+    def forward(self, z):
+        return z + self.residual(z)
+
+    def residual_and_tangents(self, z, tangents):
+        """``h(z)`` and the Jacobian-vector products ``(dh/dz) t`` of stacked tangents, in closed form.
+
+        Each tangent goes through ``W_L D_{L-1} W_{L-1} ... D_1 W_1`` (``D_i`` the
+        activations' derivatives) as one batched product per layer over all rows and
+        tangents (a GEMM for an MLP, a convolution of ``batch * k`` images for a conv
+        branch). Ordinary (first-order) autograd differentiates the result with respect to
+        ``z``, the tangents and the weights, at a fraction of the cost of ``torch.func``
+        transforms and their double backward.
+
+        Parameters
+        ----------
+        z : Tensor (batch, d)
+        tangents : Tensor (batch, k, d)
+
+        Returns
+        -------
+        residual : Tensor (batch, d)
+        products : Tensor (batch, k, d)
+        """
+        batch, k = tangents.shape[:2]
+        out = z.reshape(batch, *self.branch_shape)
+        t = tangents.reshape(batch, k, *self.branch_shape)
+        for layer in self.net:
+            if hasattr(layer, "jacobian_product"):
+                out = layer(out)
+                t = layer.jacobian_product(t)
+            else:
+                t = activation_derivative(layer, out).unsqueeze(1) * t
+                out = layer(out)
+        return out.reshape(batch, self.features), t.reshape(batch, k, self.features)
+
+    def forward_and_tangents(self, z, tangents):
+        """Block output and the Jacobian-vector products ``(I + dh/dz) t`` of stacked tangents.
+
+        See :meth:`residual_and_tangents`.
+
+        Parameters
+        ----------
+        z : Tensor (batch, d)
+        tangents : Tensor (batch, k, d)
+            ``k`` tangent vectors per row.
+
+        Returns
+        -------
+        out : Tensor (batch, d)
+        products : Tensor (batch, k, d)
+        """
+        h, products = self.residual_and_tangents(z, tangents)
+        return z + h, tangents + products
+
+    def forward_and_jacobian(self, z):
+        """Block output and its per-row Jacobian ``I + dh/dz``, ``Tensor (batch, d, d)``.
+
+        See :meth:`forward_and_tangents` (here the tangents are the identity).
+        """
+        eye = torch.eye(self.features, dtype=z.dtype, device=z.device).expand(z.shape[0], -1, -1)
+        out, products = self.forward_and_tangents(z, eye)
+        return out, products.transpose(-1, -2)
+
+    def forward_tangents_and_logdet(self, z, tangents):
+        """Output, ``(I + dh/dz) t`` for stacked tangents and the exact ``log|det(I + dh/dz)|``.
+
+        The per-row Jacobian is formed (:meth:`forward_and_jacobian`, ``d`` tangents per
+        row) for its ``slogdet`` and the tangents are carried through it; meant for
+        tabular widths (``d <= 100``).
+        """
+        out, jacobian = self.forward_and_jacobian(z)
+        logdet = torch.linalg.slogdet(jacobian).logabsdet
+        return out, tangents @ jacobian.transpose(-1, -2), logdet
+
+    def forward_and_logdet(self, z, method="exact", generator=None, n_exact_terms=2, geom_p=0.5):
+        """Output and ``log|det(I + dh/dz)|`` per row: exact, or the Residual Flows estimate.
+
+        See :meth:`FlowLayer.forward_and_logdet`; ``"stochastic"`` is
+        :func:`~skivcnf.flows.logdet.stochastic_block_logdet`.
+        """
+        if method == "stochastic":
+            return stochastic_block_logdet(self, z, generator, n_exact_terms, geom_p)
+        return super().forward_and_logdet(z, method)
+
+    def linearize_inverse(self, z, n_terms, tol):
+        """Products with ``(I + dh/dz)^{-1}`` at ``z`` by the Neumann series ``sum_j (-dh/dz)^j``."""
+        return NeumannInverse(self.residual, z, n_terms, tol)
+
+    def lipschitz_bound(self):
+        """Exact upper bound on ``Lip(h)``: the product of the linear maps' certified operator norms."""
+        return math.prod(layer.spectral_norm() for layer in self.net if hasattr(layer, "spectral_norm"))
+
+    @torch.no_grad()
+    def inverse(self, x, tol, max_iter):
+        """Solve ``z + h(z) = x`` for ``z`` by the fixed point ``z <- x - h(z)``.
+
+        The map is a contraction of rate ``Lip(h) <= c``, so the iteration converges for
+        every row; rows stop updating once their step is at most ``tol``.
+
+        Parameters
+        ----------
+        x : Tensor (batch, d)
+        tol : float
+            Max-norm step below which a row has converged.
+        max_iter : int
+            Iteration cap.
+
+        Returns
+        -------
+        BlockInverse
+        """
+        z = x - self.residual(x)
+        step = torch.full(x.shape[:1], float("inf"), dtype=x.dtype, device=x.device)
+        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        n_iter = 0
+        while n_iter < max_iter and bool(active.any()):
+            n_iter += 1
+            idx = active.nonzero().squeeze(1)
+            z_new = x[idx] - self.residual(z[idx])
+            step_idx = (z_new - z[idx]).abs().amax(dim=1)
+            z[idx] = z_new
+            step[idx] = step_idx
+            # A NaN step compares False: such a row stops and is reported unconverged.
+            active[idx] = step_idx > tol
+        return BlockInverse(z, step <= tol, n_iter, step)
+
+
+class ResidualBlock(ResidualLayer):
     """``z -> z + h(z)`` with ``h`` an MLP whose Lipschitz constant is at most ``lipschitz_coeff``.
 
     Every linear layer of ``h`` has spectral norm at most ``lipschitz_coeff ** (1 / L)``
     (``L`` linear layers) and the activations are 1-Lipschitz, so
     ``Lip(h) <= lipschitz_coeff < 1`` and the block is a bi-Lipschitz bijection, inverted
-    by the fixed point ``z <- x - h(z)``.
+    by the fixed point ``z <- x - h(z)`` (everything but the branch is :class:`ResidualLayer`'s).
 
     Parameters
     ----------
@@ -175,8 +321,7 @@ class ResidualBlock(FlowLayer):
     def __init__(self, features, hidden_features=(64, 64), lipschitz_coeff=0.9,
                  activation="lipswish", generator=None):
         super().__init__()
-        if not 0 < lipschitz_coeff < 1:
-            raise ValueError(f"lipschitz_coeff must lie in (0, 1), got {lipschitz_coeff!r}.")
+        check_lipschitz_coeff(lipschitz_coeff)
         dims = [features, *hidden_features, features]
         n_linear = len(dims) - 1
         per_layer = lipschitz_coeff ** (1.0 / n_linear)
@@ -186,120 +331,15 @@ class ResidualBlock(FlowLayer):
             if i < n_linear - 1:
                 layers.append(make_activation(activation))
         self.features = features
+        self.branch_shape = (features,)
         self.lipschitz_coeff = lipschitz_coeff
         self.net = nn.Sequential(*layers)
 
-    def residual(self, z):
-        """The residual branch ``h(z)``."""
-        return self.net(z)
 
-    def forward(self, z):
-        return z + self.net(z)
-
-    def forward_and_tangents(self, z, tangents):
-        """Block output and the Jacobian-vector products ``(I + dh/dz) t`` of stacked tangents.
-
-        Forward-mode differentiation in closed form: each tangent goes through
-        ``W_L D_{L-1} W_{L-1} ... D_1 W_1`` (``D_i`` the activations' derivatives) as one
-        GEMM per layer over all rows and tangents. Ordinary (first-order) autograd
-        differentiates the result with respect to ``z``, the tangents and the weights,
-        at a fraction of the cost of ``torch.func`` transforms and their double backward.
-
-        Parameters
-        ----------
-        z : Tensor (batch, d)
-        tangents : Tensor (batch, k, d)
-            ``k`` tangent vectors per row.
-
-        Returns
-        -------
-        out : Tensor (batch, d)
-        products : Tensor (batch, k, d)
-        """
-        out, t = z, tangents
-        for layer in self.net:
-            if isinstance(layer, LipschitzLinear):
-                out = nn.functional.linear(out, layer.weight, layer.bias)
-                t = t @ layer.weight.T
-            else:
-                t = activation_derivative(layer, out).unsqueeze(-2) * t
-                out = layer(out)
-        return z + out, tangents + t
-
-    def forward_and_jacobian(self, z):
-        """Block output and its per-row Jacobian ``I + dh/dz``, ``Tensor (batch, d, d)``.
-
-        See :meth:`forward_and_tangents` (here the tangents are the identity).
-        """
-        eye = torch.eye(self.features, dtype=z.dtype, device=z.device).expand(z.shape[0], -1, -1)
-        out, products = self.forward_and_tangents(z, eye)
-        return out, products.transpose(-1, -2)
-
-    def forward_tangents_and_logdet(self, z, tangents):
-        """Output, ``(I + dh/dz) t`` for stacked tangents and the exact ``log|det(I + dh/dz)|``.
-
-        The per-row Jacobian is formed (:meth:`forward_and_jacobian`, ``O(d^2 w)`` per row)
-        for its ``slogdet`` and the tangents are carried through it; meant for tabular widths.
-        """
-        out, jacobian = self.forward_and_jacobian(z)
-        logdet = torch.linalg.slogdet(jacobian).logabsdet
-        return out, tangents @ jacobian.transpose(-1, -2), logdet
-
-    def forward_and_logdet(self, z, method="exact", generator=None, n_exact_terms=2, geom_p=0.5):
-        """Output and ``log|det(I + dh/dz)|`` per row: exact, or the Residual Flows estimate.
-
-        See :meth:`FlowLayer.forward_and_logdet`; ``"stochastic"`` is
-        :func:`~skivcnf.flows.logdet.stochastic_block_logdet`.
-        """
-        if method == "stochastic":
-            return stochastic_block_logdet(self, z, generator, n_exact_terms, geom_p)
-        return super().forward_and_logdet(z, method)
-
-    def linearize_inverse(self, z, n_terms, tol):
-        """Products with ``(I + dh/dz)^{-1}`` at ``z`` by the Neumann series ``sum_j (-dh/dz)^j``."""
-        return NeumannInverse(self.residual, z, n_terms, tol)
-
-    def lipschitz_bound(self):
-        """Exact upper bound on ``Lip(h)``: the product of the layers' spectral norms."""
-        bound = 1.0
-        for layer in self.net:
-            if isinstance(layer, LipschitzLinear):
-                bound *= layer.spectral_norm()
-        return bound
-
-    @torch.no_grad()
-    def inverse(self, x, tol, max_iter):
-        """Solve ``z + h(z) = x`` for ``z`` by the fixed point ``z <- x - h(z)``.
-
-        The map is a contraction of rate ``Lip(h) <= c``, so the iteration converges for
-        every row; rows stop updating once their step is at most ``tol``.
-
-        Parameters
-        ----------
-        x : Tensor (batch, d)
-        tol : float
-            Max-norm step below which a row has converged.
-        max_iter : int
-            Iteration cap.
-
-        Returns
-        -------
-        BlockInverse
-        """
-        z = x - self.net(x)
-        step = torch.full(x.shape[:1], float("inf"), dtype=x.dtype, device=x.device)
-        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        n_iter = 0
-        while n_iter < max_iter and bool(active.any()):
-            n_iter += 1
-            idx = active.nonzero().squeeze(1)
-            z_new = x[idx] - self.net(z[idx])
-            step_idx = (z_new - z[idx]).abs().amax(dim=1)
-            z[idx] = z_new
-            step[idx] = step_idx
-            # A NaN step compares False: such a row stops and is reported unconverged.
-            active[idx] = step_idx > tol
-        return BlockInverse(z, step <= tol, n_iter, step)
+def check_lipschitz_coeff(lipschitz_coeff):
+    """Raise a ValueError unless ``0 < lipschitz_coeff < 1``."""
+    if not 0 < lipschitz_coeff < 1:
+        raise ValueError(f"lipschitz_coeff must lie in (0, 1), got {lipschitz_coeff!r}.")
 
 
 class ActNorm(FlowLayer):

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..exceptions import InversionWarning
-from .blocks import ActNorm, ResidualBlock
+from .blocks import ActNorm, FlowLayer, ResidualBlock, ResidualLayer
 from .linearize import InverseLinearization, Linearization
 
 __all__ = ["ResidualFlow", "FlowInverse", "EXACT_LOGDET_MAX_FEATURES"]
@@ -85,7 +85,8 @@ class ResidualFlow(nn.Module):
 
     The layers (:class:`~skivcnf.flows.blocks.FlowLayer`) each know their inverse,
     Jacobian-vector products and log-determinant, so every method below is one loop over
-    them.
+    them. The constructor stacks ActNorm and MLP blocks; :meth:`from_layers` composes any
+    other layers (e.g. :func:`~skivcnf.flows.image_flow`'s convolutional blocks).
 
     Parameters
     ----------
@@ -135,12 +136,7 @@ class ResidualFlow(nn.Module):
             raise ValueError(f"logdet must be 'auto', 'exact' or 'stochastic', got {logdet!r}.")
         if int(features) < 1 or int(n_blocks) < 1:
             raise ValueError(f"features and n_blocks must be positive, got {features}, {n_blocks}.")
-        self.features = int(features)
-        self.logdet = logdet
-        self.n_exact_terms = n_exact_terms
-        self.geom_p = geom_p
-        self.inverse_tol = inverse_tol
-        self.inverse_max_iter = inverse_max_iter
+        self._set_options(features, logdet, n_exact_terms, geom_p, inverse_tol, inverse_max_iter)
         layers = []
         for _ in range(n_blocks):
             if actnorm:
@@ -149,11 +145,57 @@ class ResidualFlow(nn.Module):
                                         activation, generator=generator))
         self.layers = nn.ModuleList(layers)
 
+    def _set_options(self, features, logdet, n_exact_terms, geom_p, inverse_tol, inverse_max_iter):
+        self.features = int(features)
+        self.logdet = logdet
+        self.n_exact_terms = n_exact_terms
+        self.geom_p = geom_p
+        self.inverse_tol = inverse_tol
+        self.inverse_max_iter = inverse_max_iter
+
+    @classmethod
+    def from_layers(cls, features, layers, *, logdet="auto", n_exact_terms=2, geom_p=0.5, inverse_tol=None,
+                    inverse_max_iter=1000):
+        """A flow composed of the given layers (e.g. convolutional blocks, :func:`~skivcnf.flows.image_flow`).
+
+        Parameters
+        ----------
+        features : int
+            Dimension ``d`` of a row; every layer maps ``(batch, d)`` to ``(batch, d)``.
+        layers : sequence of FlowLayer
+            In the data -> latent order.
+        logdet, n_exact_terms, geom_p, inverse_tol, inverse_max_iter
+            As in the constructor.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from skivcnf.flows import ActNorm, ResidualBlock, ResidualFlow
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> flow = ResidualFlow.from_layers(3, [ActNorm(3), ResidualBlock(3, (8,), generator=gen)]).double()
+        >>> len(flow.blocks), flow.log_prob(torch.zeros(2, 3, dtype=torch.float64)).shape
+        (1, torch.Size([2]))
+        """
+        if logdet not in ("auto", "exact", "stochastic"):
+            raise ValueError(f"logdet must be 'auto', 'exact' or 'stochastic', got {logdet!r}.")
+        layers = list(layers)
+        if int(features) < 1 or not layers:
+            raise ValueError(f"features must be positive and layers non-empty, got {features}, {len(layers)} layers.")
+        bad = [type(layer).__name__ for layer in layers if not isinstance(layer, FlowLayer)]
+        if bad:
+            raise TypeError(f"every layer must be a FlowLayer, got {bad}.")
+        # The constructor builds MLP blocks (drawing weights); bypass it rather than build and discard them.
+        flow = cls.__new__(cls)
+        nn.Module.__init__(flow)
+        flow._set_options(features, logdet, n_exact_terms, geom_p, inverse_tol, inverse_max_iter)
+        flow.layers = nn.ModuleList(layers)
+        return flow
+
     # ------------------------------------------------------------------ helpers
     @property
     def blocks(self):
-        """The residual blocks, in the data -> latent order."""
-        return [layer for layer in self.layers if isinstance(layer, ResidualBlock)]
+        """The residual blocks (MLP or convolutional), in the data -> latent order."""
+        return [layer for layer in self.layers if isinstance(layer, ResidualLayer)]
 
     def _reference(self):
         return next(self.parameters())

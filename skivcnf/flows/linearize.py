@@ -10,7 +10,7 @@ costs one backward pass, and a stack of ``k`` tangents is one batched backward
 
 import torch
 
-__all__ = ["Linearization", "NeumannInverse", "DiagonalProducts", "InverseLinearization"]
+__all__ = ["Linearization", "NeumannInverse", "DiagonalProducts", "PermutationProducts", "InverseLinearization"]
 
 
 def _batched(v, reference):
@@ -113,6 +113,37 @@ class DiagonalProducts:
     def vjp(self, u):
         """``u * scale``."""
         return u * self.scale
+
+
+class PermutationProducts:
+    """Products with the permutation matrix ``P``, ``(P v)_i = v_{index_i}``, the same for every row.
+
+    Parameters
+    ----------
+    index : LongTensor (d,)
+        A permutation of ``range(d)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows.linearize import PermutationProducts
+    >>> products = PermutationProducts(torch.tensor([2, 0, 1]))
+    >>> v = torch.tensor([10.0, 20.0, 30.0])
+    >>> products.jvp(v).tolist(), products.vjp(products.jvp(v)).tolist()  # P^T P = I
+    ([30.0, 10.0, 20.0], [10.0, 20.0, 30.0])
+    """
+
+    def __init__(self, index):
+        self.index = index
+        self.inverse_index = torch.argsort(index)
+
+    def jvp(self, v):
+        """``P v`` for ``v : Tensor (..., d)``."""
+        return v[..., self.index]
+
+    def vjp(self, u):
+        """``u^T P`` (that is ``P^{-1} u``) for ``u : Tensor (..., d)``."""
+        return u[..., self.inverse_index]
 
 
 class InverseLinearization:

@@ -112,6 +112,10 @@ class LipschitzLinear(nn.Module):
     def forward(self, z):
         return nn.functional.linear(z, self.weight, self.bias)
 
+    def jacobian_product(self, v):
+        """``W v`` without the bias (the layer's Jacobian) for ``v : Tensor (..., in_features)``."""
+        return v @ self.weight.T
+
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bound={self.bound:.4g}"
 

@@ -55,7 +55,9 @@ def stochastic_block_logdet(block, z, generator=None, n_exact_terms=2, geom_p=0.
 
     Parameters
     ----------
-    block : ResidualBlock
+    block : ResidualLayer
+        A residual block (:class:`~skivcnf.flows.ResidualBlock`, :class:`~skivcnf.flows.ConvResidualBlock`):
+        its ``residual`` branch ``h`` and its parameters are used.
     z : Tensor (batch, d)
     generator : torch.Generator, optional
         Source of the roulette draw and the Gaussian probe vectors (one per row); or a

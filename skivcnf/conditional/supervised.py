@@ -1,0 +1,163 @@
+"""A classifier on the flow's latent code, trained jointly with the flow on incomplete rows (paper 4.2.1).
+
+The paper trains "a simple classifier consisting of the sequence of a squeezing layer, a
+1-dimensional batch-norm layer and a bias-free linear layer" on the latent code of each
+completed draw, jointly with the flow and the inference network, on the incomplete data
+only. :class:`ClassifierHead` is that head (a squeeze only reorders a flat code, which a
+batch-norm and a linear layer do not see, so it is left out), or a small MLP.
+:class:`ClassificationTask` turns a batch's :class:`~.bound.BoundTerms` into each row's
+cross-entropy, which :func:`~.fitting.fit_inference_network` adds to minus the bound.
+"""
+
+import torch
+from torch import nn
+
+__all__ = ["ClassificationTask", "ClassifierHead", "draw_class_probabilities"]
+
+
+class ClassifierHead(nn.Module):
+    """Class logits from latent codes: batch-norm, then a bias-free linear layer (the paper's), or an MLP.
+
+    Parameters
+    ----------
+    features : int
+        Width ``d`` of the latent code.
+    n_classes : int
+    hidden_features : tuple of int, default=()
+        Hidden widths of an MLP (ELU) between the batch-norm and the output layer; ``()``
+        is the paper's linear head.
+    generator : torch.Generator, optional
+        Source of the initial weights (the global RNG is not touched).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import ClassifierHead
+    >>> head = ClassifierHead(4, 3, generator=torch.Generator().manual_seed(0))
+    >>> head(torch.randn(5, 4, generator=torch.Generator().manual_seed(1))).shape
+    torch.Size([5, 3])
+    >>> head.net[-1].bias is None  # the paper's head: no bias after the batch-norm
+    True
+    """
+
+    def __init__(self, features, n_classes, hidden_features=(), generator=None):
+        super().__init__()
+        dims = [features, *hidden_features]
+        layers = [nn.BatchNorm1d(features)]
+        for n_in, n_out in zip(dims[:-1], dims[1:], strict=True):
+            layers += [nn.Linear(n_in, n_out), nn.ELU()]
+        layers.append(nn.Linear(dims[-1], n_classes, bias=bool(hidden_features)))
+        self.net = nn.Sequential(*layers)
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator=None):
+        """Initialise the linear layers as ``torch.nn.Linear`` does, from ``generator``."""
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                bound = layer.in_features ** -0.5
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                if layer.bias is not None:
+                    layer.bias.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, x):
+        """Logits ``(batch, n_classes)`` of latent codes ``x : Tensor (batch, d)``."""
+        return self.net(x)
+
+
+def _draw_logits(flow, head, completed):
+    """Logits ``(n_draws, batch, K)`` of completed rows ``(n_draws, batch, d)`` through their latent codes."""
+    n_draws, batch, d = completed.shape
+    return head(flow(completed.reshape(-1, d))).reshape(n_draws, batch, -1)
+
+
+def _draw_weights(log_weight, usable):
+    """Self-normalised weights over each row's usable draws (uniform over them where ``log_weight`` is None)."""
+    if log_weight is None:
+        weights = usable.to(torch.get_default_dtype())
+    else:
+        weights = torch.softmax(torch.where(usable, log_weight.detach(), float("-inf")), dim=0)
+        weights = torch.nan_to_num(weights, nan=0.0)  # a row without a usable draw: no weight anywhere
+    return weights / weights.sum(0).clamp_min(1e-30)
+
+
+class ClassificationTask:
+    """Each row's cross-entropy under its conditional draws, for joint training with the bound.
+
+    A row's loss is ``sum_k w_k CE(head(g(y_k)), label)`` over its solved draws ``y_k``,
+    with ``w_k`` its self-normalised importance weights (detached; uniform where the bound's
+    log-weights are gradient surrogates, ``logdet`` other than ``"exact"``): the expected
+    cross-entropy under the model's conditional of the row's missing entries, the quantity
+    whose importance-weighted average :func:`draw_class_probabilities` predicts from. Its
+    gradient reaches the head, the flow (through the latent code and the completion's
+    implicit gradients) and the posterior (through the draws).
+
+    Parameters
+    ----------
+    head : ClassifierHead
+    labels : LongTensor (n,)
+        Class index of every row of the table being fitted.
+    weight : float, default=1.0
+        Multiplies the cross-entropy in the joint loss (the paper adds the two).
+    weighted : bool, default=True
+        Importance-weight the draws (needs exact log-weights); else their plain mean.
+    """
+
+    def __init__(self, head, labels, weight=1.0, weighted=True):
+        self.head, self.labels, self.weight, self.weighted = head, labels, float(weight), weighted
+
+    def parameters(self):
+        """The head's parameters, trained with the flow's and the network's."""
+        return list(self.head.parameters())
+
+    def row_loss(self, flow, terms, rows):
+        """``weight`` times each row's expected cross-entropy, ``Tensor (batch,)``.
+
+        ``terms`` are the batch's :class:`~.bound.BoundTerms` (with ``completed``), ``rows``
+        the batch's indices into ``labels``.
+        """
+        logits = _draw_logits(flow, self.head, terms.completed)
+        labels = self.labels[rows].expand(logits.shape[0], -1)
+        cross_entropy = nn.functional.cross_entropy(logits.permute(1, 2, 0), labels.T, reduction="none").T
+        weights = _draw_weights(terms.log_weight if self.weighted else None, terms.converged).to(logits.dtype)
+        return self.weight * (weights * torch.where(terms.converged, cross_entropy, 0.0)).sum(0)
+
+
+@torch.no_grad()
+def draw_class_probabilities(flow, head, samples, weights):
+    """Class probabilities of each row: its draws' softmax, averaged with their weights.
+
+    Parameters
+    ----------
+    flow : ResidualFlow
+    head : ClassifierHead
+        Used in evaluation mode (the batch-norm's running statistics).
+    samples : Tensor (n_draws, batch, d)
+        Completed rows on the flow's scale.
+    weights : Tensor (n_draws, batch)
+        Normalised over draws.
+
+    Returns
+    -------
+    Tensor (batch, n_classes)
+        Rows sum to 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows import ResidualFlow
+    >>> from skivcnf.conditional import ClassifierHead, draw_class_probabilities
+    >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0))
+    >>> head = ClassifierHead(3, 2, generator=torch.Generator().manual_seed(0))
+    >>> samples = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(1))
+    >>> proba = draw_class_probabilities(flow, head, samples, torch.full((4, 5), 0.25))
+    >>> proba.shape, bool(torch.allclose(proba.sum(1), torch.ones(5)))
+    (torch.Size([5, 2]), True)
+    """
+    training = head.training
+    head.eval()
+    try:
+        probabilities = torch.softmax(_draw_logits(flow, head, samples), dim=-1)
+    finally:
+        head.train(training)
+    return (weights.unsqueeze(-1).to(probabilities.dtype) * probabilities).sum(0)
