@@ -8,7 +8,7 @@ the draws whose constraint was not solved) and record a
 import functools
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -78,7 +78,7 @@ def _held_out_bound_loss(flow, y, hidden, network, n_samples, logdet, solver, op
     """
     generator = torch.Generator(device=y.device).manual_seed(seed)
     row_values = []
-    with torch.no_grad(), _evaluating(task):
+    with torch.no_grad(), task.evaluating() if task is not None else nullcontext():
         for start in range(0, y.shape[0], batch_size):
             y_b, h_b = y[start:start + batch_size], hidden[start:start + batch_size]
             terms = bound_terms(flow, y_b, h_b, network(y_b, h_b), n_samples, logdet, solver, options, None,
@@ -92,18 +92,6 @@ def _held_out_bound_loss(flow, y, hidden, network, n_samples, logdet, solver, op
     return -float(torch.cat(row_values).median())
 
 
-@contextmanager
-def _evaluating(task):
-    """A task's head in evaluation mode for the block (batch-norm on its running statistics)."""
-    if task is None:
-        yield
-        return
-    training = task.head.training
-    task.head.eval()
-    try:
-        yield
-    finally:
-        task.head.train(training)
 
 
 def _held_out_imputation_rmse(flow, y, hidden, probe, network, solver, options, batch_size, seed):

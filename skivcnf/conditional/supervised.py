@@ -9,8 +9,12 @@ batch-norm and a linear layer do not see, so it is left out), or a small MLP.
 cross-entropy, which :func:`~.fitting.fit_inference_network` adds to minus the bound.
 """
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
+
+from .sampling import draw_weights
 
 __all__ = ["ClassificationTask", "ClassifierHead", "draw_class_probabilities"]
 
@@ -71,16 +75,6 @@ def _draw_logits(flow, head, completed):
     return head(flow(completed.reshape(-1, d))).reshape(n_draws, batch, -1)
 
 
-def _draw_weights(log_weight, usable):
-    """Self-normalised weights over each row's usable draws (uniform over them where ``log_weight`` is None)."""
-    if log_weight is None:
-        weights = usable.to(torch.get_default_dtype())
-    else:
-        weights = torch.softmax(torch.where(usable, log_weight.detach(), float("-inf")), dim=0)
-        weights = torch.nan_to_num(weights, nan=0.0)  # a row without a usable draw: no weight anywhere
-    return weights / weights.sum(0).clamp_min(1e-30)
-
-
 class ClassificationTask:
     """Each row's cross-entropy under its conditional draws, for joint training with the bound.
 
@@ -119,8 +113,20 @@ class ClassificationTask:
         logits = _draw_logits(flow, self.head, terms.completed)
         labels = self.labels[rows].expand(logits.shape[0], -1)
         cross_entropy = nn.functional.cross_entropy(logits.permute(1, 2, 0), labels.T, reduction="none").T
-        weights = _draw_weights(terms.log_weight if self.weighted else None, terms.converged).to(logits.dtype)
-        return self.weight * (weights * torch.where(terms.converged, cross_entropy, 0.0)).sum(0)
+        # Detached weights over the solved draws (a row with none: no term, whatever its weights).
+        log_weight = torch.where(terms.converged, terms.log_weight.detach(), float("-inf"))
+        weights, _ = draw_weights(terms._replace(log_weight=log_weight), weighted=self.weighted)
+        return self.weight * (weights.to(logits.dtype) * torch.where(terms.converged, cross_entropy, 0.0)).sum(0)
+
+    @contextmanager
+    def evaluating(self):
+        """The head in evaluation mode for the block (its batch-norm on the running statistics)."""
+        training = self.head.training
+        self.head.eval()
+        try:
+            yield
+        finally:
+            self.head.train(training)
 
 
 @torch.no_grad()

@@ -132,8 +132,6 @@ class ResidualFlow(nn.Module):
                  activation="lipswish", actnorm=True, logdet="auto", n_exact_terms=2,
                  geom_p=0.5, inverse_tol=None, inverse_max_iter=1000, generator=None):
         super().__init__()
-        if logdet not in ("auto", "exact", "stochastic"):
-            raise ValueError(f"logdet must be 'auto', 'exact' or 'stochastic', got {logdet!r}.")
         if int(features) < 1 or int(n_blocks) < 1:
             raise ValueError(f"features and n_blocks must be positive, got {features}, {n_blocks}.")
         self._set_options(features, logdet, n_exact_terms, geom_p, inverse_tol, inverse_max_iter)
@@ -146,6 +144,8 @@ class ResidualFlow(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def _set_options(self, features, logdet, n_exact_terms, geom_p, inverse_tol, inverse_max_iter):
+        if logdet not in ("auto", "exact", "stochastic"):
+            raise ValueError(f"logdet must be 'auto', 'exact' or 'stochastic', got {logdet!r}.")
         self.features = int(features)
         self.logdet = logdet
         self.n_exact_terms = n_exact_terms
@@ -176,8 +176,6 @@ class ResidualFlow(nn.Module):
         >>> len(flow.blocks), flow.log_prob(torch.zeros(2, 3, dtype=torch.float64)).shape
         (1, torch.Size([2]))
         """
-        if logdet not in ("auto", "exact", "stochastic"):
-            raise ValueError(f"logdet must be 'auto', 'exact' or 'stochastic', got {logdet!r}.")
         layers = list(layers)
         if int(features) < 1 or not layers:
             raise ValueError(f"features must be positive and layers non-empty, got {features}, {len(layers)} layers.")
