@@ -7,13 +7,17 @@ Run from the repository root::
     python -m benchmarks.speed training '{"learning_rate": 5e-3}'   # a training setting, 3 mask seeds
     python -m benchmarks.speed compare d5936da       # the accuracy grid's IVCNF rows: that commit's and now
     python -m benchmarks.speed threads               # 20 epochs and transform on 1 and 2 torch threads
+    python -m benchmarks.speed grid '{"hidden_layer_sizes": [64]}' --label one_layer --workers 2
+    python -m benchmarks.speed grid-report defaults one_layer   # per case: RMSE and seconds, each against the first
 
 ``chord``: on flows trained by ``IVCNFImputer`` (breast cancer 20 epochs; digits 3 epochs at
 50% and 90% MCAR), 64 draws of the first 256 rows solved with ``chord_max_iter`` 0 (Newton
 from the initial guess, the former behaviour), 16 and 32: seconds, Newton iterations per
 draw after the start, and the share of draws solved. ``draws``: one default fit per mask seed
 (0, 1, 2; 20% MCAR), then ``transform`` with 8, 16, 32 and 64 draws per row. ``training``: fit and
-transform with the given settings on the three mask seeds.
+transform with the given settings on the three mask seeds. ``grid``: ``fit_transform`` with the
+given settings on every case of the suite's accuracy grid (6 tables x 4 mechanisms x 3 mask seeds,
+one thread per task), to ``results/speed/grid_<label>.jsonl``; ``grid-report`` compares labels.
 """
 
 import argparse
@@ -116,6 +120,67 @@ def threads(counts=(1, 2)):
     return lines
 
 
+GRID = Path(__file__).parent / "results" / "speed"
+
+
+def _grid_task(task):
+    table, mechanism, seed, settings = task
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    ds = data.load(table)
+    mask = masks.make_mask(mechanism, ds.X, seed)
+    X_missing = np.where(mask, np.nan, ds.X)
+    imputer = IVCNFImputer(random_state=seed, **settings)
+    start = time.perf_counter()
+    out = imputer.fit_transform(X_missing)
+    return {"table": table, "mechanism": mechanism, "seed": seed, "settings": settings,
+            "seconds": round(time.perf_counter() - start, 2), "epochs": len(imputer.history_.train_loss),
+            "rmse": rmse(ds.X, out, mask)}
+
+
+def grid(settings, label, workers=1):
+    """IVCNF's ``fit_transform`` with ``settings`` on every case of the accuracy grid, to ``grid_<label>.jsonl``."""
+    import multiprocessing
+
+    tasks = [(t, m, s, settings) for t in data.TABLES for m in masks.MECHANISMS for s in range(3)]
+    GRID.mkdir(parents=True, exist_ok=True)
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_warm_up) as pool, \
+            open(GRID / f"grid_{label}.jsonl", "w") as out:
+        for record in pool.imap_unordered(_grid_task, tasks):
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+
+
+def _warm_up():
+    torch.set_num_threads(1)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its one-time import is not the imputer's
+
+
+def grid_report(labels):
+    """Markdown: mean RMSE and seconds per case for each label, and each label against the first."""
+    runs = []
+    for label in labels:
+        cases = defaultdict(list)
+        for line in (GRID / f"grid_{label}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            cases[record["table"], record["mechanism"]].append(record)
+        runs.append({case: (np.mean([r["rmse"] for r in rs]), np.mean([r["seconds"] for r in rs]))
+                     for case, rs in cases.items()})
+    common = sorted(set.intersection(*(set(run) for run in runs)))
+    head = " | ".join(f"RMSE {label} | s {label}" for label in labels)
+    lines = [f"| table | missingness | {head} |", "|---|---|" + "---|---|" * len(labels)]
+    for case in common:
+        cells = " | ".join(f"{run[case][0]:.4f} | {run[case][1]:.1f}" for run in runs)
+        lines.append(f"| {case[0]} | {case[1]} | {cells} |")
+    for label, run in zip(labels[1:], runs[1:], strict=True):
+        rmse_ratio = [run[c][0] / runs[0][c][0] for c in common]
+        time_ratio = [run[c][1] / runs[0][c][1] for c in common]
+        lines.append(f"\n{label} / {labels[0]} over {len(common)} cases: RMSE geometric mean "
+                     f"{np.exp(np.mean(np.log(rmse_ratio))):.3f} (best {min(rmse_ratio):.3f}, worst "
+                     f"{max(rmse_ratio):.3f}); seconds geometric mean {np.exp(np.mean(np.log(time_ratio))):.2f}.")
+    return "\n".join(lines)
+
+
 SUITE = Path(__file__).parent / "results" / "suite" / "accuracy.jsonl"
 
 
@@ -152,15 +217,30 @@ def compare(revision):
     return "\n".join(lines)
 
 
+def _settings(text):
+    settings = ast.literal_eval(text)
+    # JSON has no tuples: a list of layer sizes is the tuple the estimator takes.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads"])
-    parser.add_argument("settings", nargs="?", default="{}",
-                        help="training: IVCNFImputer settings, a dict literal; compare: a git revision")
+    parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads", "grid", "grid-report"])
+    parser.add_argument("settings", nargs="*", default=["{}"],
+                        help="training, grid: IVCNFImputer settings, a dict literal; compare: a git revision; "
+                             "grid-report: labels")
     parser.add_argument("--table", default=None)
+    parser.add_argument("--label", default="defaults", help="grid: the output file's label")
+    parser.add_argument("--workers", type=int, default=1, help="grid: tasks side by side, one thread each")
     args = parser.parse_args(argv)
     if args.what == "compare":
-        print(compare(args.settings))
+        print(compare(args.settings[0]))
+        return
+    if args.what == "grid-report":
+        print(grid_report(args.settings))
+        return
+    if args.what == "grid":
+        grid(_settings(args.settings[0]), args.label, args.workers)
         return
     torch.set_num_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its one-time import is not the imputer's
@@ -175,7 +255,7 @@ def main(argv=None):
         lines = [line for table in ([args.table] if args.table else ["breast_cancer", "nonlinear"])
                  for line in draws(table)]
     else:
-        lines = training(ast.literal_eval(args.settings), args.table or "breast_cancer")
+        lines = training(_settings(args.settings[0]), args.table or "breast_cancer")
     for line in lines:
         print(json.dumps(line))
 

@@ -18,7 +18,7 @@ from ._base import refuse_dask
 from ._drawing import iter_draws
 from ._sklearn_compat import Interval, check_y, fit_context
 from ._utils import one_warning_per_kind
-from .conditional import ClassificationTask, ClassifierHead, draw_class_probabilities
+from .conditional import EXACT_VALUE_LOGDETS, ClassificationTask, ClassifierHead, draw_class_probabilities
 from .imputer import IVCNFImputer
 
 __all__ = ["IVCNFClassifier"]
@@ -150,7 +150,7 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
             self.head_ = self._build_head(features, generator).to(device)
             labels_on_device = torch.as_tensor(labels, dtype=torch.long, device=device)
             return ClassificationTask(self.head_, labels_on_device, self.classification_weight,
-                                      weighted=self.logdet == "exact" and self.importance_weighting)
+                                      weighted=self.logdet in EXACT_VALUE_LOGDETS and self.importance_weighting)
 
         return self._fit_flow(X, task)
 

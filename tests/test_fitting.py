@@ -99,7 +99,9 @@ def test_masked_bound_iwae_is_at_least_the_elbo_and_leaves_out_unsolved_draws(ge
                             generator=generator)
     elbo, _ = masked_bound(terms, "elbo")
     iwae, _ = masked_bound(terms, "iwae")
-    assert bool((iwae >= elbo).all())  # Jensen, row by row
+    # Jensen, row by row; a row with nothing hidden has equal weights, where the two coincide up to
+    # logsumexp's rounding (a few ulp at |log w| ~ 10).
+    assert bool((iwae >= elbo - 1e-12).all())
     terms = terms._replace(converged=terms.converged.clone())
     terms.converged[0, 0] = False
     elbo, n_unsolved = masked_bound(terms, "elbo")

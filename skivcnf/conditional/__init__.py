@@ -12,6 +12,7 @@ Typical use, for rows ``y`` with hidden entries ``hidden``::
 """
 
 from .bound import (
+    EXACT_VALUE_LOGDETS,
     LOGDET_METHODS,
     OBJECTIVES,
     BoundTerms,
@@ -49,6 +50,7 @@ from .solvers import chord_start, resolve_chain, solve_constraint
 from .supervised import ClassificationTask, ClassifierHead, draw_class_probabilities
 
 __all__ = [
+    "EXACT_VALUE_LOGDETS",
     "LOGDET_METHODS",
     "OBJECTIVES",
     "PARETO_K_THRESHOLD",

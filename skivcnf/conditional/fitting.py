@@ -24,7 +24,7 @@ from .._distributed import (
     world_size,
 )
 from .._training import EarlyStopping, TrainingHistory, fit_loop, guarded_step
-from .bound import OBJECTIVES, bound_terms, masked_bound
+from .bound import EXACT_VALUE_LOGDETS, OBJECTIVES, bound_terms, masked_bound
 from .noise import ShardNoise, uniform
 from .sampling import conditional_mean, sample_conditional
 
@@ -45,8 +45,8 @@ _SEED_RANGE = 2**62
 def _check_objective(objective, logdet, stick_the_landing=None):
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
-    if objective == "iwae" and logdet != "exact":
-        raise ValueError("objective='iwae' needs the log-weights' values: use logdet='exact' "
+    if objective == "iwae" and logdet not in EXACT_VALUE_LOGDETS:
+        raise ValueError("objective='iwae' needs the log-weights' values: use logdet='exact' or 'hutchinson' "
                          f"(got {logdet!r}, whose values are gradient surrogates).")
     if objective == "iwae" and stick_the_landing:
         raise ValueError("stick_the_landing=True biases the importance-weighted bound's gradient: it cannot be "
@@ -129,7 +129,7 @@ def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=
     posterior : GaussianPosterior
         Fitted in place (its ``n_rows`` must be ``batch``).
     n_samples, max_steps, lr : int, int, float
-    logdet : {"exact", "clade", "nlade"}
+    logdet : {"exact", "hutchinson", "clade", "nlade"}
     solver, options
         Passed to the constraint solver.
     tol, patience : float, int

@@ -15,8 +15,8 @@ import torch
 
 from .linalg import gmres, masked_operator
 
-__all__ = ["HIDDEN_SOLVE_METHODS", "from_compact", "hidden_jacobian", "log_prob_and_hidden_jacobian",
-           "solve_compact", "solve_hidden_block", "to_compact"]
+__all__ = ["HIDDEN_SOLVE_METHODS", "compact_hidden_block", "from_compact", "hidden_jacobian",
+           "log_prob_and_hidden_jacobian", "solve_compact", "solve_hidden_block", "to_compact"]
 
 #: How :func:`solve_hidden_block` solves: with the compact block, or by GMRES on products.
 HIDDEN_SOLVE_METHODS = ("exact", "gmres")
@@ -136,10 +136,17 @@ def log_prob_and_hidden_jacobian(flow, y, hidden):
     >>> torch.allclose(log_p, flow.log_prob(y)), torch.allclose(block, hidden_jacobian(flow, y, hidden)[0])
     (True, True)
     """
+    x, columns, logdet = flow.forward_and_jacobian(y)
+    return (flow.base_log_prob(x) + logdet, *compact_hidden_block(columns, hidden))
+
+
+def compact_hidden_block(columns, hidden):
+    """The compact ``G^HH`` (``block``, ``order``, ``valid`` of :func:`hidden_jacobian`) from ``G``'s
+    columns (``columns[b, j] = G e_j``, as :meth:`~skivcnf.flows.ResidualFlow.forward_and_jacobian` gives them)."""
     order, valid = _hidden_layout(hidden)
-    tangents = _hidden_tangents(order, valid, y.shape[1], y.dtype)
-    x, products, logdet = flow.forward_and_jvps(y, tangents, logdet=True)
-    return flow.base_log_prob(x) + logdet, _compact_block(products, order, valid), order, valid
+    # The hidden columns G e_{order_i} (padding takes a real column; _compact_block replaces it).
+    products = torch.gather(columns, 1, order.unsqueeze(-1).expand(-1, -1, columns.shape[-1]))
+    return _compact_block(products, order, valid), order, valid
 
 
 def solve_hidden_block(flow, y, hidden, rhs, *, transpose=False, method="exact", rtol=1e-10, restart=20,

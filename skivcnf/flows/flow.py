@@ -266,6 +266,9 @@ class ResidualFlow(nn.Module):
             raise ValueError(f"method must be None, 'exact' or 'stochastic', got {method!r}.")
         if method is None:
             method = "exact" if self.use_exact_logdet() else "stochastic"
+        if method == "exact":
+            x, _, logdet = self.forward_and_jacobian(y)
+            return x, logdet
         z = y
         logdet = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
         for layer in self.layers:
@@ -344,9 +347,34 @@ class ResidualFlow(nn.Module):
     # ------------------------------------------------------------------ Jacobians
     def jacobian(self, y):
         """Per-row Jacobian ``G(y) = dg/dy``, ``Tensor (batch, d, d)``; meant for small ``d``."""
-        y = self.as_input(y)
-        eye = torch.eye(self.features, dtype=y.dtype, device=y.device).expand(y.shape[0], -1, -1)
-        return self.forward_and_jvps(y, eye)[1].transpose(-1, -2)
+        return self.forward_and_jacobian(y)[1].transpose(-1, -2)
+
+    def forward_and_jacobian(self, y):
+        """Latent ``x = g(y)``, the columns of ``G(y)`` and the exact ``log|det G(y)|``, per row.
+
+        The identity's ``d`` columns are carried through every layer in closed form
+        (:meth:`~skivcnf.flows.blocks.FlowLayer.forward_and_tangents`) and one ``slogdet``
+        of the product is taken: a third cheaper than a ``slogdet`` per block with the
+        tangents carried through each block's Jacobian, and as accurate in float32 (trained
+        flows, docs/benchmarks.md "Speed"). Differentiable by ordinary autograd with respect
+        to ``y`` and the weights; meant for tabular widths.
+
+        Parameters
+        ----------
+        y : Tensor (batch, d)
+
+        Returns
+        -------
+        x : Tensor (batch, d)
+        columns : Tensor (batch, d, d)
+            ``columns[b, j] = G(y_b) e_j``, i.e. ``G`` transposed.
+        logdet : Tensor (batch,)
+        """
+        z = self.as_input(y)
+        columns = torch.eye(self.features, dtype=z.dtype, device=z.device).expand(z.shape[0], -1, -1)
+        for layer in self.layers:
+            z, columns = layer.forward_and_tangents(z, columns)
+        return z, columns, torch.linalg.slogdet(columns).logabsdet
 
     def forward_and_jvps(self, y, tangents, logdet=False):
         """Latent ``x = g(y)``, products ``G(y) t`` for stacked tangents, and optionally ``log|det G|``.
@@ -354,11 +382,8 @@ class ResidualFlow(nn.Module):
         Every layer is differentiated in closed form
         (:meth:`~skivcnf.flows.blocks.FlowLayer.forward_and_tangents`), so the result
         is differentiable by ordinary autograd with respect to ``y``, the tangents and
-        the weights. With ``logdet=True`` each layer adds its exact log-determinant
-        (:meth:`~skivcnf.flows.blocks.FlowLayer.forward_tangents_and_logdet`: a residual
-        block forms its full Jacobian for its ``slogdet``, summed block by block, better
-        conditioned than the determinant of the product) and the tangents are carried
-        through it.
+        the weights. With ``logdet=True`` the whole Jacobian is formed
+        (:meth:`forward_and_jacobian`) and the tangents are multiplied by it.
 
         Parameters
         ----------
@@ -373,16 +398,13 @@ class ResidualFlow(nn.Module):
             ``products[b, i] = G(y_b) tangents[b, i]``.
         logdet : Tensor (batch,) or None
         """
-        z = self.as_input(y)
-        t = tangents
-        total = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device) if logdet else None
+        if logdet:
+            x, columns, total = self.forward_and_jacobian(y)
+            return x, tangents @ columns, total
+        z, t = self.as_input(y), tangents
         for layer in self.layers:
-            if logdet:
-                z, t, layer_logdet = layer.forward_tangents_and_logdet(z, t)
-                total = total + layer_logdet
-            else:
-                z, t = layer.forward_and_tangents(z, t)
-        return z, t, total
+            z, t = layer.forward_and_tangents(z, t)
+        return z, t, None
 
     def linearize(self, y):
         """Products with ``G(y)`` that reuse one graph (for solvers; no graph is returned).
