@@ -9,6 +9,10 @@ Run from the repository root::
     python -m benchmarks.speed threads               # 20 epochs and transform on 1 and 2 torch threads
     python -m benchmarks.speed grid '{"hidden_layer_sizes": [64]}' --label one_layer --workers 2
     python -m benchmarks.speed grid-report defaults one_layer   # per case: RMSE and seconds, each against the first
+    python -m benchmarks.speed grid-report suite@d5936da defaults   # "suite": the suite's IVCNF records (at a commit)
+    python -m benchmarks.speed transform-levers      # transform: batch rows, extra-draw policy, draws, weights
+    python -m benchmarks.speed logdet                # digits: logdet exact vs hutchinson; float32 log|det G|
+    python -m benchmarks.speed peak                  # torch.mm GFLOP/s on the tangents' shapes; flops per draw
 
 ``chord``: on flows trained by ``IVCNFImputer`` (breast cancer 20 epochs; digits 3 epochs at
 50% and 90% MCAR), 64 draws of the first 256 rows solved with ``chord_max_iter`` 0 (Newton
@@ -22,6 +26,7 @@ one thread per task), to ``results/speed/grid_<label>.jsonl``; ``grid-report`` c
 
 import argparse
 import ast
+import copy
 import json
 import subprocess
 import time
@@ -120,6 +125,98 @@ def threads(counts=(1, 2)):
     return lines
 
 
+def transform_levers(table="breast_cancer"):
+    """Transform seconds and RMSE of one default fit (mask seed 0) against the rows per batch,
+    the extra-draw policy of the reliable weights, the draw count and importance weighting."""
+    from unittest import mock
+
+    from skivcnf import _drawing
+
+    X, mask, X_missing = _masked(table)
+    imputer = IVCNFImputer(random_state=0).fit(X_missing)
+    real, counts = _drawing.reliable_draws, []
+
+    def policy(tolerance, rounds):
+        def draws(*args, **kwargs):
+            result = real(*args, **{**kwargs, "mc_tolerance": tolerance, "max_rounds": rounds})
+            counts.append(result.n_draws.cpu())
+            return result
+        return mock.patch.object(_drawing, "reliable_draws", draws)
+
+    def timed(lever, value, context):
+        counts.clear()
+        with context:
+            start = time.perf_counter()
+            out = imputer.transform(X_missing)
+        n_draws = torch.cat(counts).unique(return_counts=True) if counts else (torch.zeros(0), torch.zeros(0))
+        return {"table": table, "lever": lever, "value": value,
+                "transform_seconds": round(time.perf_counter() - start, 2), "rmse": round(rmse(X, out, mask), 4),
+                "rows_per_draw_count": dict(zip(n_draws[0].tolist(), n_draws[1].tolist(), strict=True))}
+
+    lines = []
+    for rows in (8, 16, 32, 64, 128):
+        imputer.set_params(batch_size=rows)
+        lines.append(timed("batch_size", rows, policy(_drawing.MC_TOLERANCE, _drawing.MAX_ROUNDS)))
+    imputer.set_params(batch_size=64)
+    for tolerance, rounds in ((0.05, 2), (0.1, 2), (float("inf"), 2), (0.05, 0)):
+        lines.append(timed("mc_tolerance, max_rounds", [tolerance, rounds], policy(tolerance, rounds)))
+    for n_draws in (16, 64):
+        imputer.set_params(n_draws=n_draws, importance_weighting=False)
+        lines.append(timed("n_draws without importance weights", n_draws, policy(0.05, 2)))
+    return lines
+
+
+def logdet_methods(epochs=20, rows=200):
+    """Digits at 50% MCAR: fixed epochs with ``logdet`` exact and hutchinson (seconds an epoch,
+    best training loss, RMSE of ``rows`` rows), and the float32 error of ``log|det G|`` from the
+    product Jacobian and from per-block determinants against float64, on the exact fit."""
+    X, mask, X_missing = _masked("digits", rate=0.5)
+    lines, fitted = [], {}
+    for logdet in ("exact", "hutchinson"):
+        imputer = IVCNFImputer(random_state=0, logdet=logdet, max_epochs=epochs, early_stopping=False)
+        start = time.perf_counter()
+        imputer.fit(X_missing)
+        seconds = time.perf_counter() - start
+        out = imputer.transform(X_missing[:rows])
+        fitted[logdet] = imputer
+        lines.append({"logdet": logdet, "epochs": epochs, "seconds_per_epoch": round(seconds / epochs, 2),
+                      "best_train_loss": round(min(imputer.history_.train_loss), 3),
+                      "rmse": round(rmse(X[:rows], out, mask[:rows]), 4)})
+    flow = fitted["exact"].flow_
+    y = torch.as_tensor(fitted["exact"]._layout().standardise(X), dtype=torch.float32)[:4096]
+    with torch.no_grad():
+        truth = copy.deepcopy(flow).double().forward_and_logdet(y.double(), method="exact")[1]
+        product = flow.forward_and_logdet(y, method="exact")[1].double()
+        z, per_block = y, torch.zeros(len(y))
+        for layer in flow.layers:
+            z, block_logdet = layer.forward_and_logdet(z, "exact")
+            per_block = per_block + block_logdet
+    for name, value in (("product", product), ("per block", per_block.double())):
+        error = (value - truth).abs()
+        lines.append({"float32 log|det G|": name, "rows": len(y), "mean_abs_error": float(error.mean()),
+                      "max_abs_error": float(error.max())})
+    return lines
+
+
+def peak(rows=64 * 64, d=30, widths=(64, 64)):
+    """Single-thread GFLOP/s of ``torch.mm`` on the shapes of ``d`` tangents through a residual
+    block (``rows`` row-draws), and the flops of one draw's exact Jacobian through 4 blocks."""
+    sizes = [d, *widths, d]
+    lines = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        a, b = torch.randn(rows * d, fan_in), torch.randn(fan_in, fan_out)
+        torch.mm(a, b)
+        start, repeats = time.perf_counter(), 10
+        for _ in range(repeats):
+            torch.mm(a, b)
+        seconds = (time.perf_counter() - start) / repeats
+        gflops = 2 * rows * d * fan_in * fan_out / seconds / 1e9
+        lines.append({"mm": [rows * d, fan_in, fan_out], "gflops_per_s": round(gflops, 1)})
+    flops = 4 * 2 * d * sum(i * o for i, o in zip(sizes[:-1], sizes[1:], strict=True))
+    lines.append({"d": d, "hidden_layer_sizes": list(widths), "blocks": 4, "mflop_per_draw": round(flops / 1e6, 2)})
+    return lines
+
+
 GRID = Path(__file__).parent / "results" / "speed"
 
 
@@ -156,28 +253,63 @@ def _warm_up():
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its one-time import is not the imputer's
 
 
-def grid_report(labels):
-    """Markdown: mean RMSE and seconds per case for each label, and each label against the first."""
-    runs = []
-    for label in labels:
+def _grid_run(label):
+    """Mean (RMSE, seconds) per case: a ``grid`` label, ``suite`` (the suite's IVCNF records) or ``suite@REV``."""
+    if label.startswith("suite"):
+        revision = label.partition("@")[2]
+        lines = (subprocess.run(["git", "show", f"{revision}:benchmarks/results/suite/accuracy.jsonl"],
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+                 if revision else SUITE.read_text().splitlines())
+        cases = _ivcnf_cases(lines)
+    else:
         cases = defaultdict(list)
         for line in (GRID / f"grid_{label}.jsonl").read_text().splitlines():
             record = json.loads(line)
             cases[record["table"], record["mechanism"]].append(record)
-        runs.append({case: (np.mean([r["rmse"] for r in rs]), np.mean([r["seconds"] for r in rs]))
-                     for case, rs in cases.items()})
+    return {case: (np.mean([r["rmse"] for r in rs]), np.mean([r["seconds"] for r in rs])) for case, rs in cases.items()}
+
+
+def _peers():
+    """Per case of the suite: each peer's mean (RMSE, seconds) over the mask seeds it completed."""
+    cases = defaultdict(lambda: defaultdict(list))
+    for line in SUITE.read_text().splitlines():
+        record = json.loads(line)
+        if record["imputer"] != "IVCNFImputer" and record["status"] == "ok":
+            cases[record["table"], record["mechanism"]][record["imputer"]].append(record)
+    return {case: {peer: (np.mean([r["rmse"] for r in rs]), np.mean([r["seconds"] for r in rs]), len(rs))
+                   for peer, rs in peers.items()} for case, peers in cases.items()}
+
+
+def _geomean(values):
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def grid_report(labels):
+    """Markdown: mean RMSE and seconds per case for each label, each label against the first, and
+    each against the suite's peers (time over MissForest-like's and MICE's, RMSE over the best peer's)."""
+    runs = [_grid_run(label) for label in labels]
     common = sorted(set.intersection(*(set(run) for run in runs)))
     head = " | ".join(f"RMSE {label} | s {label}" for label in labels)
     lines = [f"| table | missingness | {head} |", "|---|---|" + "---|---|" * len(labels)]
     for case in common:
         cells = " | ".join(f"{run[case][0]:.4f} | {run[case][1]:.1f}" for run in runs)
         lines.append(f"| {case[0]} | {case[1]} | {cells} |")
+    lines.append("")
     for label, run in zip(labels[1:], runs[1:], strict=True):
         rmse_ratio = [run[c][0] / runs[0][c][0] for c in common]
-        time_ratio = [run[c][1] / runs[0][c][1] for c in common]
-        lines.append(f"\n{label} / {labels[0]} over {len(common)} cases: RMSE geometric mean "
-                     f"{np.exp(np.mean(np.log(rmse_ratio))):.3f} (best {min(rmse_ratio):.3f}, worst "
-                     f"{max(rmse_ratio):.3f}); seconds geometric mean {np.exp(np.mean(np.log(time_ratio))):.2f}.")
+        lines.append(f"{label} / {labels[0]} over {len(common)} cases: RMSE geometric mean {_geomean(rmse_ratio):.3f} "
+                     f"(best {min(rmse_ratio):.3f}, worst {max(rmse_ratio):.3f}, "
+                     f"{sum(r > 1.02 for r in rmse_ratio)} cases more than 2% worse); seconds geometric mean "
+                     f"{_geomean([run[c][1] / runs[0][c][1] for c in common]):.2f}.")
+    peers = _peers()
+    for label, run in zip(labels, runs, strict=True):
+        cases = [c for c in common if c in peers]
+        best = [min(r for r, _, n in peers[c].values() if n == 3) for c in cases]
+        ratio = [run[c][0] / b for c, b in zip(cases, best, strict=True)]
+        times = {peer: _geomean([run[c][1] / peers[c][peer][1] for c in cases]) for peer in ("MissForest-like", "MICE")}
+        lines.append(f"{label} against the suite's peers over {len(cases)} cases: RMSE / best peer's geometric mean "
+                     f"{_geomean(ratio):.3f} ({sum(r < 1 for r in ratio)} wins); seconds / MissForest-like's "
+                     f"{times['MissForest-like']:.2f}, / MICE's {times['MICE']:.1f}.")
     return "\n".join(lines)
 
 
@@ -225,7 +357,8 @@ def _settings(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads", "grid", "grid-report"])
+    parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads", "grid", "grid-report",
+                                         "transform-levers", "logdet", "peak"])
     parser.add_argument("settings", nargs="*", default=["{}"],
                         help="training, grid: IVCNFImputer settings, a dict literal; compare: a git revision; "
                              "grid-report: labels")
@@ -251,6 +384,12 @@ def main(argv=None):
         lines = [line for table, rate, epochs in cases for line in chord(table, rate, epochs)]
     elif args.what == "threads":
         lines = threads()
+    elif args.what == "transform-levers":
+        lines = transform_levers(args.table or "breast_cancer")
+    elif args.what == "logdet":
+        lines = logdet_methods()
+    elif args.what == "peak":
+        lines = peak()
     elif args.what == "draws":
         lines = [line for table in ([args.table] if args.table else ["breast_cancer", "nonlinear"])
                  for line in draws(table)]

@@ -23,7 +23,7 @@ from .bound import (
 )
 from .conv_network import ConvInferenceNetwork
 from .fitting import fit_inference_network, fit_posterior
-from .hidden_block import hidden_jacobian, log_prob_and_hidden_jacobian, solve_hidden_block
+from .hidden_block import compact_hidden_block, hidden_jacobian, log_prob_and_hidden_jacobian, solve_hidden_block
 from .implicit import attach_implicit_gradients
 from .linalg import GMRESResult, gmres
 from .noise import RowNoise, ShardNoise, row_keys
@@ -83,6 +83,7 @@ __all__ = [
     "importance_weighted_bound",
     "log_density",
     "log_prob_and_hidden_jacobian",
+    "compact_hidden_block",
     "masked_bound",
     "monte_carlo_error",
     "pareto_smoothed_log_weights",
