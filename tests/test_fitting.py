@@ -71,6 +71,15 @@ def test_fit_posterior_improves_the_bound_and_restores_flow_gradients(generator)
     assert all(p.requires_grad for p in flow.parameters())
 
 
+def test_fitting_trains_under_a_callers_no_grad(generator):
+    flow, y, hidden = correlated_rows(generator, n=16)
+    posterior = GaussianPosterior(16, 4).double()
+    before = posterior.mean.detach().clone()
+    with torch.no_grad():
+        fit_posterior(flow, y, hidden, posterior, max_steps=3, generator=generator)
+    assert not torch.equal(posterior.mean.detach()[hidden], before[hidden])
+
+
 def test_non_finite_bound_steps_are_skipped(generator, monkeypatch):
     flow, y, hidden = correlated_rows(generator, n=8)
     real, calls = fitting.bound_terms, []

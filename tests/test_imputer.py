@@ -126,6 +126,17 @@ def test_multiple_imputations_shape_and_observed_entries(data, fitted):
         assert not np.isnan(copy).any()
 
 
+def test_proper_multiple_imputations_with_refined_posteriors(data, fitted):
+    # The bootstrap copies draw under no_grad; each row's refinement still needs its own graph.
+    X, X_missing, mask, _ = data
+    refined = clone(fitted).set_params(refinement_steps=2).fit(X_missing)
+    copies = refined.sample_multiple_imputations(X_missing, 2, proper=True)
+    for copy in copies:
+        np.testing.assert_array_equal(copy[~mask], X[~mask])
+        assert np.isfinite(copy).all()
+    assert not np.array_equal(copies[0][mask], copies[1][mask])  # two re-estimated models, two draws
+
+
 def test_score_is_the_mean_of_score_samples(data, fitted):
     _, X_missing, _, _ = data
     scores = fitted.score_samples(X_missing)

@@ -111,6 +111,8 @@ def _held_out_imputation_rmse(flow, y, hidden, probe, network, solver, options, 
     return math.sqrt(squared / count)
 
 
+# Training needs a graph whatever the caller's context (draws are often taken under no_grad).
+@torch.enable_grad()
 def fit_posterior(flow, y, hidden, posterior, *, n_samples=8, max_steps=500, lr=1e-2, logdet="exact",
                   solver="auto", options=None, tol=1e-3, patience=50, objective="elbo",
                   stick_the_landing=None, generator=None, verbose=False):
@@ -239,6 +241,7 @@ def _fit_epoch(flow, y, hidden, rows, network, optimizer, history, batch_size, n
     return total_loss / max(len(rows), 1)
 
 
+@torch.enable_grad()
 def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size=256, lr=1e-3,
                           n_samples=8, logdet="exact", solver="auto", options=None, objective="elbo",
                           train_flow=False, validation_fraction=0.0, monitor="bound", patience=10,
