@@ -67,3 +67,15 @@ def test_gmres_reports_unconverged_rows(system):
     assert result.converged.tolist() == [False] * 6
     assert result.n_iter == 3  # two Krylov vectors and the final residual
     torch.testing.assert_close(result.residual, (b - matvec(a)(result.solution)).norm(dim=1), atol=1e-14, rtol=0)
+
+
+def test_gmres_rows_whose_krylov_space_ends_early(system):
+    # Row 0: the identity (one Krylov vector); row 1: two distinct eigenvalues (two vectors);
+    # the rest generic. Rows that break down keep their exact solution while the others go on.
+    a, b, _ = system
+    a = a.clone()
+    a[0] = torch.eye(8, dtype=torch.float64)
+    a[1] = torch.diag(torch.tensor([2.0, 3.0] * 4, dtype=torch.float64))
+    result = gmres(matvec(a), b, rtol=1e-12, restart=8)
+    assert bool(result.converged.all())
+    torch.testing.assert_close(result.solution, torch.linalg.solve(a, b), atol=1e-10, rtol=0)

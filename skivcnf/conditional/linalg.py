@@ -122,7 +122,12 @@ def gmres(matvec, b, *, preconditioner=None, x0=None, rtol=1e-8, atol=0.0, resta
             break
         m = restart
         basis = b.new_zeros(batch, m + 1, n)
-        hess = b.new_zeros(batch, m + 1, m)
+        # The Hessenberg matrix is reduced to upper triangular ``tri`` by Givens rotations as it
+        # grows (Saad, Iterative Methods, 6.5.3): the least-squares residual is ``|rhs[k + 1]|``
+        # at every step, and the coefficients come from one triangular solve (no lstsq, which
+        # CUDA offers only for full-rank systems).
+        tri = b.new_zeros(batch, m, m)
+        cos, sin = b.new_zeros(batch, m), b.new_zeros(batch, m)
         basis[:, 0] = r / beta.clamp_min(tiny).unsqueeze(1)
         rhs = b.new_zeros(batch, m + 1)
         rhs[:, 0] = beta
@@ -131,25 +136,39 @@ def gmres(matvec, b, *, preconditioner=None, x0=None, rtol=1e-8, atol=0.0, resta
         for k in range(m):
             w = matvec(precondition(basis[:, k]))
             n_matvec += 1
+            column = b.new_zeros(batch, k + 2)
             # Modified Gram-Schmidt, twice for stability in float32.
             for _ in range(2):
                 coeff = torch.einsum("bjn,bn->bj", basis[:, : k + 1], w)
                 w = w - torch.einsum("bj,bjn->bn", coeff, basis[:, : k + 1])
-                hess[:, : k + 1, k] += coeff
+                column[:, : k + 1] += coeff
             norm = w.norm(dim=1)
-            broke = ~dead & (norm <= tiny * hess[:, : k + 1, k].norm(dim=1).clamp_min(1.0))
-            # A row that broke down earlier has a zero basis vector here: a unit pivot in a
-            # row of its own keeps the least-squares problem full rank with coefficient 0.
-            hess[:, k + 1, k] = torch.where(dead, torch.ones_like(norm), norm)
+            broke = ~dead & (norm <= tiny * column[:, : k + 1].norm(dim=1).clamp_min(1.0))
+            # A row that broke down earlier has a zero basis vector here: a unit pivot of its
+            # own keeps the triangle invertible with coefficient 0.
+            column[:, k + 1] = torch.where(dead, torch.ones_like(norm), norm)
             basis[:, k + 1] = torch.where((dead | broke).unsqueeze(1), 0.0,
                                           w / norm.clamp_min(tiny).unsqueeze(1))
             dead = dead | broke
+            for j in range(k):
+                upper = cos[:, j] * column[:, j] + sin[:, j] * column[:, j + 1]
+                column[:, j + 1] = cos[:, j] * column[:, j + 1] - sin[:, j] * column[:, j]
+                column[:, j] = upper
+            radius = torch.hypot(column[:, k], column[:, k + 1])
+            safe = radius > tiny
+            cos[:, k] = torch.where(safe, column[:, k] / radius.clamp_min(tiny), 1.0)
+            sin[:, k] = torch.where(safe, column[:, k + 1] / radius.clamp_min(tiny), 0.0)
+            tri[:, : k + 1, k] = column[:, : k + 1]
+            # A vanishing column (A singular on the Krylov space): a unit pivot; the outer
+            # loop's true residual keeps the convergence flag honest.
+            tri[:, k, k] = torch.where(safe, radius, 1.0)
+            rhs[:, k + 1] = -sin[:, k] * rhs[:, k]
+            rhs[:, k] = cos[:, k] * rhs[:, k]
             k_used = k + 1
-            coef = torch.linalg.lstsq(hess[:, : k + 2, :k_used], rhs[:, : k + 2].unsqueeze(-1)).solution
-            lsq_residual = (rhs[:, : k + 2] - (hess[:, : k + 2, :k_used] @ coef).squeeze(-1)).norm(dim=1)
-            done = done | dead | (lsq_residual <= target)
+            done = done | dead | (rhs[:, k + 1].abs() <= target)
             if bool(done.all()):
                 break
+        coef = torch.linalg.solve_triangular(tri[:, :k_used, :k_used], rhs[:, :k_used].unsqueeze(-1), upper=True)
         update = torch.einsum("bj,bjn->bn", coef.squeeze(-1), basis[:, :k_used])
         x = x + precondition(update)
         r = b - matvec(x)
