@@ -35,6 +35,10 @@ MIN_VALIDATION_ROWS, MIN_TRAINING_ROWS = 2, 18
 #: early-stopping checks, and the work between them, stop growing with the table (docs/benchmarks.md).
 MAX_VALIDATION_ROWS = 1024
 MIN_TRAINING_STEPS = 200  # early stopping waits this many optimiser steps (docs/benchmarks.md, "Uncertainty")
+#: Early stopping watches a moving average of the held-out bound, this weight on the newest
+#: epoch: on the accuracy grid, 0.952 of the best peer's RMSE against 0.972 unsmoothed, at 1.07x
+#: the time (docs/benchmarks.md, "Speed").
+VALIDATION_SMOOTHING = 0.3
 
 
 class IVCNFImputer(BaseFlowImputer):
@@ -92,8 +96,9 @@ class IVCNFImputer(BaseFlowImputer):
         Rows held out for early stopping (at most ``MAX_VALIDATION_ROWS``, 1,024), if on.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the rows (at least ``MIN_VALIDATION_ROWS``,
-        leaving ``MIN_TRAINING_ROWS``; else off) and stop when the median of their bounds
-        has not improved for ``n_iter_no_change`` epochs, keeping the best weights. A
+        leaving ``MIN_TRAINING_ROWS``; else off) and stop when the median of their bounds,
+        averaged over epochs (``VALIDATION_SMOOTHING``, weight 0.3 on the newest), has not
+        improved for ``n_iter_no_change`` epochs, keeping the best weights. A
         ``ConvergenceWarning`` says when ``max_epochs`` came first (see the user guide).
     n_iter_no_change : int, default=8
         Epochs without improvement of the held-out bound before stopping (never before
@@ -313,6 +318,8 @@ class IVCNFImputer(BaseFlowImputer):
             objective=self.objective, train_flow=True, monitor="bound", patience=self.n_iter_no_change,
             validation_fraction=self.validation_fraction if holds_out else 0.0, rows_per_epoch=ROWS_PER_EPOCH,
             max_validation_rows=MAX_VALIDATION_ROWS, min_steps=MIN_TRAINING_STEPS,
+            # Measured for imputation; the classifier's held-out loss (with its cross-entropy) is not yet.
+            smoothing=VALIDATION_SMOOTHING if task is None else None,
             dequantisation=self._dequantisation_cells(self._device),
             generator=self._streams.generator("fit", self._device), task=task, verbose=bool(self.verbose))
         if holds_out and not self.history_.stopped_early and is_rank_zero():  # one warning, not one per process

@@ -246,7 +246,7 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
                           n_samples=8, logdet="exact", solver="auto", options=None, objective="elbo",
                           train_flow=False, validation_fraction=0.0, monitor="bound", patience=10,
                           min_delta=1e-4, max_grad_norm=10.0, rows_per_epoch=None, max_validation_rows=None,
-                          min_steps=0, dequantisation=None, generator=None, distributed=True, task=None,
+                          min_steps=0, smoothing=None, dequantisation=None, generator=None, distributed=True, task=None,
                           verbose=False):
     """Train an amortised posterior on the bound over minibatches of incomplete rows.
 
@@ -292,6 +292,10 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
         With held-out rows, never stop before the epochs that make this many optimiser
         steps: a small table's epoch is a few steps, and its first epochs' held-out loss
         too noisy to stop on.
+    smoothing : float in (0, 1] or None, default=None
+        With held-out rows, early stopping watches an exponential moving average of the
+        held-out loss with this weight on the newest epoch (None: each epoch's loss). A
+        noisy held-out loss then ends training less often on a chance peak.
     dequantisation : Tensor (d,), optional
         Width of each feature's cell (0 for continuous ones): every training step adds
         uniform noise on ``[-w/2, w/2)`` to the observed entries, so that the flow learns a
@@ -397,7 +401,8 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
             max_epochs,
             validation_loss=validation_loss,
             # The flow's state is kept even when it is not trained: restoring both is what was validated.
-            stopper=EarlyStopping(patience, min_delta, modules=[network, flow] + ([task.head] if task else []),
+            stopper=EarlyStopping(patience, min_delta, ema_weight=smoothing,
+                                  modules=[network, flow] + ([task.head] if task else []),
                                   min_updates=math.ceil(min_steps / steps_per_epoch)) if n_validation else None,
             started=start, description="fit inference network", verbose=verbose,
         )
