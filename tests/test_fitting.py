@@ -1,5 +1,6 @@
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,6 +180,21 @@ def test_min_steps_hold_off_early_stopping(generator):
                                     generator=generator)
     assert history.stopped_early and len(history.train_loss) >= 10 and history.n_steps >= 30
     assert history.validation_loss[history.best_epoch] == min(history.validation_loss)
+
+
+def test_smoothing_stops_on_the_moving_average_of_the_held_out_loss(generator):
+    flow, y, hidden = correlated_rows(generator, n=128)
+    net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
+    history = fit_inference_network(flow, y, hidden, net, max_epochs=40, batch_size=32, lr=0.05, n_samples=2,
+                                    train_flow=True, validation_fraction=0.25, patience=2, smoothing=0.3,
+                                    generator=generator)
+    average = [history.validation_loss[0]]
+    for loss in history.validation_loss[1:]:
+        average.append(0.7 * average[-1] + 0.3 * loss)
+    # The best epoch is the smoothed loss's minimum (kept weights), and the stop came two stale
+    # epochs of the average after it; the raw losses are what the history records.
+    assert history.stopped_early and history.best_epoch == int(np.argmin(average))
+    assert len(average) - 1 - history.best_epoch == 2
 
 
 def test_unsolved_draws_are_left_out_and_reported_once(generator):

@@ -25,7 +25,9 @@ from sklearn.pipeline import Pipeline
 
 from skivcnf import ImputationDraws, IVCNFImputer
 from skivcnf import conditional as conditional_module
+from skivcnf.conditional import fitting as fitting_module
 from skivcnf.exceptions import ConstraintWarning
+from skivcnf.imputer import VALIDATION_SMOOTHING
 
 from .helpers import TINY_IMPUTER as TINY
 from .helpers import diabetes_with_holes
@@ -356,6 +358,19 @@ def test_tiny_validation_split_turns_early_stopping_off_quietly(data):
         imputer = IVCNFImputer(**{**TINY, "early_stopping": True}, validation_fraction=0.01).fit(X_missing)
     assert imputer.history_.validation_loss == [] and not imputer.history_.stopped_early
     assert len(imputer.history_.train_loss) == TINY["max_epochs"]
+
+
+def test_early_stopping_watches_the_smoothed_held_out_bound(data, monkeypatch):
+    seen = []
+    real = fitting_module.EarlyStopping
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("ema_weight"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fitting_module, "EarlyStopping", spy)
+    IVCNFImputer(**{**TINY, "early_stopping": True}).fit(data[1])
+    assert seen == [VALIDATION_SMOOTHING]
 
 
 def test_max_epochs_without_early_stop_warns(data):
