@@ -158,11 +158,16 @@ def test_stick_the_landing_default_is_on_for_the_elbo_only(objective, meaning):
     assert all(torch.equal(fitted[0][k], fitted[1][k]) for k in fitted[0])
 
 
-def test_validation_split_early_stops_and_restores_the_best(generator):
+def fit_with_held_out_rows(generator, **kwargs):
+    """128 rows, a quarter held out, lr=0.05 (overshoots within a few epochs), patience 2."""
     flow, y, hidden = correlated_rows(generator, n=128)
     net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
-    history = fit_inference_network(flow, y, hidden, net, max_epochs=40, batch_size=32, lr=0.05, n_samples=2,
-                                    train_flow=True, validation_fraction=0.25, patience=2, generator=generator)
+    return fit_inference_network(flow, y, hidden, net, max_epochs=40, batch_size=32, lr=0.05, n_samples=2,
+                                 train_flow=True, validation_fraction=0.25, patience=2, generator=generator, **kwargs)
+
+
+def test_validation_split_early_stops_and_restores_the_best(generator):
+    history = fit_with_held_out_rows(generator)
     assert len(history.validation_loss) == len(history.train_loss) == len(history.epoch_seconds)
     assert history.validation_loss[history.best_epoch] == min(history.validation_loss)
     # lr=0.05 overshoots within a few epochs (measured: stops at epoch 5 of 40).
@@ -171,23 +176,15 @@ def test_validation_split_early_stops_and_restores_the_best(generator):
 
 
 def test_min_steps_hold_off_early_stopping(generator):
-    flow, y, hidden = correlated_rows(generator, n=128)
-    net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
     # The run above stops at epoch 5; 96 training rows in batches of 32 are 3 steps an epoch, so
     # 30 steps hold it to 10 epochs at least.
-    history = fit_inference_network(flow, y, hidden, net, max_epochs=40, batch_size=32, lr=0.05, n_samples=2,
-                                    train_flow=True, validation_fraction=0.25, patience=2, min_steps=30,
-                                    generator=generator)
+    history = fit_with_held_out_rows(generator, min_steps=30)
     assert history.stopped_early and len(history.train_loss) >= 10 and history.n_steps >= 30
     assert history.validation_loss[history.best_epoch] == min(history.validation_loss)
 
 
 def test_smoothing_stops_on_the_moving_average_of_the_held_out_loss(generator):
-    flow, y, hidden = correlated_rows(generator, n=128)
-    net = InferenceNetwork(4, hidden_features=(16,), generator=generator).double()
-    history = fit_inference_network(flow, y, hidden, net, max_epochs=40, batch_size=32, lr=0.05, n_samples=2,
-                                    train_flow=True, validation_fraction=0.25, patience=2, smoothing=0.3,
-                                    generator=generator)
+    history = fit_with_held_out_rows(generator, smoothing=0.3)
     average = [history.validation_loss[0]]
     for loss in history.validation_loss[1:]:
         average.append(0.7 * average[-1] + 0.3 * loss)
