@@ -206,12 +206,15 @@ def _exact_values_hutchinson_gradients(flow, y, hidden, log_q, generator, at_sol
     per probe, where the exact gradient differentiates all ``d`` of them.
     """
     with torch.no_grad():
-        _, columns, logdet_g = flow.forward_and_jacobian(y)
+        _, columns, _ = flow.forward_and_jacobian(y)
+        # One LU of G^T gives both log|det G| and the solve for u (columns = G^T: u = G^{-T} v).
+        lu, pivots = torch.linalg.lu_factor(columns)
+        logdet_g = lu.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
         block, order, valid = compact_hidden_block(columns, hidden)
         logdet_hh = torch.linalg.slogdet(block).logabsdet
         probe = torch.sign(standard_normal(y.shape, generator, y.dtype, y.device))  # Rademacher
         probe_h = torch.where(hidden, probe, 0.0)
-        u = torch.linalg.solve(columns, probe.unsqueeze(-1)).squeeze(-1)  # columns = G^T: u = G^{-T} v
+        u = torch.linalg.lu_solve(lu, pivots, probe.unsqueeze(-1)).squeeze(-1)
         u_h = solve_compact(block, order, valid, probe_h, transpose=True)
     at_solution.keep(block, order, valid)
     x, products, _ = flow.forward_and_jvps(y, torch.stack([probe, probe_h], dim=1))

@@ -354,10 +354,9 @@ class ResidualFlow(nn.Module):
 
         The identity's ``d`` columns are carried through every layer in closed form
         (:meth:`~skivcnf.flows.blocks.FlowLayer.forward_and_tangents`) and one ``slogdet``
-        of the product is taken: a third cheaper than a ``slogdet`` per block with the
-        tangents carried through each block's Jacobian, and as accurate in float32 (trained
-        flows, docs/benchmarks.md "Speed"). Differentiable by ordinary autograd with respect
-        to ``y`` and the weights; meant for tabular widths.
+        of the product is taken: cheaper than a ``slogdet`` per block, and as accurate in
+        float32 (docs/benchmarks.md, "Speed"). Differentiable by ordinary autograd with
+        respect to ``y`` and the weights; meant for tabular widths.
 
         Parameters
         ----------
