@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python -m benchmarks.speed chord                 # the chord start of the constraint solves
+    python -m benchmarks.speed chord-centre          # the chord start from the draws' centre, or not
     python -m benchmarks.speed draws                 # draws per row at transform: time and RMSE
     python -m benchmarks.speed training '{"learning_rate": 5e-3}'   # a training setting, 3 mask seeds
     python -m benchmarks.speed compare d5936da       # the accuracy grid's IVCNF rows: that commit's and now
@@ -67,6 +68,49 @@ def chord(table="breast_cancer", rate=None, epochs=20, rows=256, n_draws=64):
                       "seconds": round(time.perf_counter() - start, 2),
                       "newton_iterations": round(float(draws.n_iter.float().mean()), 2),
                       "solved": float(draws.converged.float().mean())})
+    return lines
+
+
+def chord_centre(table="breast_cancer", repeats=2):
+    """The chord start from the completion of each row's mean draw against from the initial guess:
+    after one default fit (mask seed 0), seconds to solve 4-64 draws of every row (no weights),
+    then whole ``transform`` calls, alternated ``repeats`` times (the fastest is kept), with the
+    RMSE and the largest change of an imputed entry (column standard deviations)."""
+    from unittest import mock
+
+    from skivcnf.conditional import solvers
+
+    X, mask, X_missing = _masked(table)
+    imputer = IVCNFImputer(random_state=0).fit(X_missing)
+    z = torch.as_tensor(imputer._layout().standardise(X_missing), dtype=torch.float32)
+    hidden = torch.isnan(z)
+    params = imputer.posterior_(torch.where(hidden, 0.0, z), hidden)
+    settings = {"centred": solvers.CHORD_CENTRE_MIN_DRAWS, "from the guess": 10**9}
+    lines = []
+    for n_draws in (4, 8, 16, 32, 64):
+        seconds = defaultdict(list)
+        for _ in range(repeats):
+            for name, threshold in settings.items():
+                with mock.patch.object(solvers, "CHORD_CENTRE_MIN_DRAWS", min(threshold, n_draws)
+                                       if name == "centred" else threshold):
+                    start = time.perf_counter()
+                    sample_conditional(imputer.flow_, z, hidden, params, n_samples=n_draws,
+                                       generator=torch.Generator().manual_seed(0), weights=False, antithetic=True)
+                    seconds[name].append(time.perf_counter() - start)
+        lines.append({"table": table, "n_draws": n_draws, **{f"solve_seconds {k}": round(min(v), 2)
+                                                               for k, v in seconds.items()}})
+    outputs, seconds = {}, defaultdict(list)
+    for _ in range(repeats):
+        for name, threshold in settings.items():
+            with mock.patch.object(solvers, "CHORD_CENTRE_MIN_DRAWS", threshold):
+                start = time.perf_counter()
+                outputs[name] = imputer.transform(X_missing)
+                seconds[name].append(time.perf_counter() - start)
+    scale = np.nanstd(X_missing, axis=0)
+    change = np.abs(outputs["centred"] - outputs["from the guess"])[mask] / np.broadcast_to(scale, X.shape)[mask]
+    lines.append({"table": table, "transform": {k: round(min(v), 2) for k, v in seconds.items()},
+                  "rmse": {k: round(rmse(X, v, mask), 4) for k, v in outputs.items()},
+                  "largest change (column sd)": float(f"{change.max():.2g}")})
     return lines
 
 
@@ -358,7 +402,7 @@ def _settings(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads", "grid", "grid-report",
-                                         "transform-levers", "logdet", "peak"])
+                                         "transform-levers", "logdet", "peak", "chord-centre"])
     parser.add_argument("settings", nargs="*", default=["{}"],
                         help="training, grid: IVCNFImputer settings, a dict literal; compare: a git revision; "
                              "grid-report: labels")
@@ -382,6 +426,9 @@ def main(argv=None):
         cases = [(args.table, None, 20)] if args.table else [("breast_cancer", None, 20), ("digits", 0.5, 3),
                                                               ("digits", 0.9, 3)]
         lines = [line for table, rate, epochs in cases for line in chord(table, rate, epochs)]
+    elif args.what == "chord-centre":
+        lines = [line for table in ([args.table] if args.table else ["breast_cancer", "nonlinear", "wine"])
+                 for line in chord_centre(table)]
     elif args.what == "threads":
         lines = threads()
     elif args.what == "transform-levers":

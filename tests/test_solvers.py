@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from skivcnf.conditional import SOLVERS, SolverOptions, solve_constraint, solve_hidden_block
+from skivcnf.conditional import SOLVERS, SolverOptions, solve_constraint, solve_hidden_block, solvers
 from skivcnf.conditional.solvers import chord_start, resolve_chain
 from skivcnf.exceptions import ConstraintWarning
 
@@ -191,3 +191,30 @@ def test_chord_start_off_returns_the_guess(problem):
     flow, y, hidden, x_target = problem
     start = chord_start(flow, y, hidden, x_target.expand(2, -1, -1), SolverOptions(chord_max_iter=0))
     assert torch.equal(start, y.expand(2, -1, -1))
+
+
+def test_chord_start_from_the_draws_centre_needs_fewer_iterations(problem, monkeypatch):
+    # Draws of a posterior lie around its mean: from the completion of the mean the shared block is
+    # closer to each draw's own than at the initial guess, so a few chord steps leave less residual.
+    flow, y, hidden, _ = problem
+    hidden = hidden.clone()
+    hidden[:, 0] = True
+    gen = torch.Generator().manual_seed(11)
+    centre = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    targets = centre + 0.3 * torch.randn(32, *y.shape, generator=gen, dtype=torch.float64)
+    options = SolverOptions(chord_max_iter=3)
+    guess = torch.where(hidden, 0.0, y)
+
+    @torch.no_grad()
+    def largest_residuals():
+        start = chord_start(flow, guess, hidden, targets, options)
+        assert torch.equal(start[:, ~hidden], y[~hidden].expand(32, -1))
+        return torch.where(hidden, flow(start.reshape(-1, y.shape[1])).reshape(start.shape) - targets, 0.0
+                           ).abs().amax(dim=-1)
+
+    assert solvers.CHORD_CENTRE_MIN_DRAWS <= 32
+    centred = largest_residuals()
+    monkeypatch.setattr(solvers, "CHORD_CENTRE_MIN_DRAWS", 10**9)
+    plain = largest_residuals()
+    # measured: median largest residual 0.020 against 0.48 after 3 steps
+    assert centred.median() < 0.2 * plain.median()
