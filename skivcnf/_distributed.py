@@ -109,7 +109,9 @@ class GradientReducer:
     buckets (as in DistributedDataParallel), with one flag per parameter (whether some rank
     has a gradient for it, so that a parameter no rank reached keeps ``grad=None``, as in one
     process) and one flag for a non-finite loss on some rank, so that the decision to skip a
-    step is the same on every rank.
+    step is the same on every rank. A rank whose share of the step raised joins the same
+    collective with ``failed=True`` (:meth:`share_failure`): the other ranks then raise too,
+    instead of waiting for it for ever.
 
     Parameters
     ----------
@@ -119,7 +121,7 @@ class GradientReducer:
     def __init__(self, bucket_bytes=BUCKET_BYTES):
         self.bucket_bytes = bucket_bytes
 
-    def reduce(self, parameters, loss_finite=True):
+    def reduce(self, parameters, loss_finite=True, failed=False):
         """Replace each parameter's gradient by its sum over the ranks.
 
         Parameters
@@ -128,25 +130,50 @@ class GradientReducer:
             The same list, in the same order, on every rank.
         loss_finite : bool, default=True
             Whether this rank's loss was finite (and back-propagated).
+        failed : bool, default=False
+            Whether this rank's share of the step raised (see :meth:`share_failure`).
 
         Returns
         -------
         bool
             Whether every rank's loss was finite; if not, the gradients are not summed and
-            the caller skips the step (on every rank alike).
+            the caller skips the step (on every rank alike). False on a rank that failed.
+
+        Raises
+        ------
+        RuntimeError
+            On the ranks that did not fail, when another rank's share of the step raised.
         """
         if not parameters:
-            return bool(all_sum([0.0 if loss_finite else 1.0])[0] == 0)
+            finite, failures = all_sum([0.0 if loss_finite else 1.0, float(failed)])
+            _raise_if_another_failed(failures, failed)
+            return finite == 0 and not failed
         reference = parameters[0]
-        flags = torch.tensor([0.0 if loss_finite else 1.0] + [float(p.grad is not None) for p in parameters],
+        flags = torch.tensor([0.0 if loss_finite else 1.0, float(failed)] +
+                             [float(p.grad is not None) for p in parameters],
                              dtype=reference.dtype, device=reference.device)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         _coalesced([flags, *grads], lambda flat: dist.all_reduce(flat, async_op=True), self.bucket_bytes)
-        if flags[0] > 0:
+        _raise_if_another_failed(float(flags[1]), failed)
+        if flags[0] > 0 or failed:
             return False
-        for parameter, grad, reached in zip(parameters, grads, flags[1:].tolist(), strict=True):
+        for parameter, grad, reached in zip(parameters, grads, flags[2:].tolist(), strict=True):
             parameter.grad = grad if reached > 0 else None
         return True
+
+    def share_failure(self, parameters):
+        """Join the step's collective as a rank whose share raised; the caller then re-raises its error.
+
+        Every other rank's :meth:`reduce` of the same step raises a RuntimeError.
+        """
+        self.reduce(parameters, failed=True)
+
+
+def _raise_if_another_failed(failures, failed):
+    others = round(failures) - int(failed)
+    if others > 0:
+        raise RuntimeError(f"fit under torch.distributed stopped: {others} other rank(s) raised an error during "
+                           "a training step (their traceback says why).")
 
 
 def all_sum(values):
@@ -166,9 +193,19 @@ def from_rank_zero(compute):
     """
     if not is_distributed():
         return compute()
-    value = torch.tensor([compute() if is_rank_zero() else 0.0], dtype=torch.float64, device=_scalar_device())
+    result, error = 0.0, None
+    if is_rank_zero():
+        try:
+            result = compute()
+        except Exception as exc:  # re-raised below, once the other ranks know
+            error = exc
+    value = torch.tensor([result, float(error is not None)], dtype=torch.float64, device=_scalar_device())
     dist.broadcast(value, src=0)
-    return float(value)
+    if error is not None:
+        raise error
+    if value[1] > 0:
+        raise RuntimeError("rank 0 raised an error computing a value every rank needs (its traceback says why).")
+    return float(value[0])
 
 
 def broadcast_modules(modules):

@@ -18,6 +18,7 @@ import copy
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from ._distributed import is_rank_zero
 from .exceptions import ConstraintWarning, NumericalWarning
 
-__all__ = ["EarlyStopping", "TrainingHistory", "fit_loop", "guarded_step", "warn_training_issues"]
+__all__ = ["EarlyStopping", "TrainingHistory", "fit_loop", "guarded_step", "sharing_failure", "warn_training_issues"]
 
 
 @dataclass
@@ -81,6 +82,19 @@ class TrainingHistory:
     seconds: float = 0.0
 
 
+@contextmanager
+def sharing_failure(reducer, parameters):
+    """With a ``reducer`` (data-parallel training), an error raised inside makes the step's
+    collective raise on the other ranks too (:meth:`~._distributed.GradientReducer.share_failure`),
+    instead of leaving them waiting; this rank re-raises its own error."""
+    try:
+        yield
+    except Exception:
+        if reducer is not None:
+            reducer.share_failure(parameters)
+        raise
+
+
 def guarded_step(optimizer, loss, history, max_grad_norm=None, reducer=None):
     """Take one optimisation step on ``loss`` unless the loss or a gradient is not finite.
 
@@ -133,10 +147,11 @@ def guarded_step(optimizer, loss, history, max_grad_norm=None, reducer=None):
     if not finite and reducer is None:
         history.n_skipped_steps += 1
         return False
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     # A rank's share without a graph (no trainable weight reached) contributes no gradient.
     if finite and (reducer is None or loss.requires_grad):
-        loss.backward()
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        with sharing_failure(reducer, parameters):
+            loss.backward()
     if reducer is not None and not reducer.reduce(parameters, finite):
         optimizer.zero_grad(set_to_none=True)
         history.n_skipped_steps += 1

@@ -110,6 +110,7 @@ def _worker(out):
             record[f"mismatch_{name}"] = None
         except ValueError as exc:
             record[f"mismatch_{name}"] = str(exc)
+    record["failures"] = _failures_stop_every_rank(X)
     torch.save(record, out / f"rank{rank}.pt")
     torch.distributed.barrier()  # no rank leaves the group while another still uses it
     torch.distributed.destroy_process_group()
@@ -130,6 +131,35 @@ def _warn_as_the_package_does():
 
     history = TrainingHistory()
     fit_loop(history, epoch, max_epochs=1)
+
+
+def _failures_stop_every_rank(X):
+    """An error in rank 1's share of the third step, then in rank 0's held-out loss: each rank's message."""
+    from unittest import mock
+
+    from skivcnf.conditional import fitting
+
+    rank, messages = torch.distributed.get_rank(), {}
+    real, calls = fitting.bound_terms, []
+
+    def failing_on_rank_1(*args, **kwargs):
+        calls.append(1)
+        if rank == 1 and len(calls) == 3:
+            raise ArithmeticError("rank 1's own error")
+        return real(*args, **kwargs)
+
+    def failing_on_rank_0(*args, **kwargs):
+        raise ArithmeticError("rank 0's own error")
+
+    for name, target, replacement in (("step", "bound_terms", failing_on_rank_1),
+                                      ("held_out", "_held_out_bound_loss", failing_on_rank_0)):
+        try:
+            with mock.patch.object(fitting, target, replacement):
+                IVCNFImputer(**IMPUTER).fit(X)
+            messages[name] = None
+        except Exception as exc:
+            messages[name] = f"{type(exc).__name__}: {exc}"
+    return messages
 
 
 def _skip_is_collective(rank):
@@ -226,6 +256,16 @@ def test_other_data_on_a_rank_raises_on_every_rank(ranks):
     for rank in (rank0, rank1):
         assert "same X on every rank" in rank["mismatch_values"] and "observed values" in rank["mismatch_values"]
         assert "number of rows" in rank["mismatch_rows"] and "(from (199, 4) to (200, 4))" in rank["mismatch_rows"]
+
+
+def test_an_error_on_one_rank_stops_every_rank(ranks):
+    # Without the shared failure flag the other rank waits in the step's all_reduce (or the held-out
+    # loss's broadcast) for ever, and the worker times out.
+    (rank0, rank1), _ = ranks
+    assert rank1["failures"]["step"] == "ArithmeticError: rank 1's own error"
+    assert rank0["failures"]["step"].startswith("RuntimeError: fit under torch.distributed stopped: 1 other rank(s)")
+    assert rank0["failures"]["held_out"] == "ArithmeticError: rank 0's own error"
+    assert rank1["failures"]["held_out"].startswith("RuntimeError: rank 0 raised an error")
 
 
 def test_a_step_is_skipped_on_every_rank_when_one_loss_is_not_finite(ranks):

@@ -23,7 +23,7 @@ from .._distributed import (
     shared_generator,
     world_size,
 )
-from .._training import EarlyStopping, TrainingHistory, fit_loop, guarded_step
+from .._training import EarlyStopping, TrainingHistory, fit_loop, guarded_step, sharing_failure
 from .bound import EXACT_VALUE_LOGDETS, OBJECTIVES, bound_terms, masked_bound
 from .noise import ShardNoise, uniform
 from .sampling import conditional_mean, sample_conditional
@@ -220,19 +220,21 @@ def _fit_epoch(flow, y, hidden, rows, network, optimizer, history, batch_size, n
     loss of each row is added to minus its bound."""
     rows = rows[torch.randperm(len(rows), generator=generator, device=y.device)][:rows_per_epoch]
     total_loss, n_unsolved_epoch = 0.0, 0
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     for batch_start in range(0, len(rows), batch_size):
         batch = rows[batch_start:batch_start + batch_size]
-        local, noise, copies = _batch_share(batch, generator, reducer)
-        y_b, h_b = y[local], hidden[local]
-        if dequantisation is not None:
-            cells = uniform(y_b.shape, noise, y.dtype, y.device, rows_axis=0)
-            y_b = torch.where(h_b, y_b, y_b + (cells - 0.5) * dequantisation)
-        terms = bound_terms(flow, y_b, h_b, network(y_b, h_b), n_samples, logdet, solver, options, None, noise)
-        row_bounds, n_unsolved = masked_bound(terms, objective)
-        n_unsolved_epoch += n_unsolved / copies  # a batch every rank computes whole is counted once
-        row_losses = -row_bounds if task is None else task.row_loss(flow, terms, local) - row_bounds
-        # Divided by the global batch's rows: the ranks' gradients then sum to the global batch's.
-        loss = row_losses.sum() / copies
+        with sharing_failure(reducer, parameters):
+            local, noise, copies = _batch_share(batch, generator, reducer)
+            y_b, h_b = y[local], hidden[local]
+            if dequantisation is not None:
+                cells = uniform(y_b.shape, noise, y.dtype, y.device, rows_axis=0)
+                y_b = torch.where(h_b, y_b, y_b + (cells - 0.5) * dequantisation)
+            terms = bound_terms(flow, y_b, h_b, network(y_b, h_b), n_samples, logdet, solver, options, None, noise)
+            row_bounds, n_unsolved = masked_bound(terms, objective)
+            n_unsolved_epoch += n_unsolved / copies  # a batch every rank computes whole is counted once
+            row_losses = -row_bounds if task is None else task.row_loss(flow, terms, local) - row_bounds
+            # Divided by the global batch's rows: the ranks' gradients then sum to the global batch's.
+            loss = row_losses.sum() / copies
         if guarded_step(optimizer, loss / len(batch), history, max_grad_norm, reducer):
             total_loss += float(loss.detach())
     if reducer is not None:
