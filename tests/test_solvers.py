@@ -216,5 +216,5 @@ def test_chord_start_from_the_draws_centre_needs_fewer_iterations(problem, monke
     centred = largest_residuals()
     monkeypatch.setattr(solvers, "CHORD_CENTRE_MIN_DRAWS", 10**9)
     plain = largest_residuals()
-    # measured: median largest residual 0.020 against 0.48 after 3 steps
+    # measured: median largest residual 0.020 against 0.48 after 3 steps (docs/benchmarks.md, "Speed")
     assert centred.median() < 0.2 * plain.median()

@@ -147,7 +147,7 @@ _SOLVER_FUNCTIONS = {
 _CHORD_MIN_CONTRACTION = 0.8
 #: From this many draws per row, the chord start first moves each row to the solution of its
 #: draws' mean and shares the hidden block there (docs/benchmarks.md, "Speed").
-CHORD_CENTRE_MIN_DRAWS = 16
+CHORD_CENTRE_MIN_DRAWS = 8
 
 
 @torch.no_grad()
