@@ -146,7 +146,8 @@ class GradientReducer:
         """
         if not parameters:
             finite, failures = all_sum([0.0 if loss_finite else 1.0, float(failed)])
-            _raise_if_another_failed(failures, failed)
+            if not failed:
+                _raise_if_another_failed(failures)
             return finite == 0 and not failed
         reference = parameters[0]
         flags = torch.tensor([0.0 if loss_finite else 1.0, float(failed)] +
@@ -154,8 +155,10 @@ class GradientReducer:
                              dtype=reference.dtype, device=reference.device)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         _coalesced([flags, *grads], lambda flat: dist.all_reduce(flat, async_op=True), self.bucket_bytes)
-        _raise_if_another_failed(float(flags[1]), failed)
-        if flags[0] > 0 or failed:
+        if failed:  # this rank re-raises its own error, whoever else failed
+            return False
+        _raise_if_another_failed(float(flags[1]))
+        if flags[0] > 0:
             return False
         for parameter, grad, reached in zip(parameters, grads, flags[2:].tolist(), strict=True):
             parameter.grad = grad if reached > 0 else None
@@ -169,11 +172,10 @@ class GradientReducer:
         self.reduce(parameters, failed=True)
 
 
-def _raise_if_another_failed(failures, failed):
-    others = round(failures) - int(failed)
-    if others > 0:
-        raise RuntimeError(f"fit under torch.distributed stopped: {others} other rank(s) raised an error during "
-                           "a training step (their traceback says why).")
+def _raise_if_another_failed(failures):
+    if round(failures) > 0:
+        raise RuntimeError(f"fit under torch.distributed stopped: {round(failures)} other rank(s) raised an error "
+                           "during a training step (their traceback says why).")
 
 
 def all_sum(values):

@@ -134,7 +134,8 @@ def _warn_as_the_package_does():
 
 
 def _failures_stop_every_rank(X):
-    """An error in rank 1's share of the third step, then in rank 0's held-out loss: each rank's message."""
+    """An error in rank 1's share of the third step, in both ranks' backward pass of the second step,
+    then in rank 0's held-out loss: each rank's message."""
     from unittest import mock
 
     from skivcnf.conditional import fitting
@@ -151,10 +152,19 @@ def _failures_stop_every_rank(X):
     def failing_on_rank_0(*args, **kwargs):
         raise ArithmeticError("rank 0's own error")
 
-    for name, target, replacement in (("step", "bound_terms", failing_on_rank_1),
-                                      ("held_out", "_held_out_bound_loss", failing_on_rank_0)):
+    real_backward, backwards = torch.Tensor.backward, []
+
+    def failing_backward(self, *args, **kwargs):
+        backwards.append(1)
+        if len(backwards) == 2:
+            raise ArithmeticError(f"rank {rank}'s own backward error")
+        return real_backward(self, *args, **kwargs)
+
+    for name, owner, target, replacement in (("step", fitting, "bound_terms", failing_on_rank_1),
+                                             ("both", torch.Tensor, "backward", failing_backward),
+                                             ("held_out", fitting, "_held_out_bound_loss", failing_on_rank_0)):
         try:
-            with mock.patch.object(fitting, target, replacement):
+            with mock.patch.object(owner, target, replacement):
                 IVCNFImputer(**IMPUTER).fit(X)
             messages[name] = None
         except Exception as exc:
@@ -264,6 +274,9 @@ def test_an_error_on_one_rank_stops_every_rank(ranks):
     (rank0, rank1), _ = ranks
     assert rank1["failures"]["step"] == "ArithmeticError: rank 1's own error"
     assert rank0["failures"]["step"].startswith("RuntimeError: fit under torch.distributed stopped: 1 other rank(s)")
+    # Both ranks fail the same step: each re-raises its own error.
+    for r, rank in enumerate((rank0, rank1)):
+        assert rank["failures"]["both"] == f"ArithmeticError: rank {r}'s own backward error"
     assert rank0["failures"]["held_out"] == "ArithmeticError: rank 0's own error"
     assert rank1["failures"]["held_out"].startswith("RuntimeError: rank 0 raised an error")
 

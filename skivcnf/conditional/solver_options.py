@@ -90,9 +90,11 @@ class SolverOptions:
         Iteration cap of each block's fixed-point inversion inside Algorithm 2.
     chord_max_iter : int, default=16
         Chord iterations at most of :func:`~.solvers.chord_start`, the warm start of the
-        draws of one row: they share the row's hidden block at the initial guess (one
-        Jacobian and one LU factorisation per row, not per draw), so each iteration costs
-        a forward pass. 0 turns the warm start off. Measured in docs/benchmarks.md.
+        draws of one row: they share one hidden block of the row (one Jacobian and one LU
+        factorisation per row, not per draw), so each iteration costs a forward pass. With
+        ``CHORD_CENTRE_MIN_DRAWS`` draws or more the block is formed at the completion of the
+        draws' mean, which takes as many iterations at most first (for one draw per row).
+        0 turns the warm start off. Measured in docs/benchmarks.md.
 
     Examples
     --------
