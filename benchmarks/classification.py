@@ -79,6 +79,8 @@ ANCHORS = {
 CONTENDERS = {
     "IVCNFClassifier (linear head)": lambda: IVCNFClassifier(head_hidden_layer_sizes=(), random_state=SEED),
     "IVCNFClassifier (MLP head)": lambda: IVCNFClassifier(head_hidden_layer_sizes=(64,), random_state=SEED),
+    "IVCNFClassifier (MLP head on data)": lambda: IVCNFClassifier(head_hidden_layer_sizes=(64,), head_input="data",
+                                                                  random_state=SEED),
 }
 METHODS = {**ANCHORS, **CONTENDERS}
 
@@ -254,7 +256,7 @@ def _markdown(rows, out):
 def _heads_table(rows):
     """The two IVCNFClassifier heads side by side, per case (Markdown; empty unless both have a case)."""
     cells = {(r[0], r[1], r[2]): r for r in summarise(rows)}
-    linear, mlp = CONTENDERS
+    linear, mlp = list(CONTENDERS)[:2]
     cases = [c for c in dict.fromkeys((r[0], r[1]) for r in cells.values())
              if (*c, linear) in cells and (*c, mlp) in cells]
     if not cases:

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted
 
 from ._base import refuse_dask
 from ._drawing import iter_draws
-from ._sklearn_compat import Interval, check_y, fit_context
+from ._sklearn_compat import Interval, StrOptions, check_y, fit_context
 from ._utils import one_warning_per_kind
 from .conditional import EXACT_VALUE_LOGDETS, ClassificationTask, ClassifierHead, draw_class_probabilities
 from .imputer import IVCNFImputer
@@ -49,6 +49,9 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
         the better accuracy in 5 (wine at 20% MCAR: 0.950 against 0.887).
     classification_weight : float, default=1.0
         Weight of the cross-entropy against minus the bound (the paper adds them).
+    head_input : {"latent", "data"}, default="latent"
+        What the head reads of each completed draw ``y``: its latent code ``g(y)`` (the
+        paper's), or ``y`` itself on the flow's standardised scale.
     **imputer_parameters
         Every parameter of :class:`~skivcnf.IVCNFImputer` (``n_blocks``,
         ``hidden_layer_sizes``, ``n_draws``, ``max_epochs``, ``batch_size``, ``learning_rate``,
@@ -87,9 +90,10 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
         **IVCNFImputer._parameter_constraints,
         "head_hidden_layer_sizes": [tuple, list],
         "classification_weight": [Interval(Real, 0, None, closed="left")],
+        "head_input": [StrOptions({"latent", "data"})],
     }
 
-    def __init__(self, *, head_hidden_layer_sizes=(64,), classification_weight=1.0, n_blocks=4,
+    def __init__(self, *, head_hidden_layer_sizes=(64,), classification_weight=1.0, head_input="latent", n_blocks=4,
                  hidden_layer_sizes=(64, 64), lipschitz_coeff=0.9, n_reflections=0, n_draws=64, n_train_draws=2,
                  importance_weighting=True, refinement_steps=0, objective="iwae", solver="auto", logdet="exact",
                  max_epochs=100, batch_size=64, learning_rate=2e-3, validation_fraction=0.1, early_stopping=True,
@@ -108,6 +112,7 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
             keep_empty_features=keep_empty_features, device=device, random_state=random_state, verbose=verbose)
         self.head_hidden_layer_sizes = head_hidden_layer_sizes
         self.classification_weight = classification_weight
+        self.head_input = head_input
 
     _MODULES = (*IVCNFImputer._MODULES, "head_")
 
@@ -150,7 +155,8 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
             self.head_ = self._build_head(features, generator).to(device)
             labels_on_device = torch.as_tensor(labels, dtype=torch.long, device=device)
             return ClassificationTask(self.head_, labels_on_device, self.classification_weight,
-                                      weighted=self.logdet in EXACT_VALUE_LOGDETS and self.importance_weighting)
+                                      weighted=self.logdet in EXACT_VALUE_LOGDETS and self.importance_weighting,
+                                      head_input=self.head_input)
 
         return self._fit_flow(X, task)
 
@@ -179,7 +185,7 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
         batches = iter_draws(self, X, self.n_draws, self._row_keys("predict", X),
                              "they were classified at the training means", mc_tolerance=float("inf"))
         proba = np.concatenate([draw_class_probabilities(self.flow_, self.head_, result.draws.samples,
-                                                         result.weights).cpu().double().numpy()
+                                                         result.weights, self.head_input).cpu().double().numpy()
                                 for result, _ in batches])
         return proba / proba.sum(axis=1, keepdims=True)  # float32 sums, exact in float64
 

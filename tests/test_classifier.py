@@ -141,3 +141,33 @@ def test_task_loss_is_the_weighted_cross_entropy_and_reaches_every_module():
     loss.sum().backward()
     assert completed.grad.abs().sum() > 0 and (completed.grad[~converged] == 0).all()
     assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)
+
+
+def test_a_head_on_the_completed_rows_learns_and_reads_the_row_itself():
+    X, y = blobs()
+    clf = IVCNFClassifier(**SMALL, head_input="data").fit(X, y)
+    X_test, y_test = blobs(seed=1)
+    assert clf.score(X_test, y_test) > 0.9  # as the latent head's test above
+    row = np.array([[2.0, 1.5, 2.5, 2.0]])
+    z = torch.as_tensor(clf._layout().standardise(row), dtype=torch.float32)
+    clf.head_.eval()
+    with torch.no_grad():
+        expected = torch.softmax(clf.head_(z), dim=-1).double().numpy()  # no flow between the row and the head
+    np.testing.assert_allclose(clf.predict_proba(row), expected, atol=1e-6)
+
+
+def test_task_loss_on_the_completed_rows_reaches_the_rows_not_the_flow():
+    generator = torch.Generator().manual_seed(0)
+    flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=generator).double()
+    head = ClassifierHead(3, 2, generator=generator).double().eval()
+    completed = torch.randn(4, 2, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    terms = BoundTerms(torch.zeros(4, 2, dtype=torch.float64), completed.detach(), torch.ones(4, 2, dtype=torch.bool),
+                       None, completed)
+    loss = ClassificationTask(head, torch.tensor([1, 0]), head_input="data").row_loss(flow, terms, torch.tensor([0, 1]))
+    log_p = torch.log_softmax(head(completed.reshape(-1, 3)).reshape(4, 2, 2), dim=-1)
+    ce = -torch.stack([log_p[:, 0, 1], log_p[:, 1, 0]], dim=1)  # draw x row, labels 1 and 0
+    torch.testing.assert_close(loss, ce.mean(0))  # equal weights: equal log-weights
+    loss.sum().backward()
+    assert completed.grad.abs().sum() > 0 and all(p.grad is None for p in flow.parameters())
+    with pytest.raises(ValueError, match="head_input"):
+        ClassificationTask(head, torch.tensor([1, 0]), head_input="code")

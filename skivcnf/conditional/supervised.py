@@ -69,10 +69,15 @@ class ClassifierHead(nn.Module):
         return self.net(x)
 
 
-def _draw_logits(flow, head, completed):
-    """Logits ``(n_draws, batch, K)`` of completed rows ``(n_draws, batch, d)`` through their latent codes."""
+HEAD_INPUTS = ("latent", "data")
+
+
+def _draw_logits(flow, head, completed, head_input="latent"):
+    """Logits ``(n_draws, batch, K)`` of completed rows ``(n_draws, batch, d)``: of their latent codes
+    ``g(y)`` (``head_input="latent"``), or of the rows themselves (``"data"``)."""
     n_draws, batch, d = completed.shape
-    return head(flow(completed.reshape(-1, d))).reshape(n_draws, batch, -1)
+    rows = completed.reshape(-1, d)
+    return head(flow(rows) if head_input == "latent" else rows).reshape(n_draws, batch, -1)
 
 
 class ClassificationTask:
@@ -95,10 +100,16 @@ class ClassificationTask:
         Multiplies the cross-entropy in the joint loss (the paper adds the two).
     weighted : bool, default=True
         Importance-weight the draws (needs exact log-weights); else their plain mean.
+    head_input : {"latent", "data"}, default="latent"
+        What the head reads: each draw's latent code ``g(y_k)`` (the paper's), or the
+        completed row ``y_k`` itself (on the flow's standardised scale).
     """
 
-    def __init__(self, head, labels, weight=1.0, weighted=True):
+    def __init__(self, head, labels, weight=1.0, weighted=True, head_input="latent"):
+        if head_input not in HEAD_INPUTS:
+            raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {head_input!r}.")
         self.head, self.labels, self.weight, self.weighted = head, labels, float(weight), weighted
+        self.head_input = head_input
 
     def parameters(self):
         """The head's parameters, trained with the flow's and the network's."""
@@ -110,7 +121,7 @@ class ClassificationTask:
         ``terms`` are the batch's :class:`~.bound.BoundTerms` (with ``completed``), ``rows``
         the batch's indices into ``labels``.
         """
-        logits = _draw_logits(flow, self.head, terms.completed)
+        logits = _draw_logits(flow, self.head, terms.completed, self.head_input)
         labels = self.labels[rows].expand(logits.shape[0], -1)
         cross_entropy = nn.functional.cross_entropy(logits.permute(1, 2, 0), labels.T, reduction="none").T
         # Detached weights over the solved draws (a row with none: no term, whatever its weights).
@@ -130,7 +141,7 @@ class ClassificationTask:
 
 
 @torch.no_grad()
-def draw_class_probabilities(flow, head, samples, weights):
+def draw_class_probabilities(flow, head, samples, weights, head_input="latent"):
     """Class probabilities of each row: its draws' softmax, averaged with their weights.
 
     Parameters
@@ -142,6 +153,8 @@ def draw_class_probabilities(flow, head, samples, weights):
         Completed rows on the flow's scale.
     weights : Tensor (n_draws, batch)
         Normalised over draws.
+    head_input : {"latent", "data"}, default="latent"
+        What the head reads (see :class:`ClassificationTask`).
 
     Returns
     -------
@@ -163,7 +176,7 @@ def draw_class_probabilities(flow, head, samples, weights):
     training = head.training
     head.eval()
     try:
-        probabilities = torch.softmax(_draw_logits(flow, head, samples), dim=-1)
+        probabilities = torch.softmax(_draw_logits(flow, head, samples, head_input), dim=-1)
     finally:
         head.train(training)
     return (weights.unsqueeze(-1).to(probabilities.dtype) * probabilities).sum(0)
