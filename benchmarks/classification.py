@@ -14,8 +14,10 @@ shuffle=True, random_state=0)``, the same folds for every method), accuracy and 
 held-out fold. Anchors: ``HistGradientBoostingClassifier`` on the incomplete rows (its native
 missing-value support), ``IterativeImputer`` then a logistic regression, ``IVCNFImputer`` then a
 logistic regression (both after a ``StandardScaler``; ``LogisticRegression(max_iter=1000)``).
-Contenders: ``IVCNFClassifier`` with its default (linear, the paper's) head and with an MLP head
-``head_hidden_layer_sizes=(64,)``. ``random_state=0`` everywhere, one thread (torch and OpenMP).
+Contenders: ``IVCNFClassifier`` with the paper's head (a batch-norm and a linear layer) and with an
+MLP head ``head_hidden_layer_sizes=(64,)``, both on the latent code (``head_input="latent"``), and
+the MLP head on the completed rows (``head_input="data"``, the default). ``random_state=0``
+everywhere, one thread (torch and OpenMP).
 
 Each fit appends (or replaces) one row of ``<out>/folds.csv`` (data, scenario, method, fold,
 accuracy, log_loss, fit_seconds, predict_seconds; the file is rewritten after every fit, under a
@@ -77,8 +79,10 @@ ANCHORS = {
     "IVCNFImputer + LR": lambda: make_pipeline(IVCNFImputer(random_state=SEED), StandardScaler(), _logistic()),
 }
 CONTENDERS = {
-    "IVCNFClassifier (linear head)": lambda: IVCNFClassifier(head_hidden_layer_sizes=(), random_state=SEED),
-    "IVCNFClassifier (MLP head)": lambda: IVCNFClassifier(head_hidden_layer_sizes=(64,), random_state=SEED),
+    "IVCNFClassifier (linear head)": lambda: IVCNFClassifier(head_hidden_layer_sizes=(), head_input="latent",
+                                                             random_state=SEED),
+    "IVCNFClassifier (MLP head)": lambda: IVCNFClassifier(head_hidden_layer_sizes=(64,), head_input="latent",
+                                                          random_state=SEED),
     "IVCNFClassifier (MLP head on data)": lambda: IVCNFClassifier(head_hidden_layer_sizes=(64,), head_input="data",
                                                                   random_state=SEED),
 }

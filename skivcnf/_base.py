@@ -388,6 +388,10 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
     def __getstate__(self):
         return _persistence.pickled_state(super().__getstate__())
 
+    #: Parameters added after models were saved, with the value those models were fitted with.
+    _EARLIER_PARAMETERS: dict = {}
+
     def __setstate__(self, state):
+        state = {**self._EARLIER_PARAMETERS, **state}
         super().__setstate__(state)  # scikit-learn's check of the version that pickled it
         _persistence.restore_pickled_state(self)

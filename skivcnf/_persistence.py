@@ -105,7 +105,7 @@ def load_imputer(cls, path, device=None):
     fitted = json.loads(payload["fitted"])
     if fitted["estimator"] != cls.__name__:
         raise ValueError(f"{os.fspath(path)!r} holds a {fitted['estimator']}: read it with {fitted['estimator']}.load.")
-    params = json.loads(payload["params"])
+    params = {**cls._EARLIER_PARAMETERS, **json.loads(payload["params"])}
     for name in ("hidden_layer_sizes", "conv_channels", "image_shape", "head_hidden_layer_sizes"):
         if params.get(name) is not None:
             params[name] = tuple(params[name])

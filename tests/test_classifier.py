@@ -1,5 +1,6 @@
 """IVCNFClassifier: the scikit-learn classifier contract, joint training, prediction from weighted draws."""
 
+import json
 import pickle
 
 import numpy as np
@@ -62,13 +63,14 @@ def test_a_row_is_predicted_as_in_any_batch(fitted):
 
 
 def test_a_complete_row_has_one_completion(fitted):
-    # Nothing to draw: every draw is the row itself, so the probabilities are the head's on its latent code.
+    # Nothing to draw: every draw is the row itself, so the probabilities are the head's on the
+    # standardised row (the default head reads the completed rows, not their latent codes).
     clf, _, _ = fitted
     row = np.array([[2.0, 1.5, 2.5, 2.0]])
     z = torch.as_tensor(clf._layout().standardise(row), dtype=torch.float32)
     clf.head_.eval()
     with torch.no_grad():
-        expected = torch.softmax(clf.head_(clf.flow_(z)), dim=-1).double().numpy()
+        expected = torch.softmax(clf.head_(z), dim=-1).double().numpy()
     np.testing.assert_allclose(clf.predict_proba(row), expected, atol=1e-6)
 
 
@@ -143,17 +145,30 @@ def test_task_loss_is_the_weighted_cross_entropy_and_reaches_every_module():
     assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)
 
 
-def test_a_head_on_the_completed_rows_learns_and_reads_the_row_itself():
+def test_the_papers_head_on_the_latent_code_learns_and_reads_the_code(tmp_path):
     X, y = blobs()
-    clf = IVCNFClassifier(**SMALL, head_input="data").fit(X, y)
+    clf = IVCNFClassifier(**SMALL, head_input="latent").fit(X, y)
     X_test, y_test = blobs(seed=1)
-    assert clf.score(X_test, y_test) > 0.9  # as the latent head's test above
+    assert clf.score(X_test, y_test) > 0.9  # as the default head's test above
     row = np.array([[2.0, 1.5, 2.5, 2.0]])
     z = torch.as_tensor(clf._layout().standardise(row), dtype=torch.float32)
     clf.head_.eval()
     with torch.no_grad():
-        expected = torch.softmax(clf.head_(z), dim=-1).double().numpy()  # no flow between the row and the head
+        expected = torch.softmax(clf.head_(clf.flow_(z)), dim=-1).double().numpy()  # through the flow
     np.testing.assert_allclose(clf.predict_proba(row), expected, atol=1e-6)
+    # A classifier saved or pickled before head_input existed read the latent code, and still does.
+    clf.save(tmp_path / "clf.pt")
+    payload = torch.load(tmp_path / "clf.pt", weights_only=True)
+    params = json.loads(payload["params"])
+    del params["head_input"]
+    torch.save({**payload, "params": json.dumps(params)}, tmp_path / "earlier.pt")
+    np.testing.assert_array_equal(IVCNFClassifier.load(tmp_path / "earlier.pt").predict_proba(X), clf.predict_proba(X))
+    state = clf.__getstate__()
+    del state["head_input"]
+    unpickled = IVCNFClassifier.__new__(IVCNFClassifier)
+    unpickled.__setstate__(state)
+    assert unpickled.head_input == "latent"
+    np.testing.assert_array_equal(unpickled.predict_proba(X), clf.predict_proba(X))
 
 
 def test_task_loss_on_the_completed_rows_reaches_the_rows_not_the_flow():
