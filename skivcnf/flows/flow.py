@@ -1,7 +1,6 @@
 """The residual flow: a stack of ActNorm and residual blocks with a standard normal base."""
 
 import math
-import threading
 import warnings
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -61,10 +60,6 @@ class FlowInverse(NamedTuple):
     converged: torch.Tensor
     n_iter: int
     residual: torch.Tensor
-
-
-#: Per thread, the flows inside their outermost :meth:`ResidualFlow.cached_weights`.
-_CACHING = threading.local()
 
 
 def default_tolerance(dtype):
@@ -236,21 +231,11 @@ class ResidualFlow(nn.Module):
 
         For inference and solvers, which call the flow many times with fixed weights.
         """
-        cached = _CACHING.__dict__.setdefault("flows", set())
-        if id(self) in cached:
-            # Nested in this thread: the outer call's cache holds every weight (torch keeps it until the
-            # outermost exits), and walking the modules again costs more than a small step's arithmetic.
-            yield
-            return
         with parametrize.cached():
             for module in self.modules():
                 if parametrize.is_parametrized(module, "weight"):
                     module.weight  # noqa: B018 - fills the cache outside any torch.func transform
-            cached.add(id(self))
-            try:
-                yield
-            finally:
-                cached.discard(id(self))
+            yield
 
     # ------------------------------------------------------------------ maps
     def forward(self, y):
