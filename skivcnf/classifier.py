@@ -19,6 +19,7 @@ from ._drawing import iter_draws
 from ._sklearn_compat import Interval, StrOptions, check_y, fit_context
 from ._utils import one_warning_per_kind
 from .conditional import EXACT_VALUE_LOGDETS, ClassificationTask, ClassifierHead, draw_class_probabilities
+from .conditional.supervised import HEAD_INPUTS
 from .imputer import IVCNFImputer
 
 __all__ = ["IVCNFClassifier"]
@@ -94,7 +95,7 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
         **IVCNFImputer._parameter_constraints,
         "head_hidden_layer_sizes": [tuple, list],
         "classification_weight": [Interval(Real, 0, None, closed="left")],
-        "head_input": [StrOptions({"latent", "data"})],
+        "head_input": [StrOptions(set(HEAD_INPUTS))],
     }
 
     def __init__(self, *, head_hidden_layer_sizes=(64,), classification_weight=1.0, head_input="data", n_blocks=4,

@@ -219,28 +219,6 @@ def test_imputation_monitor_records_held_out_rmse(generator):
     assert len(history.validation_loss) == 3 and all(0.0 < v < 1.0 for v in history.validation_loss)
 
 
-def test_given_validation_rows_are_held_out_and_never_trained_on(generator):
-    flow, y, hidden = correlated_rows(generator, n=40)
-    # Rows 30-39 lie 1,000 scale units out: trained on, their log-density (~ -5e5 nats) would swamp
-    # the training loss; held out, they only make the held-out loss that large.
-    y[30:] += 1e3
-    network = InferenceNetwork(4, hidden_features=(8,), generator=generator).double()
-    history = fit_inference_network(flow, y, hidden, network, max_epochs=2, batch_size=10, n_samples=2,
-                                    validation_rows=torch.arange(30, 40), patience=10, generator=generator)
-    assert history.n_steps == 2 * 3  # the 30 other rows, 3 batches of 10 an epoch
-    assert max(history.train_loss) < 100 < 1e4 < min(history.validation_loss)
-
-
-@pytest.mark.parametrize(("kwargs", "match"), [({"validation_fraction": 0.5}, "not both"),
-                                               ({"validation_rows": [3, 8]}, "index the 8 rows"),
-                                               ({"validation_rows": list(range(8))}, "every row")])
-def test_bad_validation_rows_raise(generator, kwargs, match):
-    flow, y, hidden = correlated_rows(generator, n=8)
-    kwargs = {"validation_rows": [0], **kwargs}
-    with pytest.raises(ValueError, match=match):
-        fit_inference_network(flow, y, hidden, InferenceNetwork(4).double(), **kwargs)
-
-
 def test_epochs_and_the_held_out_rows_are_capped(generator):
     flow, y, hidden = correlated_rows(generator, n=40)
     network = InferenceNetwork(4, hidden_features=(8,), generator=generator).double()

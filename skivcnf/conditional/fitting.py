@@ -249,7 +249,7 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
                           train_flow=False, validation_fraction=0.0, monitor="bound", patience=10,
                           min_delta=1e-4, max_grad_norm=10.0, rows_per_epoch=None, max_validation_rows=None,
                           min_steps=0, smoothing=None, dequantisation=None, generator=None, distributed=True, task=None,
-                          validation_rows=None, verbose=False):
+                          verbose=False):
     """Train an amortised posterior on the bound over minibatches of incomplete rows.
 
     With ``train_flow=True`` the flow's weights are trained jointly on the same bound
@@ -289,8 +289,7 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
         that the work between two held-out checks does not grow with the table (None: all).
     max_validation_rows : int, optional
         Hold out at most this many rows (``validation_fraction`` of them if fewer), so
-        that the held-out check does not grow with the table either (not applied to
-        ``validation_rows``).
+        that the held-out check does not grow with the table either.
     min_steps : int, default=0
         With held-out rows, never stop before the epochs that make this many optimiser
         steps: a small table's epoch is a few steps, and its first epochs' held-out loss
@@ -319,10 +318,6 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
         the bound of every training row and of every held-out row (whose median is then
         monitored); its head is trained, kept at the best epoch and restored with the
         network and the flow.
-    validation_rows : LongTensor, optional
-        Indices of the rows to hold out, in place of a random ``validation_fraction`` of
-        them (which must then be 0); every other row is trained on. For example the rows a
-        bootstrap resample left out.
     verbose : bool
 
     Returns
@@ -354,18 +349,9 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}.")
     n_validation = int(validation_fraction * y.shape[0])
-    if validation_rows is not None:
-        validation_rows = torch.as_tensor(validation_rows, dtype=torch.long, device=y.device).unique()
-        if validation_fraction > 0:
-            raise ValueError("Pass validation_rows or validation_fraction, not both.")
-        if validation_rows.numel() and not 0 <= int(validation_rows.min()) <= int(validation_rows.max()) < y.shape[0]:
-            raise ValueError(f"validation_rows must index the {y.shape[0]} rows of y.")
-        if validation_rows.numel() == y.shape[0]:
-            raise ValueError("validation_rows holds out every row: none is left to train on.")
-        n_validation = validation_rows.numel()
-    if max_validation_rows is not None and validation_rows is None:
+    if max_validation_rows is not None:
         n_validation = min(n_validation, max_validation_rows)
-    if validation_rows is None and validation_fraction > 0 and n_validation < 1:
+    if validation_fraction > 0 and n_validation < 1:
         raise ValueError(f"validation_fraction={validation_fraction} holds out no row of {y.shape[0]}.")
     if monitor == "imputation" and not n_validation:
         raise ValueError("monitor='imputation' measures held-out rows: it needs validation_fraction > 0.")
@@ -382,12 +368,7 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
         task.parameters() if task is not None else [])
     optimizer = torch.optim.Adam(params, lr=lr)
     order = torch.randperm(y.shape[0], generator=generator, device=y.device)
-    if validation_rows is None:
-        validation_rows, train_rows = order[:n_validation], order[n_validation:]
-    else:
-        kept = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
-        kept[validation_rows] = False
-        train_rows = order[kept[order]]
+    validation_rows, train_rows = order[:n_validation], order[n_validation:]
     steps_per_epoch = max(math.ceil(min(len(train_rows), rows_per_epoch or len(train_rows)) / batch_size), 1)
     held_out_seed = int(torch.randint(_SEED_RANGE, (1,), generator=generator, device=y.device))
     y_validation, hidden_validation = y[validation_rows], hidden[validation_rows]
