@@ -59,6 +59,11 @@ class IVCNFImputer(BaseFlowImputer):
         Hidden widths of each block's network.
     lipschitz_coeff : float, default=0.9
         Bound ``c < 1`` on each block's Lipschitz constant (invertibility margin).
+    linear_layer : bool, default=True
+        Start the flow with an invertible linear map in LU form
+        (:class:`~skivcnf.flows.InvertibleLinear`, Glow's), which learns the linear dependence
+        between columns in fewer steps than the residual blocks. The convolutional flow
+        (``image_shape``) has none.
     n_reflections : int, default=0
         Householder reflections of the amortised posterior (0: diagonal).
     n_draws : int, default=64
@@ -177,6 +182,7 @@ class IVCNFImputer(BaseFlowImputer):
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
         "hidden_layer_sizes": [tuple, list],
         "lipschitz_coeff": [Interval(Real, 0, 1, closed="neither")],
+        "linear_layer": ["boolean"],
         "n_reflections": [Interval(Integral, 0, None, closed="left")],
         "n_draws": [Interval(Integral, 1, None, closed="left")],
         "n_train_draws": [Interval(Integral, 1, None, closed="left")],
@@ -196,7 +202,8 @@ class IVCNFImputer(BaseFlowImputer):
         "n_dense_blocks": [Interval(Integral, 0, None, closed="left")],
     }
 
-    def __init__(self, *, n_blocks=4, hidden_layer_sizes=(64, 64), lipschitz_coeff=0.9, n_reflections=0,
+    def __init__(self, *, n_blocks=4, hidden_layer_sizes=(64, 64), lipschitz_coeff=0.9, linear_layer=True,
+                 n_reflections=0,
                  n_draws=64, n_train_draws=2, importance_weighting=True, refinement_steps=0,
                  objective="iwae", solver="auto",
                  logdet="exact", max_epochs=100, batch_size=64, learning_rate=2e-3, validation_fraction=0.1,
@@ -207,6 +214,7 @@ class IVCNFImputer(BaseFlowImputer):
         self.n_blocks = n_blocks
         self.hidden_layer_sizes = hidden_layer_sizes
         self.lipschitz_coeff = lipschitz_coeff
+        self.linear_layer = linear_layer
         self.n_reflections = n_reflections
         self.n_draws = n_draws
         self.n_train_draws = n_train_draws
@@ -247,6 +255,8 @@ class IVCNFImputer(BaseFlowImputer):
 
     #: The fitted torch modules, saved and pickled by name (see :mod:`skivcnf._persistence`).
     _MODULES = ("flow_", "posterior_")
+    # Imputers saved before linear_layer existed have no linear map.
+    _EARLIER_PARAMETERS = {"linear_layer": False}
 
     def _rebuild_modules(self, features):
         """Freshly built modules by name, for loading their saved weights."""
@@ -258,7 +268,7 @@ class IVCNFImputer(BaseFlowImputer):
         if self.image_shape is not None:
             return build_image_modules(self, check_image_shape(self.image_shape, features), generator)
         flow = ResidualFlow(features, n_blocks=self.n_blocks, hidden_features=tuple(self.hidden_layer_sizes),
-                            lipschitz_coeff=self.lipschitz_coeff, generator=generator)
+                            lipschitz_coeff=self.lipschitz_coeff, linear=self.linear_layer, generator=generator)
         return flow, InferenceNetwork(features, n_reflections=self.n_reflections, generator=generator)
 
     def _column_layout(self, X, mask):

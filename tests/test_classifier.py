@@ -186,3 +186,23 @@ def test_task_loss_on_the_completed_rows_reaches_the_rows_not_the_flow():
     assert completed.grad.abs().sum() > 0 and all(p.grad is None for p in flow.parameters())
     with pytest.raises(ValueError, match="head_input"):
         ClassificationTask(head, torch.tensor([1, 0]), head_input="code")
+
+
+def test_head_penalty_is_the_logistic_regressions_spread_over_the_rows():
+    generator = torch.Generator().manual_seed(0)
+    flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=generator).double()
+    head = ClassifierHead(3, 2, hidden_features=(5,), generator=generator).double().eval()
+    completed = torch.randn(4, 2, 3, generator=generator, dtype=torch.float64)
+    terms = BoundTerms(torch.zeros(4, 2, dtype=torch.float64), completed, torch.ones(4, 2, dtype=torch.bool),
+                       None, completed)
+    labels, rows = torch.tensor([1, 0, 1, 1, 0]), torch.tensor([0, 1])
+    plain = ClassificationTask(head, labels, weight=2.0, head_input="data").row_loss(flow, terms, rows)
+    penalised = ClassificationTask(head, labels, weight=2.0, head_input="data", alpha=3.0).row_loss(flow, terms, rows)
+    # alpha / 2 ||W||^2 over the 5 rows of the table: the two linear layers' weights, not biases nor batch-norm.
+    squares = sum(layer.weight.square().sum() for layer in head.net if isinstance(layer, torch.nn.Linear))
+    torch.testing.assert_close(penalised - plain, torch.full((2,), 2.0 * 3.0 / (2 * 5) * squares.item(),
+                                                                   dtype=torch.float64))
+    with pytest.raises(ValueError, match="alpha"):
+        ClassificationTask(head, labels, alpha=-1.0)
+    with pytest.raises(ValueError, match="head_alpha"):
+        IVCNFClassifier(head_alpha=-1.0).fit(np.ones((4, 2)), [0, 1, 0, 1])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from skivcnf.exceptions import InversionWarning
-from skivcnf.flows import EXACT_LOGDET_MAX_FEATURES, ActNorm, FlowLayer, ResidualBlock, ResidualFlow
+from skivcnf.flows import EXACT_LOGDET_MAX_FEATURES, ActNorm, FlowLayer, InvertibleLinear, ResidualBlock, ResidualFlow
 
 from .helpers import affine_gaussian, make_flow
 
@@ -12,13 +12,16 @@ LOG_2PI = torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64))
 
 
 def _perturb_actnorms(flow, generator, bias=False):
-    """Random ActNorm scales (and biases), so that a test does not pass by ActNorm being the identity."""
+    """Random ActNorm scales (and biases) and linear maps, so that no test passes by a layer being the identity."""
     with torch.no_grad():
         for layer in flow.layers:
             if isinstance(layer, ActNorm):
                 layer.log_scale.normal_(generator=generator)
                 if bias:
                     layer.bias.normal_(generator=generator)
+            if isinstance(layer, InvertibleLinear):
+                for parameter in (layer.lower, layer.upper, layer.log_diagonal, layer.bias):
+                    parameter.normal_(std=0.05, generator=generator)  # step_scale 10: entries of about 0.5
 
 
 def test_inverse_recovers_data_on_untrained_flow(generator):
@@ -31,8 +34,10 @@ def test_inverse_recovers_data_on_untrained_flow(generator):
     assert (result.solution - y).abs().max().item() < 1e-8
 
 
-def test_log_prob_matches_autograd_jacobian(generator):
-    flow = make_flow(4, generator, n_blocks=3, hidden_features=(16,))
+@pytest.mark.parametrize("linear", [False, True])
+def test_log_prob_matches_autograd_jacobian(generator, linear):
+    flow = make_flow(4, generator, n_blocks=3, hidden_features=(16,), linear=linear)
+    _perturb_actnorms(flow, generator)
     flow.initialize(torch.randn(100, 4, generator=generator, dtype=torch.float64))
     y = torch.randn(10, 4, generator=generator, dtype=torch.float64)
     jac = torch.stack([torch.autograd.functional.jacobian(lambda r: flow(r[None])[0], row) for row in y])
@@ -41,8 +46,10 @@ def test_log_prob_matches_autograd_jacobian(generator):
     torch.testing.assert_close(flow.jacobian(y), jac, atol=1e-12, rtol=0)
 
 
-def test_layers_share_one_contract(generator):
-    flow = make_flow(3, generator, n_blocks=2, hidden_features=(8,))
+@pytest.mark.parametrize("linear", [False, True])
+def test_layers_share_one_contract(generator, linear):
+    flow = make_flow(3, generator, n_blocks=2, hidden_features=(8,), linear=linear)
+    assert isinstance(flow.layers[0], InvertibleLinear) == linear
     _perturb_actnorms(flow, generator, bias=True)
     y = torch.randn(5, 3, generator=generator, dtype=torch.float64)
     tangents = torch.randn(5, 2, 3, generator=generator, dtype=torch.float64)
@@ -170,8 +177,9 @@ def test_linearization_products_match_the_jacobian(generator):
     assert not lin.jvp(v).requires_grad
 
 
-def test_inverse_linearization_is_the_inverse_jacobian(generator):
-    flow = make_flow(4, generator, n_blocks=3, hidden_features=(8,))
+@pytest.mark.parametrize("linear", [False, True])
+def test_inverse_linearization_is_the_inverse_jacobian(generator, linear):
+    flow = make_flow(4, generator, n_blocks=3, hidden_features=(8,), linear=linear)
     _perturb_actnorms(flow, generator)
     y, v = torch.randn(2, 6, 4, generator=generator, dtype=torch.float64)
     inverse_jac = torch.linalg.inv(flow.jacobian(y).detach())
@@ -183,6 +191,8 @@ def test_inverse_linearization_is_the_inverse_jacobian(generator):
     for layer in flow.layers:
         if isinstance(layer, ActNorm):
             factors.append(torch.diag(torch.exp(-layer.log_scale)).expand(6, 4, 4))
+        elif isinstance(layer, InvertibleLinear):
+            factors.append(torch.linalg.inv(layer.matrix().detach()).expand(6, 4, 4))
         else:
             eye = torch.eye(4, dtype=torch.float64)
             factors.append(2 * eye - layer.forward_and_jacobian(z)[1])

@@ -152,3 +152,22 @@ def test_load_onto_a_named_device(tmp_path, frame, fitted):
             IVCNFImputer.load(tmp_path / "imputer.pt", device="cuda")
     with pytest.raises(ValueError, match="device must be"):
         IVCNFImputer.load(tmp_path / "imputer.pt", device="gpu")
+
+
+def test_imputers_saved_before_the_linear_layer_load_without_it(tmp_path, frame):
+    import json
+
+    earlier = IVCNFImputer(**{**TINY, "linear_layer": False}).fit(frame)
+    earlier.save(tmp_path / "now.pt")
+    payload = torch.load(tmp_path / "now.pt", weights_only=True)
+    params = json.loads(payload["params"])
+    del params["linear_layer"]  # as written before the parameter existed
+    torch.save({**payload, "params": json.dumps(params)}, tmp_path / "earlier.pt")
+    loaded = IVCNFImputer.load(tmp_path / "earlier.pt")
+    assert loaded.linear_layer is False
+    assert_same_imputer(loaded, earlier, frame)
+    state = earlier.__getstate__()
+    del state["linear_layer"]
+    unpickled = IVCNFImputer.__new__(IVCNFImputer)
+    unpickled.__setstate__(state)
+    assert_same_imputer(unpickled, earlier, frame)

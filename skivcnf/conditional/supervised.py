@@ -103,20 +103,32 @@ class ClassificationTask:
     head_input : {"latent", "data"}, default="latent"
         What the head reads: each draw's latent code ``g(y_k)`` (the paper's), or the
         completed row ``y_k`` itself (on the flow's standardised scale).
+    alpha : float, default=0.0
+        L2 penalty ``alpha / 2 * ||W||^2`` on the head's linear weights (not the biases or the
+        batch-norm), spread over the ``n`` rows of ``labels`` (``alpha / (2 n)`` each), so that
+        over the table it adds to the summed cross-entropy as ``1 / C`` does in a logistic
+        regression (``alpha=1``: scikit-learn's ``LogisticRegression(C=1)``).
     """
 
-    def __init__(self, head, labels, weight=1.0, weighted=True, head_input="latent"):
+    def __init__(self, head, labels, weight=1.0, weighted=True, head_input="latent", alpha=0.0):
         if head_input not in HEAD_INPUTS:
             raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {head_input!r}.")
+        if not alpha >= 0:
+            raise ValueError(f"alpha must be a non-negative number, got {alpha!r}.")
         self.head, self.labels, self.weight, self.weighted = head, labels, float(weight), weighted
-        self.head_input = head_input
+        self.head_input, self.alpha = head_input, float(alpha)
+
+    def penalty(self):
+        """Each row's share of the head's L2 penalty, ``alpha / (2 n) * ||W||^2`` (a 0-d tensor)."""
+        weights = [layer.weight for layer in self.head.modules() if isinstance(layer, nn.Linear)]
+        return self.alpha / (2 * len(self.labels)) * sum(w.square().sum() for w in weights)
 
     def parameters(self):
         """The head's parameters, trained with the flow's and the network's."""
         return list(self.head.parameters())
 
     def row_loss(self, flow, terms, rows):
-        """``weight`` times each row's expected cross-entropy, ``Tensor (batch,)``.
+        """``weight`` times each row's expected cross-entropy and share of the penalty, ``Tensor (batch,)``.
 
         ``terms`` are the batch's :class:`~.bound.BoundTerms` (with ``completed``), ``rows``
         the batch's indices into ``labels``.
@@ -127,7 +139,8 @@ class ClassificationTask:
         # Detached weights over the solved draws (a row with none: no term, whatever its weights).
         log_weight = torch.where(terms.converged, terms.log_weight.detach(), float("-inf"))
         weights, _ = draw_weights(terms._replace(log_weight=log_weight), weighted=self.weighted)
-        return self.weight * (weights.to(logits.dtype) * torch.where(terms.converged, cross_entropy, 0.0)).sum(0)
+        expected = (weights.to(logits.dtype) * torch.where(terms.converged, cross_entropy, 0.0)).sum(0)
+        return self.weight * (expected + self.penalty()) if self.alpha else self.weight * expected
 
     @contextmanager
     def evaluating(self):

@@ -7,6 +7,7 @@ from .blocks import ActNorm, BlockInverse, FlowLayer, ResidualBlock, ResidualLay
 from .conv import ConvResidualBlock, ConvSpectralNormBound, LipschitzConv2d, conv_operator_norm
 from .flow import EXACT_LOGDET_MAX_FEATURES, FlowInverse, ResidualFlow
 from .image import Squeeze, image_flow
+from .linear import InvertibleLinear
 from .lipschitz import LipschitzLinear, LipSwish, SpectralNormBound
 from .logdet import stochastic_block_logdet
 from .training import TrainingHistory, fit_flow
@@ -19,6 +20,7 @@ __all__ = [
     "EXACT_LOGDET_MAX_FEATURES",
     "FlowInverse",
     "FlowLayer",
+    "InvertibleLinear",
     "LipSwish",
     "LipschitzConv2d",
     "LipschitzLinear",

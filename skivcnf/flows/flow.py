@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 
 from ..exceptions import InversionWarning
 from .blocks import ActNorm, FlowLayer, ResidualBlock, ResidualLayer
+from .linear import InvertibleLinear
 from .linearize import InverseLinearization, Linearization
 
 __all__ = ["ResidualFlow", "FlowInverse", "EXACT_LOGDET_MAX_FEATURES"]
@@ -102,6 +103,10 @@ class ResidualFlow(nn.Module):
     activation : {"lipswish", "elu"}, default="lipswish"
     actnorm : bool, default=True
         Put an ActNorm before each block (initialise it with :meth:`initialize`).
+    linear : bool, default=False
+        Start with an :class:`~skivcnf.flows.InvertibleLinear` map (the identity at
+        initialisation), which learns linear dependence between columns faster than the
+        blocks do.
     logdet : {"auto", "exact", "stochastic"}, default="auto"
         How :meth:`log_prob` gets ``log|det G|``: ``"auto"`` is exact up to
         ``EXACT_LOGDET_MAX_FEATURES`` features, stochastic above.
@@ -129,13 +134,13 @@ class ResidualFlow(nn.Module):
     """
 
     def __init__(self, features, n_blocks=6, hidden_features=(64, 64), lipschitz_coeff=0.9,
-                 activation="lipswish", actnorm=True, logdet="auto", n_exact_terms=2,
+                 activation="lipswish", actnorm=True, linear=False, logdet="auto", n_exact_terms=2,
                  geom_p=0.5, inverse_tol=None, inverse_max_iter=1000, generator=None):
         super().__init__()
         if int(features) < 1 or int(n_blocks) < 1:
             raise ValueError(f"features and n_blocks must be positive, got {features}, {n_blocks}.")
         self._set_options(features, logdet, n_exact_terms, geom_p, inverse_tol, inverse_max_iter)
-        layers = []
+        layers = [InvertibleLinear(self.features)] if linear else []
         for _ in range(n_blocks):
             if actnorm:
                 layers.append(ActNorm(self.features))

@@ -10,7 +10,8 @@ costs one backward pass, and a stack of ``k`` tangents is one batched backward
 
 import torch
 
-__all__ = ["Linearization", "NeumannInverse", "DiagonalProducts", "PermutationProducts", "InverseLinearization"]
+__all__ = ["Linearization", "NeumannInverse", "DiagonalProducts", "MatrixProducts", "PermutationProducts",
+           "InverseLinearization"]
 
 
 def _batched(v, reference):
@@ -113,6 +114,35 @@ class DiagonalProducts:
     def vjp(self, u):
         """``u * scale``."""
         return u * self.scale
+
+
+class MatrixProducts:
+    """Products with a matrix ``A``, the same for every row: ``A v`` and ``u^T A``.
+
+    Parameters
+    ----------
+    matrix : Tensor (d, d)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.flows.linearize import MatrixProducts
+    >>> products = MatrixProducts(torch.tensor([[1.0, 2.0], [0.0, 3.0]]))
+    >>> v = torch.tensor([[1.0, 1.0]])
+    >>> products.jvp(v).tolist(), products.vjp(v).tolist()
+    ([[3.0, 3.0]], [[1.0, 5.0]])
+    """
+
+    def __init__(self, matrix):
+        self.matrix = matrix
+
+    def jvp(self, v):
+        """``A v`` for ``v : Tensor (..., d)``."""
+        return v @ self.matrix.T
+
+    def vjp(self, u):
+        """``u^T A`` for ``u : Tensor (..., d)``."""
+        return u @ self.matrix
 
 
 class PermutationProducts:
