@@ -16,7 +16,8 @@ missing-value support), ``IterativeImputer`` then a logistic regression, ``IVCNF
 logistic regression (both after a ``StandardScaler``; ``LogisticRegression(max_iter=1000)``).
 Contenders: ``IVCNFClassifier`` with the paper's head (a batch-norm and a linear layer) and with an
 MLP head ``head_hidden_layer_sizes=(64,)``, both on the latent code (``head_input="latent"``), and
-the MLP head on the completed rows (``head_input="data"``, the default). ``random_state=0``
+the MLP head on the completed rows (``head_input="data"``, the default), and, measured and not kept, a
+linear head on the completed rows and the MLP head with an L2 penalty (``head_alpha`` 0.1, 1, 10). ``random_state=0``
 everywhere, one thread (torch and OpenMP).
 
 Each fit appends (or replaces) one row of ``<out>/folds.csv`` (data, scenario, method, fold,
@@ -85,6 +86,11 @@ CONTENDERS = {
                                                           random_state=SEED),
     "IVCNFClassifier (MLP head on data)": lambda: IVCNFClassifier(head_hidden_layer_sizes=(64,), head_input="data",
                                                                   random_state=SEED),
+    # Measured and not kept (docs/benchmarks.md, "Classification"): a linear head, and an L2 penalty on the head.
+    "IVCNFClassifier (linear head on data)": lambda: IVCNFClassifier(head_hidden_layer_sizes=(), head_input="data",
+                                                                     random_state=SEED),
+    **{f"IVCNFClassifier (MLP head on data, head_alpha={alpha})":
+       (lambda alpha=alpha: IVCNFClassifier(head_alpha=alpha, random_state=SEED)) for alpha in (0.1, 1.0, 10.0)},
 }
 METHODS = {**ANCHORS, **CONTENDERS}
 

@@ -8,6 +8,7 @@ Run from the repository root::
     python -m benchmarks.uncertainty longer                   # the flow's correlation trained longer
     python -m benchmarks.uncertainty mc_error                 # point imputations' Monte Carlo error, measured
     python -m benchmarks.uncertainty schedule                 # how long fit trains: early-stopping rules
+    python -m benchmarks.uncertainty linear                   # the flow's correlation with a linear map
 
 ``diagnose``: the Rubin's-rules case of the suite (500-row AR(1) Gaussian, 6 columns, MAR 30%,
 repeat ``r`` seeded as the suite's): one default fit, then the flow's correlations (20,000
@@ -27,6 +28,8 @@ as the spread of the 5 (column sds), against the error each row's draws estimate
 round of extra draws and with per-row refinement of the posterior. ``schedule``: the early-stopping
 rule of ``fit`` (patience 8, 12, 20 epochs, with and without 200 steps at least) on the grid's small
 tables (MAR 30%, 3 seeds) and Rubin repeats 2 and 3: seconds, epochs, RMSE, the flow's correlation.
+``linear``: Rubin repeats 0-3 fitted without the flow's linear map (``linear_layer=False``), with it
+at ``step_scale`` 1 and at the default 10: epochs, RMSE against the oracle's, the flow's correlation.
 """
 
 import argparse
@@ -252,9 +255,40 @@ def longer(repeat=2):
     return lines
 
 
+def linear(repeats=4):
+    import skivcnf.flows.linear as linear_module
+
+    default_scale = linear_module.STEP_SCALE
+    lines = []
+    for name, settings, scale in (("no linear map", {"linear_layer": False}, default_scale),
+                                  ("linear map, step_scale 1", {}, 1.0),
+                                  ("linear map, step_scale 10 (default)", {}, default_scale)):
+        linear_module.STEP_SCALE = scale
+        for repeat in range(repeats):
+            ds = data.correlated_gaussian(500, 6, seed=10_000 + repeat)
+            mask = masks.make_mask("MAR 30%", ds.X, 10_000 + repeat)
+            X_missing = np.where(mask, np.nan, ds.X)
+            start = time.perf_counter()
+            imputer = IVCNFImputer(random_state=repeat, **settings).fit(X_missing)
+            out = imputer.transform(X_missing)
+            with torch.no_grad():
+                flow_rows = imputer.flow_.sample(20_000, torch.Generator().manual_seed(0)).double().numpy()
+            line = {"setting": name, "repeat": repeat, "seconds": round(time.perf_counter() - start, 1),
+                    "epochs": len(imputer.history_.train_loss),
+                    "flow_adjacent_correlation": float(np.mean(np.diag(np.corrcoef(flow_rows.T), 1))),
+                    "data_adjacent_correlation": float(np.mean(np.diag(np.corrcoef(ds.X.T), 1))),
+                    "rmse": float(np.sqrt(np.mean((out - ds.X)[mask] ** 2))),
+                    "oracle_rmse": float(np.sqrt(np.mean((ds.law.oracle_mean(X_missing) - ds.X)[mask] ** 2)))}
+            lines.append(line)
+            print(json.dumps(line), flush=True)
+    linear_module.STEP_SCALE = default_scale
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule"])
+    parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule",
+                                         "linear"])
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -271,6 +305,8 @@ def main():
         lines = mc_error()
     elif args.what == "longer":
         lines = longer()
+    elif args.what == "linear":
+        lines = linear(args.repeats)
     else:
         lines = [invariance()]
     with path.open("w") as f:

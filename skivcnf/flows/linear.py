@@ -15,7 +15,11 @@ from torch import nn
 from .blocks import BlockInverse, FlowLayer
 from .linearize import MatrixProducts
 
-__all__ = ["InvertibleLinear"]
+__all__ = ["InvertibleLinear", "STEP_SCALE"]
+
+#: Default ``step_scale`` of :class:`InvertibleLinear` (docs/benchmarks.md, "Uncertainty": on the
+#: AR(1) Gaussian, 1 left the flow's correlations near those of the blocks alone).
+STEP_SCALE = 10.0
 
 
 class InvertibleLinear(FlowLayer):
@@ -25,11 +29,10 @@ class InvertibleLinear(FlowLayer):
     ----------
     features : int
         Dimension ``d``.
-    step_scale : float, default=10.0
-        The factors are stored divided by ``step_scale``: Adam's steps do not depend on
-        a parameter's scale, so ``W`` then moves ``step_scale`` times faster than a
-        residual block's weights at the same learning rate (on the AR(1) Gaussian, 1 left
-        the flow's correlations where the blocks alone had them; docs/benchmarks.md).
+    step_scale : float, optional
+        The factors are stored divided by ``step_scale`` (default :data:`STEP_SCALE`, 10):
+        Adam's steps do not depend on a parameter's scale, so ``W`` then moves
+        ``step_scale`` times faster than a residual block's weights at the same learning rate.
 
     Examples
     --------
@@ -46,8 +49,9 @@ class InvertibleLinear(FlowLayer):
     True
     """
 
-    def __init__(self, features, step_scale=10.0):
+    def __init__(self, features, step_scale=None):
         super().__init__()
+        step_scale = STEP_SCALE if step_scale is None else step_scale
         if not step_scale > 0:
             raise ValueError(f"step_scale must be positive, got {step_scale!r}.")
         self.step_scale = float(step_scale)
