@@ -70,7 +70,7 @@ def affine_gaussian(flow):
     Computed from the weights, independently of the flow's Jacobian code: ``g(y) = A y + b``
     so ``y ~ N(-A^{-1} b, (A^T A)^{-1})``.
     """
-    from skivcnf.flows import ActNorm
+    from skivcnf.flows import ActNorm, InvertibleLinear
 
     d = flow.features
     eye = torch.eye(d, dtype=torch.float64)
@@ -78,6 +78,9 @@ def affine_gaussian(flow):
     for layer in flow.layers:
         if isinstance(layer, ActNorm):
             a = torch.diag(layer.log_scale.exp()) @ a
+        elif isinstance(layer, InvertibleLinear):
+            lower, upper = layer.factors()  # W = L U, checked against the layer's own products in test_linear
+            a = lower @ upper @ a
         else:
             (linear,) = layer.net
             a = (eye + linear.weight) @ a
