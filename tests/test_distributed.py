@@ -301,10 +301,25 @@ def test_the_torchrun_example_fits_saves_once_and_equals_one_process(tmp_path):
     X = load_breast_cancer().data
     X_missing = np.where(np.random.default_rng(0).random(X.shape) < 0.2, np.nan, X)
     one = IVCNFImputer(max_epochs=2, device="cpu", random_state=0).fit(X_missing)
-    # float32, 2 epochs of 8 steps: see test_two_processes_equal_one_process_on_the_same_global_batches. Adam
-    # moves a weight whose gradient is near 0 by up to lr a step whatever its size, so the summation order can
-    # move such a weight by more: 5.8e-5 here, on 1 of the flow's ~33,000 weights (the next: 2.9e-6).
-    _assert_states(_imputer_state(fitted), _imputer_state(one), rtol=1e-4, atol=1e-4)
+    # Compare what the models compute on the training rows rather than their raw weights. The two runs differ
+    # only in the summation order of float32 gradients, but Adam normalises each step: an entry whose gradient
+    # is near 0 moves by up to lr a step whatever the gradient's size, and the linear map's factors by
+    # step_scale times that, so such entries can differ by ~1e-4 (5.8e-5 measured on 1 of ~33,000 weights).
+    # The flow's outputs then differ by up to 1.0e-4 (measured; 160 of 17,070 above 1e-5); 5e-4 leaves a 5x margin.
+    for key in ("flow", "posterior"):
+        torch.testing.assert_close(_computed(fitted, X_missing)[key], _computed(one, X_missing)[key],
+                                   rtol=1e-4, atol=5e-4, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def _computed(imputer, X):
+    """The flow's latent values and the posterior's parameters on the standardised rows of ``X``."""
+    y = torch.as_tensor(imputer._layout().standardise(X), dtype=torch.float32)
+    hidden = torch.isnan(y)
+    y = torch.where(hidden, 0.0, y)
+    with torch.no_grad():
+        params = imputer.posterior_(y, hidden)
+        return {"flow": imputer.flow_(y), "posterior": torch.cat([p.reshape(len(y), -1) for p in params
+                                                                  if p is not None], dim=1)}
 
 
 # ---------------------------------------------------------------------------------------------- ShardNoise
