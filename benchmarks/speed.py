@@ -15,6 +15,7 @@ Run from the repository root::
     python -m benchmarks.speed transform-levers      # transform: batch rows, extra-draw policy, draws, weights
     python -m benchmarks.speed logdet                # digits: logdet exact vs hutchinson; float32 log|det G|
     python -m benchmarks.speed peak                  # torch.mm GFLOP/s on the tangents' shapes; flops per draw
+    python -m benchmarks.speed step-scale --table nonlinear --mechanism "MNAR 30%"   # the linear map's step_scale
 
 ``chord``: on flows trained by ``IVCNFImputer`` (breast cancer 20 epochs; digits 3 epochs at
 50% and 90% MCAR), 64 draws of the first 256 rows solved with ``chord_max_iter`` 0 (Newton
@@ -24,6 +25,8 @@ draw after the start, and the share of draws solved. ``draws``: one default fit 
 transform with the given settings on the three mask seeds. ``grid``: ``fit_transform`` with the
 given settings on every case of the suite's accuracy grid (6 tables x 4 mechanisms x 3 mask seeds,
 one thread per task), to ``results/speed/grid_<label>.jsonl``; ``grid-report`` compares labels.
+``step-scale``: one case of the grid (3 mask seeds) with the flow's linear map at ``step_scale`` 1, 3
+and 10 (the default), and without the map.
 """
 
 import argparse
@@ -338,6 +341,22 @@ def grid(settings, label, workers=1):
             out.flush()
 
 
+def step_scale(table, mechanism, scales=(1.0, 3.0, 10.0)):
+    """One case of the accuracy grid, 3 mask seeds, with the linear map at each ``step_scale`` and without it."""
+    from skivcnf.flows import linear
+
+    default, lines = linear.STEP_SCALE, []
+    for scale in (None, *scales):
+        linear.STEP_SCALE = default if scale is None else scale
+        settings = {"linear_layer": False} if scale is None else {}
+        records = [_grid_task((table, mechanism, seed, settings)) for seed in range(3)]
+        lines.append({"table": table, "mechanism": mechanism, "step_scale": scale, "settings": settings,
+                      "rmse": [round(r["rmse"], 4) for r in records], "epochs": [r["epochs"] for r in records],
+                      "mean_rmse": round(float(np.mean([r["rmse"] for r in records])), 4)})
+    linear.STEP_SCALE = default
+    return lines
+
+
 def _warm_up():
     torch.set_num_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its one-time import is not the imputer's
@@ -448,11 +467,13 @@ def _settings(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads", "grid", "grid-report",
-                                         "transform-levers", "logdet", "peak", "chord-centre", "compile"])
+                                         "transform-levers", "logdet", "peak", "chord-centre", "compile",
+                                         "step-scale"])
     parser.add_argument("settings", nargs="*", default=["{}"],
                         help="training, grid: IVCNFImputer settings, a dict literal; compare: a git revision; "
                              "grid-report: labels")
     parser.add_argument("--table", default=None)
+    parser.add_argument("--mechanism", default="MNAR 30%", help="step-scale: the grid's mechanism")
     parser.add_argument("--label", default="defaults", help="grid: the output file's label")
     parser.add_argument("--workers", type=int, default=1, help="grid: tasks side by side, one thread each")
     args = parser.parse_args(argv)
@@ -477,6 +498,8 @@ def main(argv=None):
                  for line in chord_centre(table)]
     elif args.what == "compile":
         lines = compiled()
+    elif args.what == "step-scale":
+        lines = step_scale(args.table or "nonlinear", args.mechanism)
     elif args.what == "threads":
         lines = threads()
     elif args.what == "transform-levers":

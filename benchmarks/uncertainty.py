@@ -23,11 +23,12 @@ cancer's first 100 rows imputed alone and within the table, and the table in bat
 ``longer``: repeat 2 of ``diagnose`` fitted by default, with ``n_iter_no_change=30`` and for
 300 epochs without early stopping: the flow's correlation of neighbouring columns and the RMSE.
 ``mc_error``: one default fit on breast cancer, then 5 transforms that differ only by their random
-streams, with independent draws and with antithetic pairs: each entry's Monte Carlo error measured
-as the spread of the 5 (column sds), against the error each row's draws estimate; also with a third
-round of extra draws and with per-row refinement of the posterior. ``schedule``: the early-stopping
-rule of ``fit`` (patience 8, 12, 20 epochs, with and without 200 steps at least) on the grid's small
-tables (MAR 30%, 3 seeds) and Rubin repeats 2 and 3: seconds, epochs, RMSE, the flow's correlation.
+streams, with independent draws, antithetic pairs, quasi-random draws and both: each entry's Monte
+Carlo error measured as the spread of the 5 (column sds), against the error each row's draws
+estimate; also with 32 first-round draws, a third round of extra draws and per-row refinement of the
+posterior. ``schedule``: the early-stopping rule of ``fit`` (patience 8, 12, 20 epochs, with and
+without 200 steps at least) on the grid's small tables (MAR 30%, 3 seeds) and Rubin repeats 2 and 3:
+seconds, epochs, RMSE, the flow's correlation.
 ``linear``: Rubin repeats 0-3 fitted without the flow's linear map (``linear_layer=False``), with it
 at ``step_scale`` 1 and at the default 10: epochs, RMSE against the oracle's, the flow's correlation.
 """
@@ -119,8 +120,9 @@ def weights():
     for name, rounds, equal_fallback in settings:
         drawing.MAX_ROUNDS = rounds
         start = time.perf_counter()
-        keys = imputer._row_keys("transform", X_missing)
-        results = list(drawing.iter_draws(imputer, X_missing, imputer.n_draws, keys, "-"))
+        features, table, validated_mask = imputer._validate_input(X_missing, reset=False)
+        keys = imputer._row_keys("transform", features)
+        results = list(drawing.iter_draws(imputer, features, imputer.n_draws, keys, "-"))
         points, errors, start_row = [], [], 0
         hidden_all = torch.as_tensor(np.isnan(imputer._layout().standardise(X_missing)))
         for result, _ in results:
@@ -136,7 +138,7 @@ def weights():
             points.append(conditional_mean(result.draws)[0].double().numpy())
             errors.append(error.numpy())
         seconds = time.perf_counter() - start
-        out = imputer._completed(X_missing, mask, np.concatenate(points), X_missing)
+        out = imputer._completed(table, validated_mask, np.concatenate(points), features)
         error = np.concatenate(errors)
         lines.append({"weights": name, "seconds": round(seconds, 1),
                       "rmse": float(np.sqrt(np.mean(((out - ds.X) / sd)[mask] ** 2))),
@@ -151,36 +153,43 @@ def mc_error(replicates=5):
     """Each point imputation's Monte Carlo error measured, not estimated: the spread of ``replicates``
     transforms of one fit that differ only by their random streams."""
     ds, mask, X_missing, sd, imputer = _breast_cancer_fit()
+    features, table, validated_mask = imputer._validate_input(X_missing, reset=False)
     rows = mask.any(axis=1)
     lines = []
-    defaults = drawing.ANTITHETIC, drawing.MAX_ROUNDS
-    settings = [("independent draws", False, defaults[1], 0), ("antithetic pairs (default)", True, defaults[1], 0),
-                ("antithetic pairs, 3 rounds", True, 3, 0),
-                ("antithetic pairs, refinement_steps=10", True, defaults[1], 10),
-                ("antithetic pairs, refinement_steps=30", True, defaults[1], 30)]
-    for name, antithetic, rounds, refinement in settings:
-        drawing.ANTITHETIC, drawing.MAX_ROUNDS = antithetic, rounds
-        imputer.set_params(refinement_steps=refinement)
+    defaults = drawing.ANTITHETIC, drawing.QUASI_RANDOM, drawing.MAX_ROUNDS
+    # (name, antithetic, quasi-random, rounds of extra draws, refinement steps, first-round draws)
+    settings = [("independent draws", False, False, defaults[2], 0, 64),
+                ("antithetic pairs", True, False, defaults[2], 0, 64),
+                ("quasi-random", False, True, defaults[2], 0, 64),
+                ("quasi-random, antithetic pairs (default)", True, True, defaults[2], 0, 64),
+                ("quasi-random, antithetic pairs, n_draws=32", True, True, defaults[2], 0, 32),
+                ("quasi-random, antithetic pairs, 3 rounds", True, True, 3, 0, 64),
+                ("quasi-random, antithetic pairs, refinement_steps=10", True, True, defaults[2], 10, 64)]
+    for name, antithetic, quasi, rounds, refinement, first in settings:
+        drawing.ANTITHETIC, drawing.QUASI_RANDOM, drawing.MAX_ROUNDS = antithetic, quasi, rounds
+        imputer.set_params(refinement_steps=refinement, n_draws=first)
         outs, estimated, seconds, n_draws = [], [], 0.0, []
         for r in range(replicates):
-            keys = imputer._row_keys("transform", X_missing) ^ np.uint64(r)
+            keys = imputer._row_keys("transform", features) ^ np.uint64(r)
             start = time.perf_counter()
-            results = list(drawing.iter_draws(imputer, X_missing, imputer.n_draws, keys, "-"))
+            results = list(drawing.iter_draws(imputer, features, imputer.n_draws, keys, "-"))
             points = np.concatenate([conditional_mean(result.draws)[0].double().numpy() for result, _ in results])
             seconds += time.perf_counter() - start
-            outs.append(imputer._completed(X_missing, mask, points, X_missing))
+            outs.append(imputer._completed(table, validated_mask, points, features))
             estimated.append(np.concatenate([result.mc_error.numpy() for result, _ in results]))
             n_draws.append(np.concatenate([result.n_draws.numpy() for result, _ in results]))
         outs = np.stack(outs)
         measured = (outs.std(axis=0, ddof=1) / sd)[mask]
-        lines.append({"draws": name, "rounds": rounds, "seconds_per_transform": round(seconds / replicates, 1),
+        lines.append({"draws": name, "rounds": rounds, "n_draws": first,
+                      "seconds_per_transform": round(seconds / replicates, 1),
                       "rmse": float(np.mean([np.sqrt(np.mean(((o - ds.X) / sd)[mask] ** 2)) for o in outs])),
                       "measured_entry_error_p50_p90_p99": np.quantile(measured, [0.5, 0.9, 0.99]).round(4).tolist(),
                       "estimated_row_error_p50_p90_p99":
                           np.quantile(np.concatenate(estimated)[np.tile(rows, replicates)], [0.5, 0.9, 0.99])
                           .round(4).tolist(),
                       "mean_draws": float(np.mean(np.concatenate(n_draws)[np.tile(rows, replicates)]))})
-    drawing.ANTITHETIC, drawing.MAX_ROUNDS = defaults
+    drawing.ANTITHETIC, drawing.QUASI_RANDOM, drawing.MAX_ROUNDS = defaults
+    imputer.set_params(refinement_steps=0, n_draws=64)
     return lines
 
 

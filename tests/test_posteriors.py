@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,24 @@ def test_antithetic_draws_mirror_each_other_about_the_mean(generator):
     assert not torch.allclose(x[0], x[2])  # pairs differ from each other
     with pytest.raises(ValueError, match="n_samples must be even"):
         rsample(params, hidden, 5, generator=generator, antithetic=True)
+
+
+def test_quasi_random_draws_follow_q_and_cover_it_evenly(generator):
+    from scipy.special import ndtr
+
+    from skivcnf.conditional import GaussianPosterior, RowNoise, log_density, rsample
+
+    posterior = GaussianPosterior(3, 4, n_reflections=2, generator=generator).double()
+    hidden = torch.tensor([[True, False, True, True], [False, True, False, False], [True, True, True, True]])
+    params = posterior()
+    keys = np.array([5, 6, 7], dtype=np.uint64)
+    x, log_q = rsample(params, hidden, 32, RowNoise(keys), quasi_start=0)
+    assert bool((x[:, ~hidden] == 0).all()) and torch.allclose(log_q, log_density(params, hidden, x))
+    # Row 1's one hidden entry (a reflection of one coordinate only flips its sign): its 32 standardised draws are
+    # the normal quantiles of a shifted Sobol net, one in each thirty-second of the probability scale.
+    eps = ((x[:, 1, 1] - params.mean[1, 1]) / params.log_scale[1, 1].exp()).detach()
+    assert sorted(np.floor(ndtr(eps.numpy()) * 32).astype(int).tolist()) == list(range(32))
+    # Antithetic quasi-random draws: 16 points and their mirrors.
+    paired, _ = rsample(params, hidden, 32, RowNoise(keys), antithetic=True, quasi_start=0)
+    assert torch.allclose((paired[0::2] + paired[1::2]) / 2, torch.where(hidden, params.mean, 0.0).expand(16, -1, -1))
+    assert torch.allclose(paired[0::2], x[:16])

@@ -26,7 +26,7 @@ from .fitting import fit_inference_network, fit_posterior
 from .hidden_block import compact_hidden_block, hidden_jacobian, log_prob_and_hidden_jacobian, solve_hidden_block
 from .implicit import attach_implicit_gradients
 from .linalg import GMRESResult, gmres
-from .noise import RowNoise, ShardNoise, row_keys
+from .noise import SOBOL_MAX_DIMENSION, RowNoise, ShardNoise, row_keys, sobol_uniform
 from .posteriors import (
     GaussianParameters,
     GaussianPosterior,
@@ -67,6 +67,7 @@ __all__ = [
     "InferenceNetwork",
     "ReliableDraws",
     "RowNoise",
+    "SOBOL_MAX_DIMENSION",
     "ShardNoise",
     "SolverOptions",
     "attach_implicit_gradients",
@@ -89,6 +90,7 @@ __all__ = [
     "pareto_smoothed_log_weights",
     "reliable_draws",
     "row_keys",
+    "sobol_uniform",
     "prior_parameters",
     "resolve_chain",
     "rsample",

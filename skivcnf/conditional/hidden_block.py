@@ -15,15 +15,16 @@ import torch
 
 from .linalg import gmres, masked_operator
 
-__all__ = ["HIDDEN_SOLVE_METHODS", "compact_hidden_block", "from_compact", "hidden_jacobian",
+__all__ = ["HIDDEN_SOLVE_METHODS", "compact_hidden_block", "from_compact", "hidden_jacobian", "hidden_layout",
            "log_prob_and_hidden_jacobian", "solve_compact", "solve_hidden_block", "to_compact"]
 
 #: How :func:`solve_hidden_block` solves: with the compact block, or by GMRES on products.
 HIDDEN_SOLVE_METHODS = ("exact", "gmres")
 
 
-def _hidden_layout(hidden):
-    """Hidden indices of each row, first, padded to the batch's largest hidden count."""
+def hidden_layout(hidden):
+    """Each row's hidden columns in order, padded to the batch's largest hidden count ``k``:
+    ``order : LongTensor (batch, k)`` and ``valid : BoolTensor (batch, k)`` (false on padding)."""
     k = int(hidden.sum(dim=1).max()) if hidden.numel() else 0
     order = torch.argsort((~hidden).to(torch.int8), dim=1, stable=True)[:, :k]
     valid = torch.gather(hidden, 1, order)
@@ -105,7 +106,7 @@ def hidden_jacobian(flow, y, hidden):
     >>> block[1, 1].tolist()  # padding: an identity row
     [0.0, 1.0]
     """
-    order, valid = _hidden_layout(hidden)
+    order, valid = hidden_layout(hidden)
     batch, d = y.shape
     k = order.shape[1]
     if k == 0:  # nothing hidden in the batch: empty blocks (determinant 1)
@@ -143,7 +144,7 @@ def log_prob_and_hidden_jacobian(flow, y, hidden):
 def compact_hidden_block(columns, hidden):
     """The compact ``G^HH`` (``block``, ``order``, ``valid`` of :func:`hidden_jacobian`) from ``G``'s
     columns (``columns[b, j] = G e_j``, as :meth:`~skivcnf.flows.ResidualFlow.forward_and_jacobian` gives them)."""
-    order, valid = _hidden_layout(hidden)
+    order, valid = hidden_layout(hidden)
     # The hidden columns G e_{order_i} (padding takes a real column; _compact_block replaces it).
     products = torch.gather(columns, 1, order.unsqueeze(-1).expand(-1, -1, columns.shape[-1]))
     return _compact_block(products, order, valid), order, valid

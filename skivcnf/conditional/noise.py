@@ -8,6 +8,10 @@ counter-based generators): entry ``(k, i, j)`` of the ``c``-th call depends only
 another order therefore gives the same draws, given the same sequence of calls.
 Keys come from :func:`row_keys`: a hash of a seed, the row's values and its mask.
 
+:func:`sobol_uniform` gives randomised quasi-Monte Carlo points instead: the Sobol sequence,
+digitally shifted by each row's own random bits, so that a row's points fill its hidden
+coordinates more evenly than independent draws while each point stays exactly uniform.
+
 :class:`ShardNoise` serves data-parallel training instead: each rank draws the whole global
 batch's numbers from the same ``torch.Generator`` and keeps its own rows.
 """
@@ -16,10 +20,15 @@ import numpy as np
 import torch
 from scipy.special import ndtri
 
-__all__ = ["RowNoise", "ShardNoise", "distinct_keys", "row_keys", "standard_normal", "uniform"]
+__all__ = ["RowNoise", "SOBOL_BITS", "SOBOL_MAX_DIMENSION", "ShardNoise", "distinct_keys", "row_keys", "sobol_uniform",
+           "standard_normal", "uniform"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MULTIPLIERS = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+#: Bits of each coordinate of torch's Sobol points (``SobolEngine``'s ``MAXBIT``).
+SOBOL_BITS = 30
+#: The most coordinates a Sobol point has (``SobolEngine.MAXDIM``); wider rows draw independent noise.
+SOBOL_MAX_DIMENSION = torch.quasirandom.SobolEngine.MAXDIM
 #: The bits a hidden entry contributes to its row's key (a value no float64 input has: a NaN payload).
 _HIDDEN_BITS = np.uint64(0x7FF8DEADBEEF0001)
 
@@ -246,3 +255,61 @@ def uniform(shape, generator, dtype, device, rows_axis=-1):
     if isinstance(generator, (RowNoise, ShardNoise)):
         return generator.uniform(shape, dtype, device, rows_axis)
     return torch.rand(shape, generator=generator, dtype=dtype, device=device)
+
+
+def sobol_uniform(n_points, counts, generator, start=0):
+    """Randomised quasi-Monte Carlo uniforms: Sobol points digitally shifted per row.
+
+    Row ``i`` takes the first ``counts[i]`` coordinates of the Sobol sequence's points
+    ``start, ..., start + n_points - 1`` (unscrambled, :class:`torch.quasirandom.SobolEngine`),
+    each XOR-ed with ``SOBOL_BITS`` random bits per coordinate drawn for the row (one call of
+    ``generator``, whatever ``start``: a later call with the same counter and ``start = n_points``
+    continues the same shifted sequence). A random digital shift keeps every point exactly uniform
+    on ``(0, 1)^k`` and the net structure of the sequence (the first ``2^m`` points of a row put
+    one point in each of ``2^m`` equal slices of any one coordinate), so averages over a row's
+    points are unbiased, with less variance than independent draws for smooth integrands (Owen,
+    "Monte Carlo and quasi-Monte Carlo", 2013, ch. 17). A row's points depend only on its own
+    random bits and ``counts[i]``, never on its batch-mates.
+
+    Parameters
+    ----------
+    n_points : int
+    counts : Tensor (batch,)
+        Coordinates each row needs (e.g. its hidden count), at most ``SOBOL_MAX_DIMENSION``.
+    generator : RowNoise, ShardNoise, torch.Generator or None
+        Where each row's shift comes from.
+    start : int, default=0
+        Index of the first point.
+
+    Returns
+    -------
+    ndarray of float64 (n_points, batch, k)
+        ``k = max(counts)``; a row's coordinates beyond its count are filled but meaningless.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skivcnf.conditional.noise import RowNoise, sobol_uniform
+    >>> u = sobol_uniform(8, torch.tensor([2, 1]), RowNoise(np.array([5, 6], dtype=np.uint64)))
+    >>> u.shape
+    (8, 2, 2)
+    >>> sorted(np.floor(u[:, 0, 0] * 8).astype(int).tolist())  # one point in each eighth
+    [0, 1, 2, 3, 4, 5, 6, 7]
+    >>> rest = sobol_uniform(8, torch.tensor([2]), RowNoise(np.array([5], dtype=np.uint64)), start=8)
+    >>> both = np.concatenate([u[:, 0, 0], rest[:, 0, 0]])
+    >>> sorted(np.floor(both * 16).astype(int).tolist()) == list(range(16))  # the same sequence, continued
+    True
+    """
+    counts = torch.as_tensor(counts)
+    batch, k = len(counts), max(int(counts.max()) if len(counts) else 0, 1)
+    if k > SOBOL_MAX_DIMENSION:
+        raise ValueError(f"Sobol points have at most {SOBOL_MAX_DIMENSION} coordinates; a row needs {k}.")
+    scale = float(2 ** SOBOL_BITS)
+    shift = uniform((batch, k), generator, torch.float64, "cpu", rows_axis=0).numpy()
+    shift = np.minimum(np.floor(shift * scale), scale - 1).astype(np.uint64)
+    engine = torch.quasirandom.SobolEngine(k, scramble=False)
+    if start:
+        engine.fast_forward(start)
+    points = np.rint(engine.draw(n_points, dtype=torch.float64).numpy() * scale).astype(np.uint64)
+    # The point's own cell of width 2^-SOBOL_BITS, at its centre: never 0 or 1.
+    return ((points[:, None, :] ^ shift[None]).astype(np.float64) + 0.5) / scale

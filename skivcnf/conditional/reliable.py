@@ -150,7 +150,7 @@ def _pad(draws, n):
 
 
 def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, solver="auto", options=None,
-                   bounds=None, mc_tolerance=0.05, max_rounds=2, antithetic=False):
+                   bounds=None, mc_tolerance=0.05, max_rounds=2, antithetic=False, quasi=False):
     """Draw ``n_samples`` completions per row, and more where the row's estimate is unreliable.
 
     Parameters
@@ -177,6 +177,12 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
     antithetic : bool, default=False
         Draw in antithetic pairs (``n_samples`` even; see :func:`~.sampling.sample_conditional`),
         and measure the Monte Carlo error over pairs.
+    quasi : bool, default=False
+        Randomised quasi-Monte Carlo draws (:func:`~.noise.sobol_uniform`): each round continues
+        the row's own shifted Sobol sequence, so that after every round a row's draws are the
+        first points of one sequence. The Monte Carlo error is still estimated as for independent
+        draws (pairs with ``antithetic``), which overstates it for quasi-random draws: rows stop
+        drawing no earlier than they would with independent ones.
 
     Returns
     -------
@@ -184,8 +190,9 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
     """
     calls = noise.calls
     weights_option = "auto" if weighted else False
+    per_point = 2 if antithetic else 1  # draws per point of the noise's sequence
     draws = sample_conditional(flow, y, hidden, params, n_samples, noise, solver, options, weights=weights_option,
-                               antithetic=antithetic)
+                               antithetic=antithetic, quasi_start=0 if quasi else None)
     weighted = weighted and draws.log_weight is not None
     n_draws = torch.full((y.shape[0],), n_samples, dtype=torch.long, device=y.device)
     weights, k_hat, uneven, error = _weigh(draws, hidden, bounds, weighted, n_draws, antithetic)
@@ -195,10 +202,14 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
             break
         rows = again.nonzero().squeeze(-1)
         sub_noise = noise.rows(again.cpu().numpy())
-        sub_noise.calls = calls + round_
+        # Quasi-random rounds reuse the first call's shift and continue its sequence (every row drawing
+        # again has drawn in each earlier round); independent rounds take fresh numbers.
+        sub_noise.calls = calls if quasi else calls + round_
+        quasi_start = n_samples * 2 ** (round_ - 1) // per_point if quasi else None
         sub_params = type(params)(*(None if p is None else p[rows] for p in params))
         more = sample_conditional(flow, y[rows], hidden[rows], sub_params, n_samples * 2 ** (round_ - 1), sub_noise,
-                                  solver, options, weights=weights_option, antithetic=antithetic)
+                                  solver, options, weights=weights_option, antithetic=antithetic,
+                                  quasi_start=quasi_start)
         merged = _pad(draws, draws.samples.shape[0] + more.samples.shape[0])
         # The new draws go after the row's earlier ones (the padding of rows that did not draw again).
         start = n_draws[rows]

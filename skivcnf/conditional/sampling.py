@@ -65,7 +65,7 @@ class ConditionalDraws(NamedTuple):
 
 @torch.no_grad()
 def sample_conditional(flow, y, hidden, params=None, n_samples=1, generator=None, solver="auto",
-                       options=None, warm_start=None, weights="auto", antithetic=False):
+                       options=None, warm_start=None, weights="auto", antithetic=False, quasi_start=None):
     """Draw ``n_samples`` completions of each row from ``q(x^H)`` and the constraint.
 
     Parameters
@@ -87,6 +87,9 @@ def sample_conditional(flow, y, hidden, params=None, n_samples=1, generator=None
     antithetic : bool, default=False
         Draw the posterior's noise in antithetic pairs (draws ``2k`` and ``2k + 1``; see
         :func:`~.posteriors.rsample`): a lower Monte Carlo error of weighted means.
+    quasi_start : int, optional
+        Randomised quasi-Monte Carlo noise from this point of each row's shifted Sobol sequence
+        (see :func:`~.posteriors.rsample`); independent draws when None.
 
     Returns
     -------
@@ -113,7 +116,7 @@ def sample_conditional(flow, y, hidden, params=None, n_samples=1, generator=None
     batch, d = y.shape
     if params is None:
         params = prior_parameters(batch, d, y.dtype, y.device)
-    x_hidden, log_q = rsample(params, hidden, n_samples, generator, antithetic=antithetic)
+    x_hidden, log_q = rsample(params, hidden, n_samples, generator, antithetic=antithetic, quasi_start=quasi_start)
     rep_hidden = hidden.expand(n_samples, batch, d).reshape(-1, d)
     guess = draw_guesses(flow, y, hidden, x_hidden, solver, options, warm_start)
     sol = solve_constraint(flow, guess, rep_hidden, x_hidden.reshape(-1, d), solver, options)
