@@ -181,8 +181,8 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
         Randomised quasi-Monte Carlo draws (:func:`~.noise.sobol_uniform`): each round continues
         the row's own shifted Sobol sequence, so that after every round a row's draws are the
         first points of one sequence. The Monte Carlo error is still estimated as for independent
-        draws (pairs with ``antithetic``), which overstates it for quasi-random draws: rows stop
-        drawing no earlier than they would with independent ones.
+        draws (pairs with ``antithetic``), which overstates it for quasi-random draws: the rule
+        to draw again stays conservative.
 
     Returns
     -------
