@@ -16,6 +16,7 @@ Run from the repository root::
     python -m benchmarks.speed logdet                # digits: logdet exact vs hutchinson; float32 log|det G|
     python -m benchmarks.speed peak                  # torch.mm GFLOP/s on the tangents' shapes; flops per draw
     python -m benchmarks.speed step-scale --table nonlinear --mechanism "MNAR 30%"   # the linear map's step_scale
+    python -m benchmarks.speed fallback              # digits at 90%: the fixed point's fallback, where it runs
 
 ``chord``: on flows trained by ``IVCNFImputer`` (breast cancer 20 epochs; digits 3 epochs at
 50% and 90% MCAR), 64 draws of the first 256 rows solved with ``chord_max_iter`` 0 (Newton
@@ -26,7 +27,7 @@ transform with the given settings on the three mask seeds. ``grid``: ``fit_trans
 given settings on every case of the suite's accuracy grid (6 tables x 4 mechanisms x 3 mask seeds,
 one thread per task), to ``results/speed/grid_<label>.jsonl``; ``grid-report`` compares labels.
 ``step-scale``: one case of the grid (3 mask seeds) with the flow's linear map at ``step_scale`` 1, 3
-and 10 (the default), and without the map.
+and 10 (the default), and without the map. ``fallback``: see :func:`fallback`.
 """
 
 import argparse
@@ -184,12 +185,26 @@ def draws(table="breast_cancer", settings=DRAW_SETTINGS):
             for n, v in results.items()]
 
 
+def _estimator_settings(settings):
+    """Set the module constants among ``settings`` (keys ``"skivcnf.module.NAME"``) and return the rest."""
+    import importlib
+
+    for key, value in settings.items():
+        if key.startswith("skivcnf."):
+            module, _, name = key.rpartition(".")
+            setattr(importlib.import_module(module), name, value)
+    return {k: v for k, v in settings.items() if not k.startswith("skivcnf.")}
+
+
 def training(settings, table="breast_cancer"):
-    """Fit and transform seconds, epochs and RMSE of ``IVCNFImputer(**settings)`` on 3 mask seeds."""
-    rows = []
+    """Fit and transform seconds, epochs and RMSE of ``IVCNFImputer(**settings)`` on 3 mask seeds.
+
+    Keys ``"skivcnf.module.NAME"`` of ``settings`` set module constants instead (as in ``grid``).
+    """
+    rows, estimator_settings = [], _estimator_settings(settings)
     for seed in (0, 1, 2):
         X, mask, X_missing = _masked(table, seed)
-        imputer = IVCNFImputer(random_state=seed, **settings)
+        imputer = IVCNFImputer(random_state=seed, **estimator_settings)
         start = time.perf_counter()
         imputer.fit(X_missing)
         fitted = time.perf_counter()
@@ -320,7 +335,7 @@ def _grid_task(task):
     ds = data.load(table)
     mask = masks.make_mask(mechanism, ds.X, seed)
     X_missing = np.where(mask, np.nan, ds.X)
-    imputer = IVCNFImputer(random_state=seed, **settings)
+    imputer = IVCNFImputer(random_state=seed, **_estimator_settings(settings))
     start = time.perf_counter()
     out = imputer.fit_transform(X_missing)
     return {"table": table, "mechanism": mechanism, "seed": seed, "settings": settings,
@@ -329,7 +344,10 @@ def _grid_task(task):
 
 
 def grid(settings, label, workers=1):
-    """IVCNF's ``fit_transform`` with ``settings`` on every case of the accuracy grid, to ``grid_<label>.jsonl``."""
+    """IVCNF's ``fit_transform`` with ``settings`` on every case of the accuracy grid, to ``grid_<label>.jsonl``.
+
+    A key ``"skivcnf.module.NAME"`` of ``settings`` sets that module constant in each worker instead.
+    """
     import multiprocessing
 
     tasks = [(t, m, s, settings) for t in data.TABLES for m in masks.MECHANISMS for s in range(3)]
@@ -354,6 +372,76 @@ def step_scale(table, mechanism, scales=(1.0, 3.0, 10.0)):
                       "rmse": [round(r["rmse"], 4) for r in records], "epochs": [r["epochs"] for r in records],
                       "mean_rmse": round(float(np.mean([r["rmse"] for r in records])), 4)})
     linear.STEP_SCALE = default
+    return lines
+
+
+def fallback(rate=0.9, seeds=(0, 1, 2), rows=100, max_epochs=30):
+    """Digits at ``rate`` missing (the paper's protocol split): what the fixed point's fallback costs.
+
+    ``IVCNFClassifier`` fits (``max_epochs``, as ``benchmarks.paper_digits``) with and without
+    the fallback in training (``fitting.FIXED_POINT_IN_TRAINING``; without it on every model
+    seed, with it on the first: it is the slow one), each scored on the test split; then one
+    ``IVCNFImputer`` fit and ``transform`` of the first ``rows`` test rows with the fallback on
+    every draw a Newton solve left, or only on the rows with no solved draw
+    (``sampling.FALLBACK_FOR_UNSOLVED_ROWS_ONLY``). Each line counts the fixed point's calls,
+    draws, seconds and solved draws.
+    """
+    from unittest import mock
+
+    from skivcnf import IVCNFClassifier
+    from skivcnf.conditional import fitting, sampling, solvers
+
+    from . import paper_digits
+
+    stats = {}
+    plain = solvers._SOLVER_FUNCTIONS["fixed_point"]
+
+    def counted(flow, y, hidden, x_target, options):
+        start = time.perf_counter()
+        out = plain(flow, y, hidden, x_target, options)
+        stats["fixed_point_calls"] += 1
+        stats["fixed_point_draws"] += len(y)
+        stats["fixed_point_seconds"] += time.perf_counter() - start
+        stats["fixed_point_solved"] += int((out[2] <= options.tolerance(y.dtype)).sum())
+        return out
+
+    def reset():
+        stats.update(fixed_point_calls=0, fixed_point_draws=0, fixed_point_seconds=0.0, fixed_point_solved=0)
+        return dict(stats)
+
+    def rounded(counts):
+        return {**counts, "fixed_point_seconds": round(counts["fixed_point_seconds"], 1)}
+
+    _, X_test, Xm_train, Xm_test, _, mask_test, y_train, y_test = paper_digits.split(rate, 0)
+    lines, defaults = [], (fitting.FIXED_POINT_IN_TRAINING, sampling.FALLBACK_FOR_UNSOLVED_ROWS_ONLY)
+    with mock.patch.dict(solvers._SOLVER_FUNCTIONS, {"fixed_point": counted}):
+        for in_training, seed in [(False, s) for s in seeds] + [(True, seeds[0])]:
+            fitting.FIXED_POINT_IN_TRAINING, sampling.FALLBACK_FOR_UNSOLVED_ROWS_ONLY = in_training, False
+            reset()
+            start = time.perf_counter()
+            model = IVCNFClassifier(head_hidden_layer_sizes=(64,), random_state=seed, max_epochs=max_epochs)
+            model.fit(Xm_train, y_train)
+            fitted, fit_counts = time.perf_counter(), reset()
+            accuracy = float(model.score(Xm_test, y_test))
+            lines.append({"task": "IVCNFClassifier fit, then score on the test split", "rate": rate, "seed": seed,
+                          "fixed_point_in_training": in_training, "fit_seconds": round(fitted - start, 1),
+                          "score_seconds": round(time.perf_counter() - fitted, 1), "accuracy": round(accuracy, 4),
+                          "fit": rounded(fit_counts), "score": rounded(dict(stats))})
+            print(json.dumps(lines[-1]), flush=True)
+        fitting.FIXED_POINT_IN_TRAINING = False
+        imputer = IVCNFImputer(random_state=seeds[0], max_epochs=max_epochs).fit(Xm_train)
+        for only_unsolved_rows in (True, False):
+            sampling.FALLBACK_FOR_UNSOLVED_ROWS_ONLY = only_unsolved_rows
+            reset()
+            start = time.perf_counter()
+            out = imputer.transform(Xm_test[:rows])
+            lines.append({"task": f"IVCNFImputer transform of {rows} test rows", "rate": rate,
+                          "fallback_for_unsolved_rows_only": only_unsolved_rows,
+                          "seconds": round(time.perf_counter() - start, 1),
+                          "rmse": round(paper_digits._rmse(X_test[:rows], out, mask_test[:rows]), 4),
+                          **rounded(dict(stats))})
+            print(json.dumps(lines[-1]), flush=True)
+    fitting.FIXED_POINT_IN_TRAINING, sampling.FALLBACK_FOR_UNSOLVED_ROWS_ONLY = defaults
     return lines
 
 
@@ -468,7 +556,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads", "grid", "grid-report",
                                          "transform-levers", "logdet", "peak", "chord-centre", "compile",
-                                         "step-scale"])
+                                         "step-scale", "fallback"])
     parser.add_argument("settings", nargs="*", default=["{}"],
                         help="training, grid: IVCNFImputer settings, a dict literal; compare: a git revision; "
                              "grid-report: labels")
@@ -502,6 +590,8 @@ def main(argv=None):
         lines = step_scale(args.table or "nonlinear", args.mechanism)
     elif args.what == "threads":
         lines = threads()
+    elif args.what == "fallback":
+        lines = fallback()
     elif args.what == "transform-levers":
         lines = transform_levers(args.table or "breast_cancer")
     elif args.what == "logdet":

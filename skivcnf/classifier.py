@@ -19,7 +19,7 @@ from ._drawing import iter_draws
 from ._sklearn_compat import Interval, StrOptions, check_y, fit_context
 from ._utils import one_warning_per_kind
 from .conditional import EXACT_VALUE_LOGDETS, ClassificationTask, ClassifierHead, draw_class_probabilities
-from .conditional.supervised import HEAD_INPUTS
+from .conditional.supervised import CLASSIFICATION_LOSSES, HEAD_INPUTS
 from .imputer import IVCNFImputer
 
 __all__ = ["IVCNFClassifier"]
@@ -51,6 +51,11 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
         the better accuracy in 5 (wine at 20% MCAR: 0.938 against 0.887).
     classification_weight : float, default=1.0
         Weight of the cross-entropy against minus the bound (the paper adds them).
+    classification_loss : {"expected", "predictive"}, default="expected"
+        The cross-entropy of a training row: ``"expected"`` averages it over the row's
+        importance-weighted draws, ``sum_k w_k CE(head(y_k))``, so the head must be right on
+        every draw; ``"predictive"`` is the log-loss of the row's prediction, ``-log sum_k w_k
+        p(label | y_k)``, the quantity :meth:`predict_proba` returns.
     head_input : {"data", "latent"}, default="data"
         What the head reads of each completed draw ``y``: ``y`` itself on the flow's
         standardised scale, or its latent code ``g(y)`` (the paper's). On the completed rows
@@ -107,9 +112,11 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
         "classification_weight": [Interval(Real, 0, None, closed="left")],
         "head_input": [StrOptions(set(HEAD_INPUTS))],
         "head_alpha": [Interval(Real, 0, None, closed="left")],
+        "classification_loss": [StrOptions(set(CLASSIFICATION_LOSSES))],
     }
 
-    def __init__(self, *, head_hidden_layer_sizes=(64,), classification_weight=1.0, head_input="data", head_alpha=0.0,
+    def __init__(self, *, head_hidden_layer_sizes=(64,), classification_weight=1.0, classification_loss="expected",
+                 head_input="data", head_alpha=0.0,
                  n_blocks=4, hidden_layer_sizes=(64, 64), lipschitz_coeff=0.9, linear_layer=True, n_reflections=0,
                  n_draws=64, n_train_draws=2,
                  importance_weighting=True, refinement_steps=0, objective="iwae", solver="auto", logdet="exact",
@@ -130,12 +137,14 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
             keep_empty_features=keep_empty_features, device=device, random_state=random_state, verbose=verbose)
         self.head_hidden_layer_sizes = head_hidden_layer_sizes
         self.classification_weight = classification_weight
+        self.classification_loss = classification_loss
         self.head_input = head_input
         self.head_alpha = head_alpha
 
     _MODULES = (*IVCNFImputer._MODULES, "head_")
     # Classifiers saved before head_input existed read the latent code.
-    _EARLIER_PARAMETERS = {**IVCNFImputer._EARLIER_PARAMETERS, "head_input": "latent", "head_alpha": 0.0}
+    _EARLIER_PARAMETERS = {**IVCNFImputer._EARLIER_PARAMETERS, "head_input": "latent", "head_alpha": 0.0,
+                           "classification_loss": "expected"}
 
     def _rebuild_modules(self, features):
         return {**super()._rebuild_modules(features), "head_": self._build_head(features)}
@@ -177,7 +186,7 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
             labels_on_device = torch.as_tensor(labels, dtype=torch.long, device=device)
             return ClassificationTask(self.head_, labels_on_device, self.classification_weight,
                                       weighted=self.logdet in EXACT_VALUE_LOGDETS and self.importance_weighting,
-                                      head_input=self.head_input, alpha=self.head_alpha)
+                                      head_input=self.head_input, alpha=self.head_alpha, loss=self.classification_loss)
 
         return self._fit_flow(X, task)
 

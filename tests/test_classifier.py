@@ -206,3 +206,48 @@ def test_head_penalty_is_the_logistic_regressions_spread_over_the_rows():
         ClassificationTask(head, labels, alpha=-1.0)
     with pytest.raises(ValueError, match="head_alpha"):
         IVCNFClassifier(head_alpha=-1.0).fit(np.ones((4, 2)), [0, 1, 0, 1])
+
+
+def test_predictive_loss_is_the_log_loss_of_the_weighted_prediction():
+    generator = torch.Generator().manual_seed(0)
+    flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=generator).double()
+    head = ClassifierHead(3, 2, generator=generator).double().eval()
+    completed = torch.randn(4, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    log_weight = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    # Row 2 has no solved draw: no term, and no NaN in the gradient of the others.
+    converged = torch.tensor([[True, True, False], [True, False, False], [True, True, False], [False, True, False]])
+    terms = BoundTerms(log_weight, completed.detach(), converged, None, completed)
+    labels, rows = torch.tensor([1, 0, 1]), torch.tensor([0, 1, 2])
+    task = ClassificationTask(head, labels, weight=2.0, head_input="data", loss="predictive")
+    loss = task.row_loss(flow, terms, rows)
+    # By hand: -log of sum_k w_k softmax(head(y_k))[label], the weights softmax-normalised over solved draws.
+    proba = torch.softmax(head(completed.reshape(-1, 3)).reshape(4, 3, 2), dim=-1)
+    picked = torch.stack([proba[:, r, labels[r]] for r in range(3)], dim=1)
+    w = torch.softmax(torch.where(converged, log_weight, -torch.inf), dim=0)
+    expected = -torch.log((w[:, :2] * picked[:, :2]).sum(0))
+    torch.testing.assert_close(loss[:2], 2.0 * expected)
+    assert loss[2] == 0.0
+    # Jensen: never above the weighted mean of the draws' cross-entropies.
+    mean_ce = ClassificationTask(head, labels, weight=2.0, head_input="data").row_loss(flow, terms, rows)
+    assert (loss[:2] <= mean_ce[:2]).all() and (loss[:2] < mean_ce[:2] - 1e-6).any()
+    loss.sum().backward()
+    assert torch.isfinite(completed.grad).all() and (completed.grad[~converged] == 0).all()
+    assert completed.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="loss"):
+        ClassificationTask(head, labels, loss="mixture")
+
+
+def test_predictive_loss_learns_and_earlier_classifiers_keep_the_expected_one(tmp_path):
+    X, y = blobs()
+    clf = IVCNFClassifier(**SMALL, classification_loss="predictive").fit(X, y)
+    X_test, y_test = blobs(seed=1)
+    assert clf.score(X_test, y_test) > 0.9  # as the default's test above
+    clf.save(tmp_path / "clf.pt")
+    payload = torch.load(tmp_path / "clf.pt", weights_only=True)
+    params = json.loads(payload["params"])
+    assert params["classification_loss"] == "predictive"
+    del params["classification_loss"]
+    torch.save({**payload, "params": json.dumps(params)}, tmp_path / "earlier.pt")
+    assert IVCNFClassifier.load(tmp_path / "earlier.pt").classification_loss == "expected"
+    with pytest.raises(ValueError, match="classification_loss"):
+        IVCNFClassifier(classification_loss="mixture").fit(np.ones((4, 2)), [0, 1, 0, 1])

@@ -227,3 +227,33 @@ def test_epochs_and_the_held_out_rows_are_capped(generator):
                                     generator=generator)
     # 20 held out would leave 20 to train on; capped at 5 held out, an epoch is 8 of the 35: 2 steps.
     assert history.n_steps == 3 * 2 and len(history.validation_loss) == 3
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_training_leaves_out_the_fixed_point_fallback_of_auto(generator, monkeypatch, fallback):
+    from skivcnf.conditional import solvers
+
+    flow, y, hidden = correlated_rows(generator, n=64)
+    net = InferenceNetwork(4, hidden_features=(8,), generator=generator).double()
+    calls = []
+
+    def fixed_point(flow, y, hidden, x_target, options):
+        calls.append(len(y))
+        return y, flow(y), torch.full((len(y),), float("inf"), dtype=y.dtype), torch.zeros(len(y), dtype=torch.long)
+
+    monkeypatch.setitem(solvers._SOLVER_FUNCTIONS, "fixed_point", fixed_point)
+    monkeypatch.setattr(fitting, "FIXED_POINT_IN_TRAINING", fallback)
+    # Newton in one step at a tolerance below rounding: draws are left for the fallback, if any.
+    options = SolverOptions(tol=1e-30, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstraintWarning)
+        history = fit_inference_network(flow, y, hidden, net, max_epochs=1, batch_size=32, n_samples=2,
+                                        solver="auto", options=options, generator=generator)
+    assert history.n_unsolved_draws > 0
+    assert bool(calls) == fallback
+    # Outside training "auto" keeps the fallback.
+    calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstraintWarning)
+        solvers.solve_constraint(flow, y, hidden, torch.zeros_like(y), options=options)
+    assert calls

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -90,6 +92,31 @@ def test_fallback_chain_finishes_what_the_first_solver_leaves(problem):
     assert bool(result.converged.all())
     used = set(result.method[hidden.any(1)].tolist())
     assert used == {SOLVERS.index("newton"), SOLVERS.index("fixed_point")}
+
+
+def test_fallback_takes_only_the_rows_with_no_solved_draw(problem):
+    flow, y, hidden, x_target = problem
+    # 4 draws of each of 30 rows, draw-major (as sample_conditional stacks them).
+    y, hidden, x_target = y[:30].repeat(4, 1), hidden[:30].repeat(4, 1), x_target[:120]
+    options = SolverOptions(tol=1e-10, max_iter=2)
+    plain = solve_constraint(flow, y, hidden, x_target, solver=("newton", "fixed_point"), options=options)
+    newton = solve_constraint(flow, y, hidden, x_target, solver="newton", options=options, warn=False)
+    some_solved = newton.converged.reshape(4, 30).any(0)
+    assert some_solved.any() and not newton.converged.all()  # draws to leave, and rows to finish
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstraintWarning)
+        per_row = solve_constraint(flow, y, hidden, x_target, solver=("newton", "fixed_point"), options=options,
+                                   draws_per_row=4)
+    took_fallback = per_row.method.reshape(4, 30) == SOLVERS.index("fixed_point")
+    # The fallback took every draw of the rows Newton left without any, and nothing else.
+    assert torch.equal(took_fallback, ~newton.converged.reshape(4, 30) & ~some_solved)
+    assert bool(per_row.converged.reshape(4, 30).any(0).all())  # every row has a solved draw
+    assert torch.equal(per_row.solution[newton.converged], newton.solution[newton.converged])
+    # The same solutions as the plain chain's (to the solver's tolerance: other batch-mates, other rounding).
+    torch.testing.assert_close(per_row.solution[took_fallback.reshape(-1)], plain.solution[took_fallback.reshape(-1)],
+                               atol=1e-8, rtol=0)
+    with pytest.raises(ValueError, match="draws_per_row"):
+        solve_constraint(flow, y, hidden, x_target, draws_per_row=7)
 
 
 def test_warm_start_at_the_solution_costs_no_iteration(problem):

@@ -27,6 +27,7 @@ from .._training import EarlyStopping, TrainingHistory, fit_loop, guarded_step, 
 from .bound import EXACT_VALUE_LOGDETS, OBJECTIVES, bound_terms, masked_bound
 from .noise import ShardNoise, uniform
 from .sampling import conditional_mean, sample_conditional
+from .solvers import resolve_chain
 
 __all__ = ["fit_inference_network", "fit_posterior"]
 
@@ -40,6 +41,9 @@ IMPUTATION_PROBE_FRACTION = 0.2
 IMPUTATION_PROBE_DRAWS = 16
 #: Exclusive upper end of the held-out seed drawn from the generator.
 _SEED_RANGE = 2**62
+
+#: Whether ``solver="auto"`` keeps the fixed-point fallback in training (see :func:`~.solvers.resolve_chain`).
+FIXED_POINT_IN_TRAINING = False
 
 
 def _check_objective(objective, logdet, stick_the_landing=None):
@@ -265,7 +269,9 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
     network : InferenceNetwork
     max_epochs, batch_size, lr, n_samples : int, int, float, int
     logdet, solver, options
-        See :func:`~.bound.bound_terms`.
+        See :func:`~.bound.bound_terms`. ``solver="auto"`` trains with the Newton variant
+        alone (``resolve_chain(..., fallback=False)``): a draw it leaves unsolved is left out
+        of that step's bound (counted in ``history.n_unsolved_draws``).
     objective : {"elbo", "iwae"}, default="elbo"
         The bound maximised (see :func:`~.bound.masked_bound`).
     train_flow : bool, default=False
@@ -357,6 +363,8 @@ def fit_inference_network(flow, y, hidden, network, *, max_epochs=50, batch_size
         raise ValueError("monitor='imputation' measures held-out rows: it needs validation_fraction > 0.")
     start = time.perf_counter()
     history = TrainingHistory()
+    # A training step loses little with one draw unsolved, and the fixed point's fallback cost seconds a draw.
+    solver = resolve_chain(solver, y.shape[1], fallback=FIXED_POINT_IN_TRAINING)
     y = torch.where(hidden, 0.0, y)
     reducer = None
     if distributed and is_distributed():

@@ -25,6 +25,9 @@ __all__ = [
     "self_normalized_weights",
 ]
 
+#: Whether :func:`sample_conditional` runs a chain's fallback solvers only on the rows with no solved draw.
+FALLBACK_FOR_UNSOLVED_ROWS_ONLY = True
+
 
 class ConditionalDraws(NamedTuple):
     """Draws from the variational conditional of each row.
@@ -79,7 +82,9 @@ def sample_conditional(flow, y, hidden, params=None, n_samples=1, generator=None
     n_samples : int, default=1
     generator : torch.Generator, optional
     solver, options
-        See :func:`~.solvers.solve_constraint`.
+        See :func:`~.solvers.solve_constraint`. A fallback solver of the chain (the fixed
+        point of ``"auto"``) only takes rows none of whose draws the first one solved
+        (``draws_per_row``); a row's other unsolved draws get no weight.
     warm_start : Tensor (n_samples, batch, d), optional
         Initial guesses (e.g. earlier draws).
     weights : {"auto", True, False}
@@ -119,7 +124,8 @@ def sample_conditional(flow, y, hidden, params=None, n_samples=1, generator=None
     x_hidden, log_q = rsample(params, hidden, n_samples, generator, antithetic=antithetic, quasi_start=quasi_start)
     rep_hidden = hidden.expand(n_samples, batch, d).reshape(-1, d)
     guess = draw_guesses(flow, y, hidden, x_hidden, solver, options, warm_start)
-    sol = solve_constraint(flow, guess, rep_hidden, x_hidden.reshape(-1, d), solver, options)
+    sol = solve_constraint(flow, guess, rep_hidden, x_hidden.reshape(-1, d), solver, options,
+                           draws_per_row=n_samples if FALLBACK_FOR_UNSOLVED_ROWS_ONLY else None)
     if weights == "auto":
         weights = d <= EXACT_LOGDET_MAX_FEATURES
     log_weight = None

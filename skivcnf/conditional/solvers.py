@@ -263,14 +263,17 @@ def draw_guesses(flow, y, hidden, x_target, solver="auto", options=None, warm_st
     return guess.reshape(-1, d)
 
 
-def resolve_chain(solver, features):
+def resolve_chain(solver, features, fallback=True):
     """Solver chain for ``solver``: a name, a sequence of names, or ``"auto"``.
 
     ``"auto"`` is ``("newton", "fixed_point")`` up to ``EXACT_LOGDET_MAX_FEATURES``
     features and ``("newton_krylov", "fixed_point")`` above: Newton converged for every
     row in 2-5 iterations in the measurements (the first measurements at d = 10-30 in docs/method.rst, and
     ``python -m benchmarks.run --section solvers``), and the fixed point, globally
-    convergent when ``L_a L_b < 1``, catches what it misses.
+    convergent when ``L_a L_b < 1``, catches what it misses. With ``fallback=False``,
+    ``"auto"`` is the Newton variant alone (what training uses: a draw Newton leaves
+    unsolved drops out of one step's bound, where the fixed point spent 1-140 s on it;
+    docs/benchmarks.md, "Speed"); a chain given by name is kept as given.
 
     Examples
     --------
@@ -281,10 +284,12 @@ def resolve_chain(solver, features):
     ('newton_krylov', 'fixed_point')
     >>> resolve_chain(["newton", "fixed_point"], 10)
     ('newton', 'fixed_point')
+    >>> resolve_chain("auto", 10, fallback=False)
+    ('newton',)
     """
     if solver == "auto":
         first = "newton" if features <= EXACT_LOGDET_MAX_FEATURES else "newton_krylov"
-        return (first, "fixed_point")
+        return (first, "fixed_point") if fallback else (first,)
     chain = (solver,) if isinstance(solver, str) else tuple(solver)
     unknown = [name for name in chain if name not in SOLVERS]
     if unknown or not chain:
@@ -293,7 +298,7 @@ def resolve_chain(solver, features):
 
 
 @torch.no_grad()
-def solve_constraint(flow, y, hidden, x_target, solver="auto", options=None, warn=True):
+def solve_constraint(flow, y, hidden, x_target, solver="auto", options=None, warn=True, draws_per_row=None):
     """Complete each row so that ``g^H([y^O, y^H]) = x^H``.
 
     Parameters
@@ -314,6 +319,13 @@ def solve_constraint(flow, y, hidden, x_target, solver="auto", options=None, war
     warn : bool, default=True
         Warn with :class:`~skivcnf.exceptions.ConstraintWarning` about rows that no
         solver brought under tolerance (they are flagged in ``converged`` either way).
+    draws_per_row : int, optional
+        The batch is ``draws_per_row`` draws of each of ``batch / draws_per_row`` rows,
+        draw-major (entry ``k * rows + r`` is draw ``k`` of row ``r``). The solvers after the
+        first then only take the draws of rows none of whose draws is solved yet: a row
+        needs one solved draw for an estimate, and its other draws are weighed without the
+        unsolved ones. The fixed point's fallback took 1-140 s a draw on digits at 90% missing
+        (docs/benchmarks.md, "Speed").
 
     Returns
     -------
@@ -356,8 +368,13 @@ def solve_constraint(flow, y, hidden, x_target, solver="auto", options=None, war
     method = torch.full((batch,), SOLVERS.index(chain[0]), dtype=torch.long, device=y.device)
     tol = options.tolerance(y.dtype)
     todo = torch.arange(batch, device=y.device)
+    if draws_per_row is not None and batch % draws_per_row:
+        raise ValueError(f"draws_per_row={draws_per_row} does not divide the batch of {batch} draws.")
     with flow.cached_weights():
-        for name in chain:
+        for position, name in enumerate(chain):
+            if position and draws_per_row is not None:
+                solved_rows = (residual <= tol).reshape(draws_per_row, -1).any(dim=0)
+                todo = todo[~solved_rows[todo % solved_rows.numel()]]
             if todo.numel() == 0:
                 break
             solved, solved_latent, solved_residual, solved_n_iter = _SOLVER_FUNCTIONS[name](

@@ -70,6 +70,7 @@ class ClassifierHead(nn.Module):
 
 
 HEAD_INPUTS = ("latent", "data")
+CLASSIFICATION_LOSSES = ("expected", "predictive")
 
 
 def _draw_logits(flow, head, completed, head_input="latent"):
@@ -108,9 +109,18 @@ class ClassificationTask:
         batch-norm), spread over the ``n`` rows of ``labels`` (``alpha / (2 n)`` each), so that
         over the table it adds to the summed cross-entropy as ``1 / C`` does in a logistic
         regression (``alpha=1``: scikit-learn's ``LogisticRegression(C=1)``).
+    loss : {"expected", "predictive"}, default="expected"
+        ``"expected"`` is the weighted mean of the draws' cross-entropies above;
+        ``"predictive"`` is ``-log sum_k w_k p(label | y_k)``, the log-loss of the row's
+        prediction (the draws' probabilities averaged with their weights, as
+        :func:`draw_class_probabilities` does). By Jensen's inequality it is at most the
+        expected one: a head may hedge across draws instead of being right on each.
     """
 
-    def __init__(self, head, labels, weight=1.0, weighted=True, head_input="latent", alpha=0.0):
+    def __init__(self, head, labels, weight=1.0, weighted=True, head_input="latent", alpha=0.0, loss="expected"):
+        if loss not in CLASSIFICATION_LOSSES:
+            raise ValueError(f"loss must be one of {CLASSIFICATION_LOSSES}, got {loss!r}.")
+        self.loss = loss
         if head_input not in HEAD_INPUTS:
             raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {head_input!r}.")
         if not alpha >= 0:
@@ -128,7 +138,7 @@ class ClassificationTask:
         return list(self.head.parameters())
 
     def row_loss(self, flow, terms, rows):
-        """``weight`` times each row's expected cross-entropy and share of the penalty, ``Tensor (batch,)``.
+        """``weight`` times each row's cross-entropy (``loss``) and share of the penalty, ``Tensor (batch,)``.
 
         ``terms`` are the batch's :class:`~.bound.BoundTerms` (with ``completed``), ``rows``
         the batch's indices into ``labels``.
@@ -139,7 +149,16 @@ class ClassificationTask:
         # Detached weights over the solved draws (a row with none: no term, whatever its weights).
         log_weight = torch.where(terms.converged, terms.log_weight.detach(), float("-inf"))
         weights, _ = draw_weights(terms._replace(log_weight=log_weight), weighted=self.weighted)
-        expected = (weights.to(logits.dtype) * torch.where(terms.converged, cross_entropy, 0.0)).sum(0)
+        if self.loss == "predictive":
+            # -log sum_k w_k p(label | y_k): the log-loss of what predict_proba returns. A row with no
+            # solved draw keeps finite (unused) terms, so that no NaN reaches the gradient.
+            some = terms.converged.any(0)
+            log_w = torch.log(weights.to(logits.dtype)).masked_fill(~terms.converged, float("-inf"))
+            log_w = torch.where(some, log_w, 0.0)
+            expected = -torch.logsumexp(log_w - torch.where(terms.converged, cross_entropy, 0.0), dim=0)
+            expected = torch.where(some, expected, 0.0)
+        else:
+            expected = (weights.to(logits.dtype) * torch.where(terms.converged, cross_entropy, 0.0)).sum(0)
         return self.weight * (expected + self.penalty()) if self.alpha else self.weight * expected
 
     @contextmanager
