@@ -155,11 +155,11 @@ class ClassificationTask:
             some = terms.converged.any(0)
             log_w = torch.log(weights.to(logits.dtype)).masked_fill(~terms.converged, float("-inf"))
             log_w = torch.where(some, log_w, 0.0)
-            expected = -torch.logsumexp(log_w - torch.where(terms.converged, cross_entropy, 0.0), dim=0)
-            expected = torch.where(some, expected, 0.0)
+            per_row = -torch.logsumexp(log_w - torch.where(terms.converged, cross_entropy, 0.0), dim=0)
+            per_row = torch.where(some, per_row, 0.0)
         else:
-            expected = (weights.to(logits.dtype) * torch.where(terms.converged, cross_entropy, 0.0)).sum(0)
-        return self.weight * (expected + self.penalty()) if self.alpha else self.weight * expected
+            per_row = (weights.to(logits.dtype) * torch.where(terms.converged, cross_entropy, 0.0)).sum(0)
+        return self.weight * (per_row + self.penalty()) if self.alpha else self.weight * per_row
 
     @contextmanager
     def evaluating(self):
