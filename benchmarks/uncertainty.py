@@ -22,11 +22,12 @@ k-hat stays above 0.7: RMSE, seconds, Monte Carlo error and k-hat. ``invariance`
 cancer's first 100 rows imputed alone and within the table, and the table in batches of 7.
 ``longer``: repeat 2 of ``diagnose`` fitted by default, with ``n_iter_no_change=30`` and for
 300 epochs without early stopping: the flow's correlation of neighbouring columns and the RMSE.
-``mc_error``: one default fit on breast cancer, then 5 transforms that differ only by their random
-streams, with independent draws, antithetic pairs, quasi-random draws and both: each entry's Monte
-Carlo error measured as the spread of the 5 (column sds), against the error each row's draws
-estimate; also with 32 first-round draws, a third round of extra draws and per-row refinement of the
-posterior. ``schedule``: the early-stopping rule of ``fit`` (patience 8, 12, 20 epochs, with and
+``mc_error``: one default fit on breast cancer, then 5 (``--replicates``) transforms that differ
+only by their random streams, with independent draws, antithetic pairs, quasi-random draws, both,
+and both with adaptive extra rounds: each entry's Monte Carlo error measured as the spread of the
+replicates (column sds), against the error each row's draws estimate; also with 32 first-round
+draws, a third round of extra draws and per-row refinement of the posterior (``--settings``: some
+of them only). ``schedule``: the early-stopping rule of ``fit`` (patience 8, 12, 20 epochs, with and
 without 200 steps at least) on the grid's small tables (MAR 30%, 3 seeds) and Rubin repeats 2 and 3:
 seconds, epochs, RMSE, the flow's correlation.
 ``linear``: Rubin repeats 0-3 fitted without the flow's linear map (``linear_layer=False``), with it
@@ -149,24 +150,34 @@ def weights():
     return lines
 
 
-def mc_error(replicates=5):
+#: ``mc_error``'s settings: name -> (antithetic, quasi-random, adaptive rounds, rounds of extra draws,
+#: refinement steps, first-round draws); ``None`` takes the package's default.
+MC_SETTINGS = {
+    "independent draws": (False, False, False, None, 0, 64),
+    "antithetic pairs": (True, False, False, None, 0, 64),
+    "quasi-random": (False, True, False, None, 0, 64),
+    "quasi-random, antithetic pairs": (True, True, False, None, 0, 64),
+    "quasi-random, antithetic pairs, n_draws=32": (True, True, False, None, 0, 32),
+    "quasi-random, antithetic pairs, 3 rounds": (True, True, False, 3, 0, 64),
+    "quasi-random, antithetic pairs, refinement_steps=10": (True, True, False, None, 10, 64),
+    "quasi-random, antithetic pairs, adaptive rounds": (True, True, True, None, 0, 64),
+    "quasi-random, antithetic pairs, adaptive rounds, n_draws=32": (True, True, True, None, 0, 32),
+}
+
+
+def mc_error(replicates=5, names=None):
     """Each point imputation's Monte Carlo error measured, not estimated: the spread of ``replicates``
-    transforms of one fit that differ only by their random streams."""
+    transforms of one fit that differ only by their random streams (``names``: of ``MC_SETTINGS``)."""
     ds, mask, X_missing, sd, imputer = _breast_cancer_fit()
     features, table, validated_mask = imputer._validate_input(X_missing, reset=False)
     rows = mask.any(axis=1)
     lines = []
-    defaults = drawing.ANTITHETIC, drawing.QUASI_RANDOM, drawing.MAX_ROUNDS
-    # (name, antithetic, quasi-random, rounds of extra draws, refinement steps, first-round draws)
-    settings = [("independent draws", False, False, defaults[2], 0, 64),
-                ("antithetic pairs", True, False, defaults[2], 0, 64),
-                ("quasi-random", False, True, defaults[2], 0, 64),
-                ("quasi-random, antithetic pairs (default)", True, True, defaults[2], 0, 64),
-                ("quasi-random, antithetic pairs, n_draws=32", True, True, defaults[2], 0, 32),
-                ("quasi-random, antithetic pairs, 3 rounds", True, True, 3, 0, 64),
-                ("quasi-random, antithetic pairs, refinement_steps=10", True, True, defaults[2], 10, 64)]
-    for name, antithetic, quasi, rounds, refinement, first in settings:
-        drawing.ANTITHETIC, drawing.QUASI_RANDOM, drawing.MAX_ROUNDS = antithetic, quasi, rounds
+    defaults = drawing.ANTITHETIC, drawing.QUASI_RANDOM, drawing.ADAPTIVE, drawing.MAX_ROUNDS
+    for name in names or MC_SETTINGS:
+        antithetic, quasi, adaptive, rounds, refinement, first = MC_SETTINGS[name]
+        rounds = defaults[3] if rounds is None else rounds
+        drawing.ANTITHETIC, drawing.QUASI_RANDOM, drawing.ADAPTIVE, drawing.MAX_ROUNDS = (antithetic, quasi, adaptive,
+                                                                                           rounds)
         imputer.set_params(refinement_steps=refinement, n_draws=first)
         outs, estimated, seconds, n_draws = [], [], 0.0, []
         for r in range(replicates):
@@ -180,15 +191,21 @@ def mc_error(replicates=5):
             n_draws.append(np.concatenate([result.n_draws.numpy() for result, _ in results]))
         outs = np.stack(outs)
         measured = (outs.std(axis=0, ddof=1) / sd)[mask]
-        lines.append({"draws": name, "rounds": rounds, "n_draws": first,
-                      "seconds_per_transform": round(seconds / replicates, 1),
-                      "rmse": float(np.mean([np.sqrt(np.mean(((o - ds.X) / sd)[mask] ** 2)) for o in outs])),
-                      "measured_entry_error_p50_p90_p99": np.quantile(measured, [0.5, 0.9, 0.99]).round(4).tolist(),
-                      "estimated_row_error_p50_p90_p99":
-                          np.quantile(np.concatenate(estimated)[np.tile(rows, replicates)], [0.5, 0.9, 0.99])
-                          .round(4).tolist(),
-                      "mean_draws": float(np.mean(np.concatenate(n_draws)[np.tile(rows, replicates)]))})
-    drawing.ANTITHETIC, drawing.QUASI_RANDOM, drawing.MAX_ROUNDS = defaults
+        line = {"draws": name, "default": (antithetic, quasi, adaptive, rounds, refinement, first) ==
+                (*defaults, 0, 64), "rounds": rounds, "n_draws": first, "replicates": replicates,
+                "seconds_per_transform": round(seconds / replicates, 1),
+                "rmse": float(np.mean([np.sqrt(np.mean(((o - ds.X) / sd)[mask] ** 2)) for o in outs])),
+                "measured_entry_error_p50_p90_p99": np.quantile(measured, [0.5, 0.9, 0.99]).round(4).tolist(),
+                "estimated_row_error_p50_p90_p99":
+                    np.quantile(np.concatenate(estimated)[np.tile(rows, replicates)], [0.5, 0.9, 0.99])
+                    .round(4).tolist(),
+                "mean_draws": float(np.mean(np.concatenate(n_draws)[np.tile(rows, replicates)]))}
+        if replicates >= 10:  # the spread of 5 replicates alone, as the first runs measured it
+            line["measured_5_entry_error_p50_p90_p99"] = np.quantile(
+                (outs[:5].std(axis=0, ddof=1) / sd)[mask], [0.5, 0.9, 0.99]).round(4).tolist()
+        lines.append(line)
+        print(json.dumps(line), flush=True)
+    drawing.ANTITHETIC, drawing.QUASI_RANDOM, drawing.ADAPTIVE, drawing.MAX_ROUNDS = defaults
     imputer.set_params(refinement_steps=0, n_draws=64)
     return lines
 
@@ -299,6 +316,9 @@ def main():
     parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule",
                                          "linear"])
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--replicates", type=int, default=5, help="mc_error: transforms per setting")
+    parser.add_argument("--settings", nargs="+", choices=list(MC_SETTINGS), default=None,
+                        help="mc_error: these settings only (their records replace the stored ones of the same name)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -311,7 +331,10 @@ def main():
     elif args.what == "schedule":
         lines = schedule()
     elif args.what == "mc_error":
-        lines = mc_error()
+        lines = mc_error(args.replicates, args.settings)
+        if args.settings and path.exists():  # keep the other settings' records
+            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            lines = [line for line in kept if line["draws"] not in args.settings] + lines
     elif args.what == "longer":
         lines = longer()
     elif args.what == "linear":

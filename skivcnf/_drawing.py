@@ -24,9 +24,9 @@ from .conditional import (
     sample_conditional,
 )
 
-__all__ = ["ANTITHETIC", "BOOTSTRAP_EPOCHS", "GPU_DRAW_ROWS", "MAX_ROUNDS", "MC_TOLERANCE", "PROPOSALS_PER_IMPUTATION",
-           "QUASI_RANDOM", "REFINEMENT_DRAWS", "bootstrap_copies", "draw_copies", "draw_record", "iter_draws",
-           "snap_categories"]
+__all__ = ["ADAPTIVE", "ANTITHETIC", "BOOTSTRAP_EPOCHS", "GPU_DRAW_ROWS", "MAX_ROUNDS", "MC_TOLERANCE",
+           "PROPOSALS_PER_IMPUTATION", "QUASI_RANDOM", "REFINEMENT_DRAWS", "bootstrap_copies", "draw_copies",
+           "draw_record", "iter_draws", "snap_categories"]
 
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
 REFINEMENT_DRAWS = 8
@@ -39,6 +39,9 @@ ANTITHETIC = True
 #: Point estimates draw randomised quasi-Monte Carlo noise (each row's shifted Sobol sequence;
 #: docs/benchmarks.md, "Uncertainty"); copies, resampled by weight, keep independent proposals.
 QUASI_RANDOM = True
+#: A point estimate's extra rounds draw from a Gaussian matched to the row's weighted draws so far,
+#: weighted against the mixture of its proposals (docs/benchmarks.md, "Uncertainty").
+ADAPTIVE = True
 #: Rows drawn together on a GPU at least: a row's draws do not depend on its batch, and 64 rows leave
 #: a GPU idle between kernel launches (H200, digits 50% MCAR: 196 rows/s at 64 rows, 1,295 at 1,024;
 #: docs/scaling.md, "GPU"). The CPU keeps ``batch_size``.
@@ -69,8 +72,9 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
     ``mc_tolerance``: see :func:`~skivcnf.conditional.reliable_draws` (``inf`` where no point
     estimate is taken: resampled copies need reliable weights, not a precise mean). Where a point
     estimate is taken, the draws are randomised quasi-Monte Carlo (``QUASI_RANDOM``), in antithetic
-    pairs where ``n_draws`` is even (a lower Monte Carlo error of the weighted mean; copies stay
-    independent draws).
+    pairs where ``n_draws`` is even, and a row's extra rounds adapt their proposal to its weighted
+    draws (``ADAPTIVE``): a lower Monte Carlo error of the weighted mean; copies stay independent
+    draws of the posterior.
     """
     flow, network = modules if modules is not None else (imputer.flow_, imputer.posterior_)
     device = imputer._device
@@ -78,6 +82,7 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
     bounds = [torch.as_tensor(b, dtype=torch.float32, device=device) for b in imputer._draw_bounds()]
     antithetic = ANTITHETIC and math.isfinite(mc_tolerance) and n_draws % 2 == 0
     quasi = QUASI_RANDOM and math.isfinite(mc_tolerance) and standardised.shape[1] <= SOBOL_MAX_DIMENSION
+    adapt = ADAPTIVE and math.isfinite(mc_tolerance)
     rows = imputer.batch_size if device.type == "cpu" else max(imputer.batch_size, GPU_DRAW_ROWS)
     for start in range(0, len(X), rows):
         noise = RowNoise(keys[start:start + rows])
@@ -102,7 +107,7 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
             continue
         result = reliable_draws(flow, z, hidden, params, n_draws, noise, weighted=imputer.importance_weighting,
                                 solver=imputer.solver, bounds=bounds, mc_tolerance=mc_tolerance, max_rounds=MAX_ROUNDS,
-                                antithetic=antithetic, quasi=quasi)
+                                antithetic=antithetic, quasi=quasi, adapt=adapt)
         unsolved = ~result.usable  # no solved draw: no estimate
         n_unsolved, n_uneven = n_unsolved + int(unsolved.sum()), n_uneven + int(result.unreliable.sum())
         n_clipped += int(result.clipped.sum())

@@ -156,3 +156,44 @@ def test_quasi_random_draws_lower_the_monte_carlo_error_of_a_mean(generator):
             squared.append(((conditional_mean(result.draws)[0] - exact)[HIDDEN] ** 2).mean())
         errors[quasi] = float(torch.stack(squared).mean().sqrt())
     assert errors[True] < 0.5 * errors[False], errors
+
+
+def test_adaptive_rounds_match_the_oracle_with_more_even_weights(generator):
+    # The prior is a poor proposal for some rows: their extra rounds drawn from a Gaussian matched
+    # to the weighted draws (weighted against the mixture of the row's proposals) give a consistent
+    # estimate with a larger effective sample size than more draws of the prior.
+    flow, y, params = setting(generator)
+    mean, cov = affine_gaussian(flow)
+    plain = reliable_draws(flow, y, HIDDEN, params, 256, RowNoise(KEYS), mc_tolerance=0.0, max_rounds=2)
+    adapted = reliable_draws(flow, y, HIDDEN, params, 256, RowNoise(KEYS), mc_tolerance=0.0, max_rounds=2, adapt=True)
+    assert adapted.n_draws.tolist() == plain.n_draws.tolist() == [1024] * 4
+    # The first round is the same draws with the same weights.
+    assert torch.equal(adapted.draws.samples[:256], plain.draws.samples[:256])
+    point, ess = conditional_mean(adapted.draws)
+    _, plain_ess = conditional_mean(plain.draws)
+    for row in range(4):
+        cond_mean, _, _ = gaussian_conditional(mean, cov, y[row], HIDDEN[row])
+        err = (point[row, HIDDEN[row]] - cond_mean).abs().max()
+        assert err < 5 * adapted.mc_error[row] + 1e-12, (row, err, adapted.mc_error[row])
+    # Row 3 (the prior's least even weights here) gains most.
+    assert float(plain_ess.min()) < 0.2 * 1024 and float(ess[plain_ess.argmin()]) > 2 * float(plain_ess.min())
+    assert bool((ess >= 0.9 * plain_ess).all())
+
+
+def test_adaptive_rounds_keep_a_rows_draws_its_own(generator):
+    flow, y, params = setting(generator)
+    result = reliable_draws(flow, y, HIDDEN, params, 16, RowNoise(KEYS), mc_tolerance=0.05, max_rounds=2, adapt=True,
+                            antithetic=True, quasi=True)
+    assert len(set(result.n_draws.tolist())) > 1  # some rows adapted, some did not
+    order = [3, 1, 0]
+    sub = reliable_draws(flow, y[order], HIDDEN[order], type(params)(*(p[order] for p in params[:2]), None), 16,
+                         RowNoise(KEYS[order]), mc_tolerance=0.05, max_rounds=2, adapt=True, antithetic=True,
+                         quasi=True)
+    assert torch.equal(sub.n_draws, result.n_draws[order])
+    assert torch.allclose(sub.draws.samples, result.draws.samples[:, order], atol=1e-12)
+    assert torch.allclose(sub.weights, result.weights[:, order], atol=1e-12)
+    # A row that did not draw again has the weights of a run without adaptation.
+    alone = reliable_draws(flow, y, HIDDEN, params, 16, RowNoise(KEYS), mc_tolerance=0.05, max_rounds=2,
+                           antithetic=True, quasi=True)
+    kept = result.n_draws == 16
+    assert torch.equal(result.weights[:16, kept], alone.weights[:16, kept])

@@ -9,7 +9,9 @@ the data (a blow-up). :func:`reliable_draws` guards each row:
 2. the log-weights are Pareto-smoothed, and their tail shape ``k_hat`` measured
    (:mod:`.smoothing`);
 3. rows whose ``k_hat`` exceeds 0.7, or whose point estimate's Monte Carlo standard error
-   exceeds ``mc_tolerance``, draw again, twice as many each round, up to ``max_rounds``;
+   exceeds ``mc_tolerance``, draw again, twice as many each round, up to ``max_rounds``; with
+   ``adapt``, from a Gaussian matched to the weighted draws so far, every draw then weighted
+   against the mixture of the row's proposals (adaptive multiple importance sampling);
 4. rows still above 0.7 are flagged (``unreliable``) and keep their smoothed weights.
    Falling back to equal weights on the posterior's draws (the plain posterior mean) was
    measured and not kept: it was less accurate (docs/benchmarks.md, "Uncertainty");
@@ -17,10 +19,12 @@ the data (a blow-up). :func:`reliable_draws` guards each row:
    equal weights (``clipped``): measured better than the training means on outlying rows.
 """
 
+import math
 from typing import NamedTuple
 
 import torch
 
+from .posteriors import GaussianParameters, _reflect, log_density
 from .sampling import ConditionalDraws, sample_conditional
 from .smoothing import PARETO_K_THRESHOLD, pareto_smoothed_log_weights
 
@@ -149,8 +153,96 @@ def _pad(draws, n):
                             pad(draws.method, 0))
 
 
+#: With ``adapt``, a matched Gaussian's variance is shrunk toward the row's first proposal's as if
+#: that one had this many effective draws: a variance from a few effective draws is noisy, and a
+#: proposal narrower than the target makes heavy-tailed weights.
+ADAPT_SHRINKAGE = 4.0
+
+
+def _marginal_variance(params, hidden):
+    """The diagonal of each row's posterior covariance ``R diag(sigma^2) R^T`` (hidden entries)."""
+    mean, log_scale, reflections = params
+    d = mean.shape[-1]
+    basis = torch.eye(d, dtype=mean.dtype, device=mean.device).unsqueeze(1)  # (d, 1, d): one unit vector each
+    z = torch.where(hidden, torch.exp(log_scale) * basis, 0.0)
+    if reflections is not None:
+        for i in range(reflections.shape[1]):
+            z = _reflect(z, reflections[:, i], hidden)
+    return z.pow(2).sum(dim=0)
+
+
+def _matched_proposal(latent, weights, hidden, params):
+    """The diagonal Gaussian with each row's weighted mean and (shrunk) variance of its draws' latent
+    hidden entries: the next round's proposal (``latent`` and ``weights`` of the rows drawing again)."""
+    w = weights.unsqueeze(-1)
+    used = w > 0
+    mean = torch.where(used, w * latent, 0.0).sum(dim=0)
+    var = torch.where(used, w * (latent - mean).pow(2), 0.0).sum(dim=0)
+    ess = (1.0 / weights.pow(2).sum(dim=0)).unsqueeze(-1)
+    var = (ess * var + ADAPT_SHRINKAGE * _marginal_variance(params, hidden)) / (ess + ADAPT_SHRINKAGE)
+    return GaussianParameters(torch.where(hidden, mean, 0.0),
+                              torch.where(hidden, 0.5 * torch.log(var.clamp_min(torch.finfo(var.dtype).tiny)), 0.0))
+
+
+class _Proposals:
+    """Each round's proposals of a batch (full-batch parameters, the rows that drew from them and how
+    many draws each), and every draw's latent hidden entries and log-weight against its own proposal:
+    what the mixture (balance-heuristic) weights of adaptive multiple importance sampling need."""
+
+    def __init__(self, flow, draws, hidden, params):
+        self.flow, self.hidden = flow, hidden
+        self.rounds = [(params, torch.ones_like(hidden[:, 0]), draws.samples.shape[0])]
+        self.latent = self._latent(draws.samples)
+        self.log_base = self._base(draws.log_weight, params, hidden, self.latent)
+
+    def _latent(self, samples):
+        with self.flow.cached_weights():
+            return self.flow(samples.reshape(-1, samples.shape[-1])).reshape(samples.shape)
+
+    @staticmethod
+    def _base(log_weight, params, hidden, latent):
+        """``log p(y) - log|det G^HH|`` of each draw: its log-weight with its proposal's density added back."""
+        base = log_weight + log_density(params, hidden, latent)
+        return torch.where(torch.isfinite(log_weight), base, float("-inf"))
+
+    def next_proposal(self, weights, rows):
+        """The matched Gaussian of ``rows`` (indices), from the weights of the draws so far."""
+        first = type(self.rounds[0][0])(*(None if p is None else p[rows] for p in self.rounds[0][0]))
+        return _matched_proposal(self.latent[:, rows], weights[:, rows], self.hidden[rows], first)
+
+    def add(self, merged, more, slots, rows, sub_params):
+        """Record round ``more`` (drawn by ``rows`` from ``sub_params``, placed at ``slots`` of ``merged``)."""
+        extra = merged.samples.shape[0] - self.latent.shape[0]
+        if extra > 0:  # the padding's latents repeat the first draw's (never weighted)
+            self.latent = torch.cat([self.latent, self.latent[:1].expand(extra, -1, -1)])
+            self.log_base = torch.cat([self.log_base, self.log_base.new_full((extra, self.log_base.shape[1]),
+                                                                             float("-inf"))])
+        latent = self._latent(more.samples)
+        self.latent[slots, rows] = latent
+        self.log_base[slots, rows] = self._base(more.log_weight, sub_params, self.hidden[rows], latent)
+        full = GaussianParameters(self.rounds[0][0].mean.clone(), self.rounds[0][0].log_scale.clone())
+        full.mean[rows], full.log_scale[rows] = sub_params.mean, sub_params.log_scale
+        active = torch.zeros_like(self.rounds[0][1])
+        active[rows] = True
+        self.rounds.append((full, active, more.samples.shape[0]))
+
+    def log_weight(self, log_weight, n_draws):
+        """Every draw's log-weight against the mixture of its row's proposals, each weighted by its draws."""
+        terms = []
+        for params, active, count in self.rounds:
+            log_q = log_density(params, self.hidden, self.latent)
+            terms.append(torch.where(active, log_q + math.log(count), float("-inf")))
+        log_mixture = torch.logsumexp(torch.stack(terms), dim=0) - torch.log(n_draws.to(self.latent.dtype))
+        mixed = torch.where(torch.isfinite(self.log_base), self.log_base - log_mixture, float("-inf"))
+        # Rows with one proposal keep their weights as drawn: the latents recomputed here agree with
+        # the solver's targets only to its tolerance, and a row's result must not depend on whether
+        # a batch-mate adapted.
+        return torch.where(torch.stack([a for _, a, _ in self.rounds[1:]]).any(dim=0), mixed, log_weight)
+
+
+@torch.no_grad()
 def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, solver="auto", options=None,
-                   bounds=None, mc_tolerance=0.05, max_rounds=2, antithetic=False, quasi=False):
+                   bounds=None, mc_tolerance=0.05, max_rounds=2, antithetic=False, quasi=False, adapt=False):
     """Draw ``n_samples`` completions per row, and more where the row's estimate is unreliable.
 
     Parameters
@@ -183,6 +275,13 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
         first points of one sequence. The Monte Carlo error is still estimated as for independent
         draws (pairs with ``antithetic``), which overstates it for quasi-random draws: the rule
         to draw again stays conservative.
+    adapt : bool, default=False
+        Adaptive multiple importance sampling (weighted draws only): a row that draws again draws
+        from the diagonal Gaussian with the weighted mean and variance of its draws so far (the
+        variance shrunk toward the first proposal's by ``ADAPT_SHRINKAGE`` effective draws), and
+        each of its draws is weighted against the mixture of its proposals, each in proportion
+        to its draws (the balance heuristic: Veach and Guibas 1995; Cornuet et al. 2012). Where
+        the first proposal is off (uneven weights), the next rounds' weights are even.
 
     Returns
     -------
@@ -196,6 +295,7 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
     weighted = weighted and draws.log_weight is not None
     n_draws = torch.full((y.shape[0],), n_samples, dtype=torch.long, device=y.device)
     weights, k_hat, uneven, error = _weigh(draws, hidden, bounds, weighted, n_draws, antithetic)
+    proposals = None
     for round_ in range(1, max_rounds + 1):
         again = uneven | (error > mc_tolerance)
         if not bool(again.any()):
@@ -206,7 +306,11 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
         # again has drawn in each earlier round); independent rounds take fresh numbers.
         sub_noise.calls = calls if quasi else calls + round_
         quasi_start = n_samples * 2 ** (round_ - 1) // per_point if quasi else None
-        sub_params = type(params)(*(None if p is None else p[rows] for p in params))
+        if adapt and weighted:
+            proposals = proposals or _Proposals(flow, draws, hidden, params)
+            sub_params = proposals.next_proposal(weights, rows)
+        else:
+            sub_params = type(params)(*(None if p is None else p[rows] for p in params))
         more = sample_conditional(flow, y[rows], hidden[rows], sub_params, n_samples * 2 ** (round_ - 1), sub_noise,
                                   solver, options, weights=weights_option, antithetic=antithetic,
                                   quasi_start=quasi_start)
@@ -219,6 +323,9 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
                 old[slots, rows] = new
         draws = merged
         n_draws[rows] += more.samples.shape[0]
+        if proposals is not None:
+            proposals.add(merged, more, slots, rows, sub_params)
+            draws = draws._replace(log_weight=proposals.log_weight(draws.log_weight, n_draws))
         weights, k_hat, uneven, error = _weigh(draws, hidden, bounds, weighted, n_draws, antithetic)
     noise.calls = calls + 1 + max_rounds
     usable = draws.converged.any(dim=0)  # an estimate: in bounds, or clipped into them
