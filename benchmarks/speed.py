@@ -17,6 +17,7 @@ Run from the repository root::
     python -m benchmarks.speed peak                  # torch.mm GFLOP/s on the tangents' shapes; flops per draw
     python -m benchmarks.speed step-scale --table nonlinear --mechanism "MNAR 30%"   # the linear map's step_scale
     python -m benchmarks.speed fallback              # digits at 90%: the fixed point's fallback, where it runs
+    python -m benchmarks.speed transform-grid '{"skivcnf._drawing.ADAPTIVE": false}' '{}' --label adaptive --seeds 1
 
 ``chord``: on flows trained by ``IVCNFImputer`` (breast cancer 20 epochs; digits 3 epochs at
 50% and 90% MCAR), 64 draws of the first 256 rows solved with ``chord_max_iter`` 0 (Newton
@@ -27,7 +28,9 @@ transform with the given settings on the three mask seeds. ``grid``: ``fit_trans
 given settings on every case of the suite's accuracy grid (6 tables x 4 mechanisms x 3 mask seeds,
 one thread per task), to ``results/speed/grid_<label>.jsonl``; ``grid-report`` compares labels.
 ``step-scale``: one case of the grid (3 mask seeds) with the flow's linear map at ``step_scale`` 1, 3
-and 10 (the default), and without the map. ``fallback``: see :func:`fallback`.
+and 10 (the default), and without the map. ``fallback``: see :func:`fallback`. ``transform-grid``:
+every case of the grid fitted once by default, then transformed under each setting of module
+constants given (a paired comparison; see :func:`transform_grid`).
 """
 
 import argparse
@@ -359,6 +362,80 @@ def grid(settings, label, workers=1):
             out.flush()
 
 
+def _transform_task(task):
+    """One grid case: a default fit, then ``transform`` under each of ``variants`` (module constants)."""
+    import importlib
+
+    table, mechanism, seed, variants = task
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    ds = data.load(table)
+    mask = masks.make_mask(mechanism, ds.X, seed)
+    X_missing = np.where(mask, np.nan, ds.X)
+    start = time.perf_counter()
+    imputer = IVCNFImputer(random_state=seed).fit(X_missing)
+    record = {"table": table, "mechanism": mechanism, "seed": seed,
+              "fit_seconds": round(time.perf_counter() - start, 2), "variants": []}
+    for variant in variants:
+        saved = {}
+        for key, value in variant.items():
+            module, _, name = key.rpartition(".")
+            saved[key] = getattr(importlib.import_module(module), name)
+            setattr(importlib.import_module(module), name, value)
+        start = time.perf_counter()
+        out = imputer.transform(X_missing)
+        record["variants"].append({"settings": variant, "seconds": round(time.perf_counter() - start, 2),
+                                   "rmse": rmse(ds.X, out, mask)})
+        for key, value in saved.items():
+            module, _, name = key.rpartition(".")
+            setattr(importlib.import_module(module), name, value)
+    return record
+
+
+def transform_grid(variants, label, workers=1, seeds=3):
+    """Every case of the accuracy grid fitted once by default, then transformed under each of ``variants``
+    (dicts of module constants, ``"skivcnf.module.NAME": value``; ``{}`` is the default): a paired
+    comparison of transform settings, to ``transform_<label>.jsonl``. ``seeds``: mask seeds per case
+    (the same fit serves every variant, so one seed already compares them)."""
+    import multiprocessing
+
+    tasks = [(t, m, s, variants) for t in data.TABLES for m in masks.MECHANISMS for s in range(seeds)]
+    GRID.mkdir(parents=True, exist_ok=True)
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_warm_up) as pool, \
+            open(GRID / f"transform_{label}.jsonl", "w") as out:
+        for record in pool.imap_unordered(_transform_task, tasks):
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+    return transform_grid_report(label)
+
+
+def transform_grid_report(label):
+    """Per case (mean over mask seeds): each variant's RMSE and transform seconds against the first's."""
+    records = [json.loads(line) for line in (GRID / f"transform_{label}.jsonl").read_text().splitlines() if line]
+    cases = defaultdict(list)
+    for r in records:
+        cases[(r["table"], r["mechanism"])].append(r)
+    n_variants = len(records[0]["variants"])
+    lines = ["| table | missingness | " + " | ".join(f"RMSE {i} | s {i}" for i in range(n_variants)) + " |",
+             "|---|---|" + "---|---|" * n_variants]
+    ratios = defaultdict(list)
+    for (table, mechanism), rs in sorted(cases.items()):
+        means = [(np.mean([r["variants"][i]["rmse"] for r in rs]), np.mean([r["variants"][i]["seconds"] for r in rs]))
+                 for i in range(n_variants)]
+        lines.append(f"| {table} | {mechanism} | " + " | ".join(f"{m:.4f} | {t:.1f}" for m, t in means) + " |")
+        for i in range(1, n_variants):
+            ratios[i].append((means[i][0] / means[0][0], means[i][1] / means[0][1]))
+    lines.append("")
+    for i, pairs in ratios.items():
+        rm, sec = np.array(pairs).T
+        lines.append(f"variant {i} ({records[0]['variants'][i]['settings']}) / variant 0 "
+                     f"({records[0]['variants'][0]['settings']}) over {len(rm)} cases: RMSE geometric mean "
+                     f"{np.exp(np.mean(np.log(rm))):.4f} (best {rm.min():.4f}, worst {rm.max():.4f}, "
+                     f"{int((rm > 1.02).sum())} cases more than 2% worse); transform seconds geometric mean "
+                     f"{np.exp(np.mean(np.log(sec))):.3f}.")
+    return "\n".join(lines)
+
+
 def step_scale(table, mechanism, scales=(1.0, 3.0, 10.0)):
     """One case of the accuracy grid, 3 mask seeds, with the linear map at each ``step_scale`` and without it."""
     from skivcnf.flows import linear
@@ -556,14 +633,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads", "grid", "grid-report",
                                          "transform-levers", "logdet", "peak", "chord-centre", "compile",
-                                         "step-scale", "fallback"])
+                                         "step-scale", "fallback", "transform-grid", "transform-grid-report"])
     parser.add_argument("settings", nargs="*", default=["{}"],
                         help="training, grid: IVCNFImputer settings, a dict literal; compare: a git revision; "
-                             "grid-report: labels")
+                             "grid-report: labels; transform-grid: module-constant settings, JSON dicts")
     parser.add_argument("--table", default=None)
     parser.add_argument("--mechanism", default="MNAR 30%", help="step-scale: the grid's mechanism")
     parser.add_argument("--label", default="defaults", help="grid: the output file's label")
     parser.add_argument("--workers", type=int, default=1, help="grid: tasks side by side, one thread each")
+    parser.add_argument("--seeds", type=int, default=3, help="transform-grid: mask seeds per case")
     args = parser.parse_args(argv)
     if args.what == "compare":
         print(compare(args.settings[0]))
@@ -573,6 +651,12 @@ def main(argv=None):
         return
     if args.what == "grid":
         grid(_settings(args.settings[0]), args.label, args.workers)
+        return
+    if args.what == "transform-grid":
+        print(transform_grid([json.loads(text) for text in args.settings], args.label, args.workers, args.seeds))
+        return
+    if args.what == "transform-grid-report":
+        print(transform_grid_report(args.label))
         return
     torch.set_num_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its one-time import is not the imputer's
