@@ -331,13 +331,18 @@ def peak(rows=64 * 64, d=30, widths=(64, 64)):
 GRID = Path(__file__).parent / "results" / "speed"
 
 
-def _grid_task(task):
-    table, mechanism, seed, settings = task
+def _grid_case(table, mechanism, seed):
+    """A case of the accuracy grid in a worker (one thread, no warnings): the data, mask and masked table."""
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     ds = data.load(table)
     mask = masks.make_mask(mechanism, ds.X, seed)
-    X_missing = np.where(mask, np.nan, ds.X)
+    return ds, mask, np.where(mask, np.nan, ds.X)
+
+
+def _grid_task(task):
+    table, mechanism, seed, settings = task
+    ds, mask, X_missing = _grid_case(table, mechanism, seed)
     imputer = IVCNFImputer(random_state=seed, **_estimator_settings(settings))
     start = time.perf_counter()
     out = imputer.fit_transform(X_missing)
@@ -367,28 +372,20 @@ def _transform_task(task):
     import importlib
 
     table, mechanism, seed, variants = task
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
-    ds = data.load(table)
-    mask = masks.make_mask(mechanism, ds.X, seed)
-    X_missing = np.where(mask, np.nan, ds.X)
+    ds, mask, X_missing = _grid_case(table, mechanism, seed)
     start = time.perf_counter()
     imputer = IVCNFImputer(random_state=seed).fit(X_missing)
     record = {"table": table, "mechanism": mechanism, "seed": seed,
               "fit_seconds": round(time.perf_counter() - start, 2), "variants": []}
     for variant in variants:
-        saved = {}
-        for key, value in variant.items():
-            module, _, name = key.rpartition(".")
-            saved[key] = getattr(importlib.import_module(module), name)
-            setattr(importlib.import_module(module), name, value)
+        modules = {key: importlib.import_module(key.rpartition(".")[0]) for key in variant}
+        saved = {key: getattr(modules[key], key.rpartition(".")[2]) for key in variant}
+        _estimator_settings(variant)
         start = time.perf_counter()
         out = imputer.transform(X_missing)
         record["variants"].append({"settings": variant, "seconds": round(time.perf_counter() - start, 2),
                                    "rmse": rmse(ds.X, out, mask)})
-        for key, value in saved.items():
-            module, _, name = key.rpartition(".")
-            setattr(importlib.import_module(module), name, value)
+        _estimator_settings(saved)
     return record
 
 
