@@ -90,7 +90,7 @@ class _ValidationApart:
         self.profile, self.seconds = profile, 0.0
 
     def __enter__(self):
-        self._original = fitting._held_out_bound_loss
+        self._original = fitting.held_out_bound_loss
 
         def timed_apart(*args, **kwargs):
             self.profile.disable()
@@ -101,11 +101,11 @@ class _ValidationApart:
                 self.seconds += time.perf_counter() - start
                 self.profile.enable()
 
-        fitting._held_out_bound_loss = timed_apart
+        fitting.held_out_bound_loss = timed_apart
         return self
 
     def __exit__(self, *exc):
-        fitting._held_out_bound_loss = self._original
+        fitting.held_out_bound_loss = self._original
 
 
 def profile_table(name, **settings):

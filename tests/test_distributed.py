@@ -165,7 +165,7 @@ def _failures_stop_every_rank(X):
 
     for name, owner, target, replacement in (("step", fitting, "bound_terms", failing_on_rank_1),
                                              ("both", torch.Tensor, "backward", failing_backward),
-                                             ("held_out", fitting, "_held_out_bound_loss", failing_on_rank_0)):
+                                             ("held_out", fitting, "held_out_bound_loss", failing_on_rank_0)):
         try:
             with mock.patch.object(owner, target, replacement):
                 IVCNFImputer(**IMPUTER).fit(X)

@@ -32,6 +32,7 @@ from .posteriors import (
     GaussianPosterior,
     InferenceNetwork,
     log_density,
+    marginal_variance,
     prior_parameters,
     rsample,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "hidden_jacobian",
     "importance_weighted_bound",
     "log_density",
+    "marginal_variance",
     "log_prob_and_hidden_jacobian",
     "compact_hidden_block",
     "masked_bound",

@@ -30,6 +30,7 @@ __all__ = [
     "GaussianPosterior",
     "InferenceNetwork",
     "log_density",
+    "marginal_variance",
     "prior_parameters",
     "rsample",
 ]
@@ -112,6 +113,31 @@ def log_density(params, hidden, x):
         for i in reversed(range(reflections.shape[1])):
             z = _reflect(z, reflections[:, i], hidden)
     return _standard_log_density(z * torch.exp(-log_scale), log_scale, hidden)
+
+
+def marginal_variance(params, hidden):
+    """The variances of each row's hidden entries under its posterior: the diagonal of ``R diag(sigma^2) R^T``.
+
+    Returns
+    -------
+    Tensor (batch, d)
+        Zero on observed entries.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skivcnf.conditional import GaussianParameters, marginal_variance
+    >>> params = GaussianParameters(torch.zeros(1, 2), torch.log(torch.tensor([[2.0, 3.0]])))
+    >>> marginal_variance(params, torch.tensor([[True, False]])).tolist()
+    [[4.0, 0.0]]
+    """
+    mean, log_scale, reflections = params
+    basis = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device).unsqueeze(1)  # (d, 1, d)
+    z = torch.where(hidden, torch.exp(log_scale) * basis, 0.0)  # the columns of R diag(sigma), one per unit vector
+    if reflections is not None:
+        for i in range(reflections.shape[1]):
+            z = _reflect(z, reflections[:, i], hidden)
+    return z.pow(2).sum(dim=0)
 
 
 def _standard_log_density(eps, log_scale, hidden):

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from .posteriors import GaussianParameters, _reflect, log_density
+from .posteriors import GaussianParameters, log_density, marginal_variance
 from .sampling import ConditionalDraws, sample_conditional
 from .smoothing import PARETO_K_THRESHOLD, pareto_smoothed_log_weights
 
@@ -159,18 +159,6 @@ def _pad(draws, n):
 ADAPT_SHRINKAGE = 4.0
 
 
-def _marginal_variance(params, hidden):
-    """The diagonal of each row's posterior covariance ``R diag(sigma^2) R^T`` (hidden entries)."""
-    mean, log_scale, reflections = params
-    d = mean.shape[-1]
-    basis = torch.eye(d, dtype=mean.dtype, device=mean.device).unsqueeze(1)  # (d, 1, d): one unit vector each
-    z = torch.where(hidden, torch.exp(log_scale) * basis, 0.0)
-    if reflections is not None:
-        for i in range(reflections.shape[1]):
-            z = _reflect(z, reflections[:, i], hidden)
-    return z.pow(2).sum(dim=0)
-
-
 def _matched_proposal(latent, weights, hidden, params):
     """The diagonal Gaussian with each row's weighted mean and (shrunk) variance of its draws' latent
     hidden entries: the next round's proposal (``latent`` and ``weights`` of the rows drawing again)."""
@@ -179,7 +167,7 @@ def _matched_proposal(latent, weights, hidden, params):
     mean = torch.where(used, w * latent, 0.0).sum(dim=0)
     var = torch.where(used, w * (latent - mean).pow(2), 0.0).sum(dim=0)
     ess = (1.0 / weights.pow(2).sum(dim=0)).unsqueeze(-1)
-    var = (ess * var + ADAPT_SHRINKAGE * _marginal_variance(params, hidden)) / (ess + ADAPT_SHRINKAGE)
+    var = (ess * var + ADAPT_SHRINKAGE * marginal_variance(params, hidden)) / (ess + ADAPT_SHRINKAGE)
     return GaussianParameters(torch.where(hidden, mean, 0.0),
                               torch.where(hidden, 0.5 * torch.log(var.clamp_min(torch.finfo(var.dtype).tiny)), 0.0))
 
