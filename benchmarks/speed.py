@@ -377,21 +377,25 @@ def _transform_task(task):
     imputer = IVCNFImputer(random_state=seed).fit(X_missing)
     record = {"table": table, "mechanism": mechanism, "seed": seed,
               "fit_seconds": round(time.perf_counter() - start, 2), "variants": []}
+    defaults = imputer.get_params()
     for variant in variants:
-        modules = {key: importlib.import_module(key.rpartition(".")[0]) for key in variant}
-        saved = {key: getattr(modules[key], key.rpartition(".")[2]) for key in variant}
-        _estimator_settings(variant)
+        constants = [key for key in variant if key.startswith("skivcnf.")]
+        saved = {key: getattr(importlib.import_module(key.rpartition(".")[0]), key.rpartition(".")[2])
+                 for key in constants}
+        imputer.set_params(**_estimator_settings(variant))  # transform-time parameters such as n_draws
         start = time.perf_counter()
         out = imputer.transform(X_missing)
         record["variants"].append({"settings": variant, "seconds": round(time.perf_counter() - start, 2),
                                    "rmse": rmse(ds.X, out, mask)})
         _estimator_settings(saved)
+        imputer.set_params(**defaults)
     return record
 
 
 def transform_grid(variants, label, workers=1, seeds=3):
     """Every case of the accuracy grid fitted once by default, then transformed under each of ``variants``
-    (dicts of module constants, ``"skivcnf.module.NAME": value``; ``{}`` is the default): a paired
+    (dicts of module constants, ``"skivcnf.module.NAME": value``, and of the imputer's transform-time
+    parameters such as ``n_draws``; ``{}`` is the default): a paired
     comparison of transform settings, to ``transform_<label>.jsonl``. ``seeds``: mask seeds per case
     (the same fit serves every variant, so one seed already compares them)."""
     import multiprocessing

@@ -162,6 +162,7 @@ MC_SETTINGS = {
     "quasi-random, antithetic pairs, refinement_steps=10": (True, True, False, None, 10, 64),
     "quasi-random, antithetic pairs, adaptive rounds": (True, True, True, None, 0, 64),
     "quasi-random, antithetic pairs, adaptive rounds, n_draws=32": (True, True, True, None, 0, 32),
+    "quasi-random, antithetic pairs, adaptive rounds, n_draws=32, 3 rounds": (True, True, True, 3, 0, 32),
 }
 
 
