@@ -98,6 +98,21 @@ def test_save_load_and_pickle(fitted, tmp_path):
         IVCNFImputer.load(tmp_path / "clf.pt")
 
 
+def test_the_flow_has_no_linear_map_by_default_and_one_saved_with_it_keeps_it(fitted, tmp_path):
+    # The imputer's flow starts with the linear map; the classifier's does not (it cost accuracy
+    # on digits), and a classifier fitted with the map is saved and loaded with it.
+    from skivcnf.flows import InvertibleLinear
+
+    clf, X, y = fitted
+    assert not any(isinstance(layer, InvertibleLinear) for layer in clf.flow_.layers)
+    with_map = IVCNFClassifier(**SMALL, linear_layer=True).fit(X, y)
+    assert isinstance(with_map.flow_.layers[0], InvertibleLinear)
+    with_map.save(tmp_path / "clf.pt")
+    loaded = IVCNFClassifier.load(tmp_path / "clf.pt")
+    assert loaded.linear_layer is True and isinstance(loaded.flow_.layers[0], InvertibleLinear)
+    np.testing.assert_array_equal(loaded.predict_proba(X), with_map.predict_proba(X))
+
+
 def test_same_seed_same_model():
     X, y = blobs(n=60)
     first = IVCNFClassifier(**SMALL).fit(X, y).predict_proba(X)
