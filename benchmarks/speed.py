@@ -356,13 +356,17 @@ def grid(settings, label, workers=1):
 
     A key ``"skivcnf.module.NAME"`` of ``settings`` sets that module constant in each worker instead.
     """
+    tasks = [(t, m, s, settings) for t in data.TABLES for m in masks.MECHANISMS for s in range(3)]
+    _pool_to_jsonl(_grid_task, tasks, GRID / f"grid_{label}.jsonl", workers)
+
+
+def _pool_to_jsonl(function, tasks, path, workers):
+    """``function`` on every task in ``workers`` spawned processes, each record a line of ``path`` as it ends."""
     import multiprocessing
 
-    tasks = [(t, m, s, settings) for t in data.TABLES for m in masks.MECHANISMS for s in range(3)]
-    GRID.mkdir(parents=True, exist_ok=True)
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_warm_up) as pool, \
-            open(GRID / f"grid_{label}.jsonl", "w") as out:
-        for record in pool.imap_unordered(_grid_task, tasks):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_warm_up) as pool, open(path, "w") as out:
+        for record in pool.imap_unordered(function, tasks):
             out.write(json.dumps(record) + "\n")
             out.flush()
 
@@ -398,15 +402,8 @@ def transform_grid(variants, label, workers=1, seeds=3):
     parameters such as ``n_draws``; ``{}`` is the default): a paired
     comparison of transform settings, to ``transform_<label>.jsonl``. ``seeds``: mask seeds per case
     (the same fit serves every variant, so one seed already compares them)."""
-    import multiprocessing
-
     tasks = [(t, m, s, variants) for t in data.TABLES for m in masks.MECHANISMS for s in range(seeds)]
-    GRID.mkdir(parents=True, exist_ok=True)
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_warm_up) as pool, \
-            open(GRID / f"transform_{label}.jsonl", "w") as out:
-        for record in pool.imap_unordered(_transform_task, tasks):
-            out.write(json.dumps(record) + "\n")
-            out.flush()
+    _pool_to_jsonl(_transform_task, tasks, GRID / f"transform_{label}.jsonl", workers)
     return transform_grid_report(label)
 
 

@@ -153,6 +153,11 @@ def _pad(draws, n):
                             pad(draws.method, 0))
 
 
+def _rows_of(params, rows):
+    """The posterior parameters of ``rows`` (indices) only."""
+    return type(params)(*(None if p is None else p[rows] for p in params))
+
+
 #: With ``adapt``, a matched Gaussian's variance is shrunk toward the row's first proposal's as if
 #: that one had this many effective draws: a variance from a few effective draws is noisy, and a
 #: proposal narrower than the target makes heavy-tailed weights.
@@ -195,7 +200,7 @@ class _Proposals:
 
     def next_proposal(self, weights, rows):
         """The matched Gaussian of ``rows`` (indices), from the weights of the draws so far."""
-        first = type(self.rounds[0][0])(*(None if p is None else p[rows] for p in self.rounds[0][0]))
+        first = _rows_of(self.rounds[0][0], rows)
         return _matched_proposal(self.latent[:, rows], weights[:, rows], self.hidden[rows], first)
 
     def add(self, merged, more, slots, rows, sub_params):
@@ -298,7 +303,7 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
             proposals = proposals or _Proposals(flow, draws, hidden, params)
             sub_params = proposals.next_proposal(weights, rows)
         else:
-            sub_params = type(params)(*(None if p is None else p[rows] for p in params))
+            sub_params = _rows_of(params, rows)
         more = sample_conditional(flow, y[rows], hidden[rows], sub_params, n_samples * 2 ** (round_ - 1), sub_noise,
                                   solver, options, weights=weights_option, antithetic=antithetic,
                                   quasi_start=quasi_start)
