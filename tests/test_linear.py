@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from skivcnf.flows import InvertibleLinear, ResidualFlow, fit_flow
+from skivcnf.flows import ActNorm, InvertibleLinear, ResidualFlow, fit_flow
 
 
 def test_starts_as_the_identity_and_is_invertible_for_any_parameters(generator):
@@ -44,3 +44,29 @@ def test_learns_a_strong_correlation_that_the_blocks_alone_have_not_yet():
             fitted[linear] = torch.corrcoef(sample.T)[0, 1].item(), -flow.log_prob(data).mean().item()
     assert abs(fitted[True][0] - 0.9) < 0.03  # 20,000 draws: the sampling error is about 0.002
     assert fitted[True][1] < fitted[False][1] - 0.1  # nats per row
+
+
+def test_actnorm_initialisation_standardises_and_inverts(generator):
+    layer = ActNorm(4).double()
+    z = 5 + 3 * torch.randn(500, 4, generator=generator, dtype=torch.float64)
+    layer.initialize(z)
+    out = layer(z)
+    torch.testing.assert_close(out.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(out.std(0, unbiased=False), torch.ones(4, dtype=torch.float64))
+    inverse = layer.inverse(out)
+    torch.testing.assert_close(inverse.solution, z)
+    assert inverse.converged.all() and inverse.n_iter == 0 and inverse.residual.abs().max() == 0
+    jac = torch.autograd.functional.jacobian(lambda t: layer(t[None])[0], z[0])
+    _, logdet = layer.forward_and_logdet(z[:3], method="stochastic")  # exact either way
+    torch.testing.assert_close(logdet.detach(), torch.linalg.slogdet(jac).logabsdet.expand(3), atol=1e-12, rtol=0)
+
+
+def test_actnorm_inverse_jacobian_products(generator):
+    layer = ActNorm(3).double()
+    with torch.no_grad():
+        layer.log_scale.normal_(generator=generator)
+    z, v = torch.randn(2, 4, 3, generator=generator, dtype=torch.float64)
+    products = layer.linearize_inverse(z, n_terms=1, tol=None)
+    scale = torch.exp(-layer.log_scale.detach())
+    torch.testing.assert_close(products.jvp(v), v * scale, atol=0, rtol=0)
+    torch.testing.assert_close(products.vjp(v), v * scale, atol=0, rtol=0)

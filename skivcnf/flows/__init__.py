@@ -3,11 +3,11 @@
 Torch only: tensors in, tensors out; nothing here knows of NaN, pandas or scikit-learn.
 """
 
-from .blocks import ActNorm, BlockInverse, FlowLayer, ResidualBlock, ResidualLayer
+from .blocks import BlockInverse, FlowLayer, ResidualBlock, ResidualLayer
 from .conv import ConvResidualBlock, ConvSpectralNormBound, LipschitzConv2d, conv_operator_norm
 from .flow import EXACT_LOGDET_MAX_FEATURES, FlowInverse, ResidualFlow
 from .image import Squeeze, image_flow
-from .linear import InvertibleLinear
+from .linear import ActNorm, InvertibleLinear
 from .lipschitz import LipschitzLinear, LipSwish, SpectralNormBound
 from .logdet import stochastic_block_logdet
 from .training import TrainingHistory, fit_flow

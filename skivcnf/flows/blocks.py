@@ -1,4 +1,4 @@
-"""The layers a residual flow is made of: residual blocks and ActNorm, under one contract.
+"""The layer contract of a residual flow, and its residual blocks.
 
 Every layer maps in the data -> latent direction (``g``) and is a :class:`FlowLayer`: it
 knows its own inverse, Jacobian-vector products, log-determinant and inverse-Jacobian
@@ -13,11 +13,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .linearize import DiagonalProducts, NeumannInverse
+from .linearize import NeumannInverse
 from .lipschitz import LipschitzLinear, activation_derivative, make_activation
 from .logdet import stochastic_block_logdet
 
-__all__ = ["FlowLayer", "ResidualLayer", "ResidualBlock", "ActNorm", "BlockInverse", "LOGDET_ESTIMATES"]
+__all__ = ["FlowLayer", "ResidualLayer", "ResidualBlock", "BlockInverse", "LOGDET_ESTIMATES"]
 
 #: How a layer's log-determinant is computed: exactly, or by an unbiased estimate.
 LOGDET_ESTIMATES = ("exact", "stochastic")
@@ -340,70 +340,3 @@ def check_lipschitz_coeff(lipschitz_coeff):
     """Raise a ValueError unless ``0 < lipschitz_coeff < 1``."""
     if not 0 < lipschitz_coeff < 1:
         raise ValueError(f"lipschitz_coeff must lie in (0, 1), got {lipschitz_coeff!r}.")
-
-
-class ActNorm(FlowLayer):
-    """Per-feature affine map ``z -> (z + bias) * exp(log_scale)``.
-
-    Initialised from data by :meth:`initialize` so that its output has zero mean and unit
-    variance on the first batch (Glow). Its log-determinant is ``sum(log_scale)`` for
-    every row; it is inverted in closed form.
-
-    Parameters
-    ----------
-    features : int
-        Dimension ``d``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skivcnf.flows import ActNorm
-    >>> norm = ActNorm(2).double()
-    >>> z = torch.tensor([[1.0, 10.0], [3.0, 30.0]], dtype=torch.float64)
-    >>> norm.initialize(z)  # mean 0 and variance 1 per feature on this batch
-    >>> standard = torch.tensor([[-1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
-    >>> torch.allclose(norm(z), standard), torch.allclose(norm.inverse(norm(z)).solution, z)
-    (True, True)
-    >>> _, logdet = norm.forward_and_logdet(z)
-    >>> [round(v, 4) for v in logdet.tolist()]  # -log(1) - log(10) for every row
-    [-2.3026, -2.3026]
-    """
-
-    def __init__(self, features):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(features))
-        self.log_scale = nn.Parameter(torch.zeros(features))
-
-    @torch.no_grad()
-    def initialize(self, z, eps=1e-6):
-        """Set ``bias`` and ``log_scale`` so that ``forward(z)`` is standardised per feature."""
-        mean = z.mean(dim=0)
-        std = z.std(dim=0, unbiased=False) if z.shape[0] > 1 else torch.ones_like(mean)
-        self.bias.copy_(-mean)
-        self.log_scale.copy_(-torch.log(std.clamp_min(eps)))
-
-    def forward(self, z):
-        return (z + self.bias) * torch.exp(self.log_scale)
-
-    @torch.no_grad()
-    def inverse(self, x, tol=None, max_iter=None):
-        """``z = x * exp(-log_scale) - bias`` in closed form (``tol`` and ``max_iter`` unused).
-
-        Returns a :class:`BlockInverse` with every row converged after 0 iterations.
-        """
-        solution = x * torch.exp(-self.log_scale) - self.bias
-        converged = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        return BlockInverse(solution, converged, 0, x.new_zeros(x.shape[0]))
-
-    def forward_and_tangents(self, z, tangents):
-        """Output and ``exp(log_scale) * t`` for stacked tangents ``(batch, k, d)``."""
-        return self(z), tangents * torch.exp(self.log_scale)
-
-    def forward_tangents_and_logdet(self, z, tangents):
-        """Output, scaled tangents and ``sum(log_scale)`` repeated for every row."""
-        out, products = self.forward_and_tangents(z, tangents)
-        return out, products, self.log_scale.sum().expand(z.shape[0])
-
-    def linearize_inverse(self, z, n_terms=None, tol=None):
-        """Products with the inverse Jacobian ``diag(exp(-log_scale))``, exact (``n_terms`` and ``tol`` unused)."""
-        return DiagonalProducts(torch.exp(-self.log_scale))

@@ -10,8 +10,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..exceptions import InversionWarning
-from .blocks import ActNorm, FlowLayer, ResidualBlock, ResidualLayer
-from .linear import InvertibleLinear
+from .blocks import FlowLayer, ResidualBlock, ResidualLayer
+from .linear import ActNorm, InvertibleLinear
 from .linearize import InverseLinearization, Linearization
 
 __all__ = ["ResidualFlow", "FlowInverse", "EXACT_LOGDET_MAX_FEATURES"]

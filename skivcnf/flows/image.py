@@ -7,9 +7,10 @@ and fully connected residual blocks last, so that distant pixels interact.
 
 import torch
 
-from .blocks import ActNorm, BlockInverse, FlowLayer, ResidualBlock
+from .blocks import BlockInverse, FlowLayer, ResidualBlock
 from .conv import ConvResidualBlock
 from .flow import ResidualFlow
+from .linear import ActNorm
 from .linearize import PermutationProducts
 
 __all__ = ["Squeeze", "image_flow"]
