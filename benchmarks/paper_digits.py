@@ -9,10 +9,12 @@ split's top-1 accuracy (Table 1) and the RMSE of its imputed pixels on [0, 1] (T
   rows (the default); ``ivcnf_classifier_latent``, the same with the paper's input, the
   latent code (``head_input="latent"``); ``ivcnf_classifier_predictive``, the default with
   ``classification_loss="predictive"``.
-- A method ending in ``_linear`` starts the flow with the linear map (``linear_layer=True``), one
-  ending in ``_no_linear`` without it; other names keep the estimator's default (the imputer's
-  flow has the map, the classifier's has not). ``ivcnf_classifier_linear`` was the classifier's
-  default before these runs; ``ivcnf_classifier_predictive_linear`` is how its 90% row was measured.
+- Switches at the end of an IVCNF method's name force a setting, in this order: ``_linear`` or
+  ``_no_linear`` the flow's linear map (``linear_layer``), then ``_grid`` or ``_no_grid`` the
+  dequantisation of the pixels' grid (``grid_dequantisation``); without a switch the estimator's
+  default holds (the imputer's flow has the map, the classifier's has not; both dequantise).
+  ``ivcnf_classifier_linear_no_grid`` was the classifier's default before these runs;
+  ``ivcnf_classifier_predictive_linear_no_grid`` is how its 90% row was measured.
 - ``hgb``: ``HistGradientBoostingClassifier`` on the incomplete data (native NaN support).
 - ``iterative_lr``, ``ivcnf_lr`` / ``ivcnf_conv_lr``: ``IterativeImputer`` or ``IVCNFImputer``
   (MLP or convolutional flow), then a ``LogisticRegression``; the imputer's RMSE.
@@ -49,9 +51,11 @@ from skivcnf import IVCNFClassifier, IVCNFImputer
 #: The paper's MNIST figures (Tables 1 and 3): other data, shown for reference, not compared.
 PAPER_MNIST = {"accuracy": {0.5: 0.9616, 0.6: 0.9588, 0.7: 0.9485, 0.8: 0.9355, 0.9: 0.886},
                "rmse": {0.5: 0.1127, 0.6: 0.1221, 0.7: 0.1340, 0.8: 0.1470, 0.9: 0.1924}}
+#: The methods without switches (see the module's docstring for the switches an IVCNF name may end in).
 METHODS = ("hgb", "iterative_lr", "ivcnf_lr", "ivcnf_classifier", "ivcnf_classifier_latent", "ivcnf_conv_lr",
-           "ivcnf_classifier_conv", "ivcnf_classifier_predictive", "ivcnf_classifier_linear",
-           "ivcnf_classifier_predictive_linear", "ivcnf_lr_no_linear")
+           "ivcnf_classifier_conv", "ivcnf_classifier_predictive")
+#: Name switches and the estimator parameter each forces, in the order they may end a name.
+SWITCHES = (("linear", "linear_layer"), ("grid", "grid_dequantisation"))
 #: The convolutional flow: 2 blocks of 16 hidden channels (the exact log-determinant carries 64
 #: tangents per row through every convolution: 4 blocks of 32 cost 5x more a step on the CPU).
 CONV = {"image_shape": (8, 8), "n_blocks": 2, "conv_channels": (16, 16)}
@@ -70,12 +74,29 @@ def _rmse(truth, imputed, mask):
     return float(np.sqrt(np.mean(((imputed - truth)[mask] / PIXEL_MAX) ** 2)))
 
 
+def method_settings(method):
+    """The method without its switches, and the estimator settings they force.
+
+    >>> method_settings("ivcnf_lr_no_linear_grid")
+    ('ivcnf_lr', {'linear_layer': False, 'grid_dequantisation': True})
+    """
+    forced = {}
+    for switch, parameter in reversed(SWITCHES):
+        for value, suffix in ((False, f"_no_{switch}"), (True, f"_{switch}")):
+            if method.startswith("ivcnf") and method.endswith(suffix):
+                forced[parameter], method = value, method[:-len(suffix)]
+                break
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: one of {METHODS}, IVCNF ones with switches {SWITCHES}.")
+    return method, dict(reversed(forced.items()))
+
+
 def run_method(method, rate, max_epochs, seed=0):
     """One method at one rate: accuracy, RMSE (NaN where the method imputes nothing) and seconds."""
     X_train, X_test, Xm_train, Xm_test, _, mask_test, y_train, y_test = split(rate, seed)
-    options = {"random_state": seed, "max_epochs": max_epochs}
-    if method.endswith("_linear"):
-        options["linear_layer"] = not method.endswith("_no_linear")
+    name = method
+    method, forced = method_settings(method)
+    options = {"random_state": seed, "max_epochs": max_epochs, **forced}
     conv = CONV if "conv" in method else {}
     started = time.perf_counter()
     rmse = float("nan")
@@ -93,7 +114,7 @@ def run_method(method, rate, max_epochs, seed=0):
         model = make_pipeline(imputer, StandardScaler(), LogisticRegression(max_iter=2000)).fit(Xm_train, y_train)
         rmse = _rmse(X_test, model[0].transform(Xm_test), mask_test)
     accuracy = float(model.score(Xm_test, y_test))
-    return {"rate": rate, "method": method, "accuracy": accuracy, "rmse": rmse,
+    return {"rate": rate, "method": name, "accuracy": accuracy, "rmse": rmse,
             "seconds": time.perf_counter() - started, "max_epochs": max_epochs}
 
 
@@ -166,13 +187,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("classification", "completion"), default="classification")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        help=f"of {', '.join(METHODS)}; IVCNF ones may end in switches (the module's docstring)")
     parser.add_argument("--max-epochs", type=int, default=100)
     parser.add_argument("--n-completion", type=int, default=16)
     parser.add_argument("--refinement-steps", type=int, default=500)
     parser.add_argument("--n-reflections", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_digits"))
     args = parser.parse_args(argv)
+    for method in args.methods:
+        try:
+            method_settings(method)
+        except ValueError as error:
+            parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore")
     if args.task == "completion":

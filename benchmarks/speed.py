@@ -351,12 +351,13 @@ def _grid_task(task):
             "rmse": rmse(ds.X, out, mask)}
 
 
-def grid(settings, label, workers=1):
-    """IVCNF's ``fit_transform`` with ``settings`` on every case of the accuracy grid, to ``grid_<label>.jsonl``.
+def grid(settings, label, workers=1, tables=None):
+    """IVCNF's ``fit_transform`` with ``settings`` on every case of the accuracy grid (of ``tables``, all by
+    default), to ``grid_<label>.jsonl``.
 
     A key ``"skivcnf.module.NAME"`` of ``settings`` sets that module constant in each worker instead.
     """
-    tasks = [(t, m, s, settings) for t in data.TABLES for m in masks.MECHANISMS for s in range(3)]
+    tasks = [(t, m, s, settings) for t in tables or data.TABLES for m in masks.MECHANISMS for s in range(3)]
     _pool_to_jsonl(_grid_task, tasks, GRID / f"grid_{label}.jsonl", workers)
 
 
@@ -640,6 +641,8 @@ def main(argv=None):
     parser.add_argument("--table", default=None)
     parser.add_argument("--mechanism", default="MNAR 30%", help="step-scale: the grid's mechanism")
     parser.add_argument("--label", default="defaults", help="grid: the output file's label")
+    parser.add_argument("--tables", nargs="+", choices=data.TABLES, default=None,
+                        help="grid: only these tables' cases (all by default)")
     parser.add_argument("--workers", type=int, default=1, help="grid: tasks side by side, one thread each")
     parser.add_argument("--seeds", type=int, default=3, help="transform-grid: mask seeds per case")
     args = parser.parse_args(argv)
@@ -650,7 +653,7 @@ def main(argv=None):
         print(grid_report(args.settings))
         return
     if args.what == "grid":
-        grid(_settings(args.settings[0]), args.label, args.workers)
+        grid(_settings(args.settings[0]), args.label, args.workers, args.tables)
         return
     if args.what == "transform-grid":
         print(transform_grid([json.loads(text) for text in args.settings], args.label, args.workers, args.seeds))

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
-__all__ = ["ColumnLayout", "missing_mask"]
+__all__ = ["GRID_MAX_DIVISIONS", "GRID_TOLERANCE", "ColumnLayout", "grid_steps", "missing_mask"]
+
+#: A column lies on a grid when every gap between its distinct observed values is a whole
+#: number of the smallest gap, to this fraction of it (room for decimal rounding and float error).
+GRID_TOLERANCE = 1e-3
+#: The grid's step may be the smallest gap divided by up to this many (gaps of 2 and 3: step 1).
+GRID_MAX_DIVISIONS = 8
 
 
 def missing_mask(X, missing_values):
@@ -30,6 +36,37 @@ def missing_mask(X, missing_values):
     if missing_values is None or isinstance(missing_values, float) and math.isnan(missing_values):
         return np.isnan(X)
     return (X == missing_values) | np.isnan(X)
+
+
+def grid_steps(X, mask):
+    """The step of the regular grid each column's observed values lie on (counts, rounded
+    measurements, intensities), or 0 for a column whose values lie on none.
+
+    The step is the largest ``s`` among the smallest gap between distinct observed values
+    divided by 1 to ``GRID_MAX_DIVISIONS`` such that every gap is a whole number of ``s`` (to
+    ``GRID_TOLERANCE`` of ``s``): values 0, 2 and 5 lie on a grid of step 1. A column with fewer
+    than two distinct values has no step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skivcnf._columns import grid_steps
+    >>> X = np.array([[0.0, 1.5, 0.25, 3.0], [16.0, 2.0, 0.5, 3.0], [4.0, 3.5, 0.8137, 3.0], [6.0, 1.5, 0.3, 3.0]])
+    >>> grid_steps(X, np.zeros(X.shape, dtype=bool)).tolist()
+    [2.0, 0.5, 0.0, 0.0]
+    """
+    steps = np.zeros(X.shape[1])
+    for j in range(X.shape[1]):
+        values = np.unique(X[~mask[:, j], j])
+        if len(values) < 2:
+            continue
+        gaps = np.diff(values)
+        for divisions in range(1, GRID_MAX_DIVISIONS + 1):
+            multiples = gaps / (gaps.min() / divisions)
+            if np.all(np.abs(multiples - np.round(multiples)) <= GRID_TOLERANCE):
+                steps[j] = gaps.min() / divisions
+                break
+    return steps
 
 
 @dataclass(frozen=True)

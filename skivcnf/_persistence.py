@@ -80,6 +80,7 @@ def _write(imputer, path):
         "modules": {name: _cpu_state(getattr(imputer, name)) for name in imputer._MODULES
                     if getattr(imputer, name) is not None},
     }
+    payload["arrays"]["grid_steps_"] = torch.from_numpy(np.array(imputer.grid_steps_))
     if hasattr(imputer, "class_prior_"):
         payload["arrays"]["class_prior_"] = torch.from_numpy(imputer.class_prior_)
     torch.save(payload, os.fspath(path))
@@ -126,6 +127,9 @@ def load_imputer(cls, path, device=None):
     for name in _ARRAYS:
         setattr(imputer, name, payload["arrays"][name].numpy())
     imputer.pixel_step_ = fitted["pixel_step"]
+    # Files written before grid dequantisation trained every float feature as continuous.
+    steps = payload["arrays"].get("grid_steps_")
+    imputer.grid_steps_ = steps.numpy() if steps is not None else np.zeros(len(imputer.modelled_features_))
     if fitted["classes"] is not None:
         imputer.classes_ = np.asarray(fitted["classes"])
         imputer.class_prior_ = payload["arrays"]["class_prior_"].numpy()
@@ -176,6 +180,7 @@ def restore_pickled_state(imputer):
     state = imputer.__dict__
     if "modelled_features_" not in state:
         return
+    state.setdefault("grid_steps_", np.zeros(len(state["modelled_features_"])))  # pickled before it existed
     imputer._device = resolve_device(imputer.device, fall_back_to_cpu=True)
     if isinstance(state.get("flow_"), dict):
         _set_modules(imputer, {name: state[name] for name in imputer._MODULES})

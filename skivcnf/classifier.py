@@ -123,7 +123,7 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
                  importance_weighting=True, refinement_steps=0, objective="iwae", solver="auto", logdet="exact",
                  max_epochs=100, batch_size=64, learning_rate=2e-3, validation_fraction=0.1, early_stopping=True,
                  n_iter_no_change=8, image_shape=None, conv_channels=(32, 32), n_dense_blocks=1,
-                 missing_values=np.nan, categorical_features="auto", handle_unknown="error",
+                 grid_dequantisation=True, missing_values=np.nan, categorical_features="auto", handle_unknown="error",
                  add_indicator=False, keep_empty_features=False, device="auto", random_state=None, verbose=0):
         super().__init__(
             n_blocks=n_blocks, hidden_layer_sizes=hidden_layer_sizes, lipschitz_coeff=lipschitz_coeff,
@@ -133,7 +133,7 @@ class IVCNFClassifier(ClassifierMixin, IVCNFImputer):
             solver=solver, logdet=logdet, max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
             validation_fraction=validation_fraction, early_stopping=early_stopping,
             n_iter_no_change=n_iter_no_change, image_shape=image_shape, conv_channels=conv_channels,
-            n_dense_blocks=n_dense_blocks, missing_values=missing_values,
+            n_dense_blocks=n_dense_blocks, grid_dequantisation=grid_dequantisation, missing_values=missing_values,
             categorical_features=categorical_features, handle_unknown=handle_unknown, add_indicator=add_indicator,
             keep_empty_features=keep_empty_features, device=device, random_state=random_state, verbose=verbose)
         self.head_hidden_layer_sizes = head_hidden_layer_sizes

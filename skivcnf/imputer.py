@@ -10,6 +10,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._base import BaseFlowImputer
+from ._columns import grid_steps
 from ._distributed import is_rank_zero
 from ._drawing import ROWS_PER_EPOCH, draw_copies, draw_record, iter_draws, snap_categories
 from ._images import build_image_modules, check_image_shape, image_layout, pixel_step
@@ -120,6 +121,13 @@ class IVCNFImputer(BaseFlowImputer):
         Hidden channels of each convolutional block (with ``image_shape``).
     n_dense_blocks : int, default=1
         Fully connected residual blocks after the convolutional ones (with ``image_shape``).
+    grid_dequantisation : bool, default=True
+        Float columns whose observed values lie on a regular grid (counts or intensities stored
+        as floats, measurements rounded to a precision; :func:`~skivcnf._columns.grid_steps`)
+        are trained with uniform noise of the grid's step on their observed entries, as integer
+        columns are: the flow then fits a bounded density, not spikes that a linear map can
+        sharpen without end (user guide, "Columns on a grid"). Imputations stay floats. False:
+        such columns are modelled as continuous values.
     missing_values : float, int, str or None, default=np.nan
         Placeholder of a missing entry (NaN, None and ``pd.NA`` are always missing too).
     categorical_features : "auto", array-like of str or int, bool mask or None, default="auto"
@@ -165,6 +173,9 @@ class IVCNFImputer(BaseFlowImputer):
     pixel_step_ : float or None
         With ``image_shape``: the grid step of the observed intensities, the width of the
         dequantisation noise (None for tables).
+    grid_steps_ : ndarray (n_flow_features,)
+        The grid step of each float feature, the width of its dequantisation noise (0 for
+        continuous features, and everywhere with ``grid_dequantisation=False`` or ``image_shape``).
 
     Examples
     --------
@@ -200,6 +211,7 @@ class IVCNFImputer(BaseFlowImputer):
         "image_shape": [tuple, list, None],
         "conv_channels": [tuple, list],
         "n_dense_blocks": [Interval(Integral, 0, None, closed="left")],
+        "grid_dequantisation": ["boolean"],
     }
 
     def __init__(self, *, n_blocks=4, hidden_layer_sizes=(64, 64), lipschitz_coeff=0.9, linear_layer=True,
@@ -208,7 +220,7 @@ class IVCNFImputer(BaseFlowImputer):
                  objective="iwae", solver="auto",
                  logdet="exact", max_epochs=100, batch_size=64, learning_rate=2e-3, validation_fraction=0.1,
                  early_stopping=True, n_iter_no_change=8, image_shape=None, conv_channels=(32, 32), n_dense_blocks=1,
-                 missing_values=np.nan, categorical_features="auto",
+                 grid_dequantisation=True, missing_values=np.nan, categorical_features="auto",
                  handle_unknown="error", add_indicator=False, keep_empty_features=False, device="auto",
                  random_state=None, verbose=0):
         self.n_blocks = n_blocks
@@ -232,6 +244,7 @@ class IVCNFImputer(BaseFlowImputer):
         self.image_shape = image_shape
         self.conv_channels = conv_channels
         self.n_dense_blocks = n_dense_blocks
+        self.grid_dequantisation = grid_dequantisation
         self.missing_values = missing_values
         self.categorical_features = categorical_features
         self.handle_unknown = handle_unknown
@@ -256,7 +269,7 @@ class IVCNFImputer(BaseFlowImputer):
     #: The fitted torch modules, saved and pickled by name (see :mod:`skivcnf._persistence`).
     _MODULES = ("flow_", "posterior_")
     # Imputers saved before linear_layer existed have no linear map.
-    _EARLIER_PARAMETERS = {"linear_layer": False}
+    _EARLIER_PARAMETERS = {"linear_layer": False, "grid_dequantisation": False}
 
     def _rebuild_modules(self, features):
         """Freshly built modules by name, for loading their saved weights."""
@@ -273,7 +286,10 @@ class IVCNFImputer(BaseFlowImputer):
 
     def _column_layout(self, X, mask):
         self.pixel_step_ = None
+        self.grid_steps_ = np.zeros(X.shape[1])
         if self.image_shape is None:
+            if self.grid_dequantisation:
+                self.grid_steps_ = grid_steps(X, mask)
             return super()._column_layout(X, mask)
         check_image_shape(self.image_shape, X.shape[1])
         layout = image_layout(X, mask)
@@ -281,9 +297,11 @@ class IVCNFImputer(BaseFlowImputer):
         return layout
 
     def _cell_widths(self):
-        if self.pixel_step_ is None:
-            return super()._cell_widths()
-        return np.full(int(self.modelled_features_.sum()), self.pixel_step_)
+        if self.pixel_step_ is not None:
+            return np.full(int(self.modelled_features_.sum()), self.pixel_step_)
+        # Integer and categorical features keep their unit cells; float ones take their grid's step.
+        cells = self._encoder.cell_widths()
+        return np.where(cells > 0, cells, self.grid_steps_)[self.modelled_features_]
 
     @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from skivcnf._columns import ColumnLayout, missing_mask
+from skivcnf._columns import ColumnLayout, grid_steps, missing_mask
 
 
 def _table():
@@ -50,3 +50,28 @@ def test_complete_fills_only_missing_entries():
     kept = layout.complete(X, mask, values, keep_empty=True)
     assert kept[:, 2].tolist() == [0.0, 0.0, 0.0, 0.0]
     assert np.isnan(layout.complete(X, mask, None, keep_empty=False)[2, 0])  # nothing to fill it with
+
+
+def test_grid_steps_find_integer_decimal_and_scaled_grids_and_nothing_else():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, 200).astype(float)                   # step 1 (gaps of 1 and more)
+    money = 1000.0 + np.round(rng.normal(0, 50, 200), 2)           # step 0.01, with float error of the sums
+    pixels = rng.integers(0, 17, 200) / 16.0                       # step 1/16
+    continuous = rng.normal(size=200)
+    binary = rng.choice([-0.05, 0.05], 200)                        # two values: one step between them
+    constant = np.full(200, 2.5)
+    X = np.column_stack([counts, money, pixels, continuous, binary, constant])
+    mask = np.zeros(X.shape, dtype=bool)
+    steps = grid_steps(X, mask)
+    np.testing.assert_allclose(steps[:3], [1.0, 0.01, 1 / 16], rtol=1e-6)
+    assert steps[3] == 0.0 and steps[5] == 0.0
+    np.testing.assert_allclose(steps[4], 0.1, rtol=1e-12)
+    # Missing entries do not count: a value off the grid that is masked leaves the step.
+    X[0, 0], mask[0, 0] = 0.5, True
+    assert grid_steps(X, mask)[0] == 1.0
+    mask[0, 0] = False
+    assert grid_steps(X, mask)[0] == 0.5
+    # Gaps of 2 and 3 lie on a grid of step 1; gaps whose ratio is no small fraction lie on none.
+    assert grid_steps(np.array([[0.0], [2.0], [5.0]]), np.zeros((3, 1), dtype=bool))[0] == 1.0
+    assert grid_steps(np.array([[0.0], [1.0], [1.0 + np.pi]]), np.zeros((3, 1), dtype=bool))[0] == 0.0
+

@@ -495,3 +495,34 @@ def test_observed_entries_unchanged_and_outputs_finite(n_rows, n_cols, rate, sca
         out = imputer.fit_transform(X_missing)
     assert out.shape == X.shape and np.isfinite(out).all()
     np.testing.assert_array_equal(out[~mask], X[~mask])
+
+
+def test_float_columns_on_a_grid_are_dequantised_by_their_step_in_training(monkeypatch):
+    import skivcnf.imputer as imputer_module
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(2.0, 120).astype(float)  # a count stored as floats: many exact zeros
+    X = np.column_stack([counts, 0.5 * counts + rng.normal(size=120), rng.integers(0, 5, 120) / 4.0])
+    X_missing = X.copy()
+    X_missing[rng.random(X.shape) < 0.2] = np.nan
+    seen = {}
+    real = imputer_module.fit_inference_network
+
+    def spy(*args, **kwargs):
+        seen["cells"] = kwargs["dequantisation"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(imputer_module, "fit_inference_network", spy)
+    imputer = IVCNFImputer(**TINY).fit(X_missing)
+    np.testing.assert_allclose(imputer.grid_steps_, [1.0, 0.0, 0.25])
+    # The noise is one step wide on the flow's (standardised) scale; the continuous column gets none.
+    np.testing.assert_allclose(seen["cells"].cpu().numpy(), [1.0 / imputer.scale_[0], 0.0, 0.25 / imputer.scale_[2]],
+                               rtol=1e-6)
+    # The box that draws must land in reaches the outer cells' edges, on the input's scale.
+    np.testing.assert_allclose(imputer.observed_range_[:, 0], [np.nanmin(X_missing[:, 0]) - 0.5,
+                                                               np.nanmax(X_missing[:, 0]) + 0.5])
+    out = imputer.transform(X_missing)
+    hidden = np.isnan(X_missing[:, 0])
+    assert not np.allclose(out[hidden, 0], np.round(out[hidden, 0]))  # imputations stay floats, off the grid
+    off = IVCNFImputer(**TINY, grid_dequantisation=False).fit(X_missing)
+    assert not off.grid_steps_.any() and seen["cells"] is None

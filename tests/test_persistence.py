@@ -33,7 +33,8 @@ def assert_same_imputer(copy, original, X):
     same = [mine[k] == theirs[k] or (isinstance(mine[k], float) and np.isnan(mine[k]) and np.isnan(theirs[k]))
             for k in mine]
     assert all(same), [k for k, ok in zip(mine, same, strict=True) if not ok]
-    for name in ("n_features_in_", "empty_features_", "modelled_features_", "constant_values_", "center_", "scale_"):
+    for name in ("n_features_in_", "empty_features_", "modelled_features_", "constant_values_", "center_", "scale_",
+                 "grid_steps_", "observed_range_"):
         np.testing.assert_array_equal(getattr(copy, name), getattr(original, name))
     assert list(copy.get_feature_names_out()) == list(original.get_feature_names_out())
     assert copy.history_ == original.history_
@@ -171,3 +172,25 @@ def test_imputers_saved_before_the_linear_layer_load_without_it(tmp_path, frame)
     unpickled = IVCNFImputer.__new__(IVCNFImputer)
     unpickled.__setstate__(state)
     assert_same_imputer(unpickled, earlier, frame)
+
+
+def test_imputers_saved_before_grid_dequantisation_load_without_it(tmp_path, frame):
+    import json
+
+    earlier = IVCNFImputer(**{**TINY, "grid_dequantisation": False}).fit(frame)
+    assert not earlier.grid_steps_.any()
+    earlier.save(tmp_path / "now.pt")
+    payload = torch.load(tmp_path / "now.pt", weights_only=True)
+    params = json.loads(payload["params"])
+    del params["grid_dequantisation"]  # as written before the parameter and its array existed
+    arrays = {k: v for k, v in payload["arrays"].items() if k != "grid_steps_"}
+    torch.save({**payload, "params": json.dumps(params), "arrays": arrays}, tmp_path / "earlier.pt")
+    loaded = IVCNFImputer.load(tmp_path / "earlier.pt")
+    assert loaded.grid_dequantisation is False
+    assert_same_imputer(loaded, earlier, frame)
+    state = earlier.__getstate__()
+    del state["grid_dequantisation"], state["grid_steps_"]
+    unpickled = IVCNFImputer.__new__(IVCNFImputer)
+    unpickled.__setstate__(state)
+    assert_same_imputer(unpickled, earlier, frame)
+
