@@ -205,8 +205,9 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
             modelled = X[:, layout.modelled]
             low = np.nanmin(modelled, axis=0, initial=np.inf, where=~np.isnan(modelled))
             high = np.nanmax(modelled, axis=0, initial=-np.inf, where=~np.isnan(modelled))
-        # A discrete feature was trained on its cells: the range reaches the outer cells' edges.
-        half_cell = 0.5 * self._cell_widths()
+        # A discrete feature was trained on its cells: the range reaches the outer cells' edges. A float
+        # column on a grid keeps its observed range, which bounds its (float) imputations as before.
+        half_cell = 0.5 * self._cell_widths(grids=False)
         self.observed_range_ = np.vstack([low - half_cell, high + half_cell])
         self._device = device
         # Data-parallel ranks (torchrun) share every random stream, random_state=None included.
@@ -227,8 +228,9 @@ class BaseFlowImputer(TransformerMixin, BaseEstimator):
         cells = self._cell_widths() / self.scale_
         return torch.as_tensor(cells, dtype=torch.float32, device=device) if cells.any() else None
 
-    def _cell_widths(self):
-        """Dequantisation cell of each modelled feature, on the input's scale (0 for floats)."""
+    def _cell_widths(self, grids=True):
+        """Dequantisation cell of each modelled feature, on the input's scale (0 for floats; ``grids``:
+        whether float columns on a grid count, for estimators that dequantise them)."""
         return self._encoder.cell_widths()[self.modelled_features_]
 
     def _has_hidden_modelled(self, mask):

@@ -296,12 +296,12 @@ class IVCNFImputer(BaseFlowImputer):
         self.pixel_step_ = pixel_step(X, mask)
         return layout
 
-    def _cell_widths(self):
+    def _cell_widths(self, grids=True):
         if self.pixel_step_ is not None:
             return np.full(int(self.modelled_features_.sum()), self.pixel_step_)
         # Integer and categorical features keep their unit cells; float ones take their grid's step.
         cells = self._encoder.cell_widths()
-        return np.where(cells > 0, cells, self.grid_steps_)[self.modelled_features_]
+        return (np.where(cells > 0, cells, self.grid_steps_) if grids else cells)[self.modelled_features_]
 
     @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
