@@ -268,7 +268,7 @@ class IVCNFImputer(BaseFlowImputer):
 
     #: The fitted torch modules, saved and pickled by name (see :mod:`skivcnf._persistence`).
     _MODULES = ("flow_", "posterior_")
-    # Imputers saved before linear_layer existed have no linear map.
+    # Imputers saved before a parameter existed behave as without it: no linear map, no grid dequantisation.
     _EARLIER_PARAMETERS = {"linear_layer": False, "grid_dequantisation": False}
 
     def _rebuild_modules(self, features):
