@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
-__all__ = ["GRID_MAX_DIVISIONS", "GRID_TOLERANCE", "ColumnLayout", "grid_steps", "missing_mask"]
+__all__ = ["GRID_MAX_DIVISIONS", "GRID_TOLERANCE", "ColumnLayout", "grid_step", "grid_steps", "missing_mask"]
 
 #: A column lies on a grid when every gap between its distinct observed values is a whole
 #: number of the smallest gap, to this fraction of it (room for decimal rounding and float error).
@@ -55,18 +55,27 @@ def grid_steps(X, mask):
     >>> grid_steps(X, np.zeros(X.shape, dtype=bool)).tolist()
     [2.0, 0.5, 0.0, 0.0]
     """
-    steps = np.zeros(X.shape[1])
-    for j in range(X.shape[1]):
-        values = np.unique(X[~mask[:, j], j])
-        if len(values) < 2:
-            continue
-        gaps = np.diff(values)
-        for divisions in range(1, GRID_MAX_DIVISIONS + 1):
-            multiples = gaps / (gaps.min() / divisions)
-            if np.all(np.abs(multiples - np.round(multiples)) <= GRID_TOLERANCE):
-                steps[j] = gaps.min() / divisions
-                break
-    return steps
+    return np.array([grid_step(X[~mask[:, j], j]) for j in range(X.shape[1])], dtype=float)
+
+
+def grid_step(values):
+    """The step of the regular grid ``values`` lie on (see :func:`grid_steps`), 0 if none.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skivcnf._columns import grid_step
+    >>> grid_step(np.array([0.0, 2.0, 5.0, 2.0])), grid_step(np.array([0.0, 1.0, 1.5, 2.3137]))
+    (1.0, 0.0)
+    """
+    gaps = np.diff(np.unique(values))
+    if len(gaps) == 0:
+        return 0.0
+    for divisions in range(1, GRID_MAX_DIVISIONS + 1):
+        multiples = gaps / (gaps.min() / divisions)
+        if np.all(np.abs(multiples - np.round(multiples)) <= GRID_TOLERANCE):
+            return float(gaps.min() / divisions)
+    return 0.0
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from numbers import Integral
 
 import numpy as np
 
-from ._columns import ColumnLayout
+from ._columns import ColumnLayout, grid_step
 from .conditional import ConvInferenceNetwork
 from .flows import image_flow
 
@@ -50,9 +50,8 @@ def image_layout(X, mask):
 
 
 def pixel_step(X, mask):
-    """The grid step of the observed intensities: the smallest gap between two distinct values (0 if one value)."""
-    values = np.unique(X[~mask])
-    return float(np.diff(values).min()) if len(values) > 1 else 0.0
+    """The step of the grid the observed intensities of every pixel lie on (0 if none, or one value)."""
+    return grid_step(X[~mask])
 
 
 def build_image_modules(estimator, image_shape, generator):

@@ -172,7 +172,7 @@ class IVCNFImputer(BaseFlowImputer):
         Each categorical column's categories seen at ``fit`` (None elsewhere).
     pixel_step_ : float or None
         With ``image_shape``: the grid step of the observed intensities, the width of the
-        dequantisation noise (None for tables).
+        dequantisation noise (0 when they lie on no grid; None for tables).
     grid_steps_ : ndarray (n_flow_features,)
         The grid step of each float feature, the width of its dequantisation noise (0 for
         continuous features, and everywhere with ``grid_dequantisation=False`` or ``image_shape``).

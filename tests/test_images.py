@@ -44,6 +44,7 @@ def test_every_pixel_is_modelled_on_one_scale():
     np.testing.assert_allclose(layout.center, np.nanmean(X))
     np.testing.assert_allclose(layout.scale, np.nanstd(X))
     assert pixel_step(X, mask) == 1.0 and pixel_step(X / 255, mask) == pytest.approx(1 / 255)
+    assert pixel_step(np.sqrt(X + 2.0), mask) == 0.0  # intensities on no grid: no dequantisation
     X[:, 5] = np.nan
     with pytest.raises(ValueError, match=r"pixels \[5\] are missing in every row"):
         image_layout(X, np.isnan(X))
