@@ -160,6 +160,18 @@ def test_provenance_header_names_each_run(tmp_path):
     assert "- logdet: provenance not recorded" in header
 
 
+def test_rubin_report_gives_bias_with_its_standard_error_and_the_paired_shift():
+    def record(repeat, imputer, intervals):
+        return {"repeat": repeat, "imputer": imputer, "truth": 1.0, "m": 20, "status": "ok", "intervals": intervals}
+
+    # Proper copies err by +0.1, +0.3; one model's by 0.0, +0.1: shifts 0.1 and 0.2, mean 0.15, se 0.05.
+    records = [record(0, "IVCNFImputer", {"multiple": [1.1, 0.9, 1.3], "multiple, one model": [1.0, 0.8, 1.2]}),
+               record(1, "IVCNFImputer", {"multiple": [1.3, 1.2, 1.4], "multiple, one model": [1.1, 0.9, 1.15]})]
+    text = report.rubin_report(records)
+    assert "| IVCNFImputer, multiple imputation | 2 | 0.500 ± 0.354 | 0.300 | +0.2000 ± 0.1000 | 0.2236 |" in text
+    assert "proper copies minus one model's, paired over 2 repeats: +0.1500 ± 0.0500." in text
+
+
 def test_mixture_moments_are_the_mixtures_mean_and_covariance():
     law = data.gaussian_mixture(10).law
     mean, cov = law.moments()
