@@ -9,6 +9,7 @@ Run from the repository root::
     python -m benchmarks.uncertainty mc_error                 # point imputations' Monte Carlo error, measured
     python -m benchmarks.uncertainty schedule                 # how long fit trains: early-stopping rules
     python -m benchmarks.uncertainty linear                   # the flow's correlation with a linear map
+    python -m benchmarks.uncertainty resampling --table mixture --first 0 --repeats 40   # proper copies' resampling
 
 ``diagnose``: the Rubin's-rules case of the suite (500-row AR(1) Gaussian, 6 columns, MAR 30%,
 repeat ``r`` seeded as the suite's): one default fit, then the flow's correlations (20,000
@@ -32,6 +33,12 @@ without 200 steps at least) on the grid's small tables (MAR 30%, 3 seeds) and Ru
 seconds, epochs, RMSE, the flow's correlation.
 ``linear``: Rubin repeats 0-3 fitted without the flow's linear map (``linear_layer=False``), with it
 at ``step_scale`` 1 and at the default 10: epochs, RMSE against the oracle's, the flow's correlation.
+``resampling``: Rubin's-rules case of the suite (``--table gaussian`` or ``mixture``, repeats
+``--first`` to ``--first + --repeats - 1`` seeded as the suite's), one default fit per repeat, then
+``--copies`` (20) copies from one model and proper copies under each of
+:data:`skivcnf._drawing.RESAMPLINGS`: the pooled slope and its 90% interval, appended per repeat to
+``resampling_<table>.jsonl`` (a rerun skips stored repeats), then the report: coverage, bias, and
+each variant's shift from one model's estimate paired over repeats.
 """
 
 import argparse
@@ -312,11 +319,72 @@ def linear(repeats=4):
     return lines
 
 
+def _rubin_case(table, repeat):
+    """The suite's Rubin's-rules case: the complete table, its MAR 30% mask and the true slope."""
+    if table == "gaussian":
+        ds, seed, truth = data.correlated_gaussian(500, 6, seed=10_000 + repeat), 10_000 + repeat, 0.8
+    else:
+        ds, seed = data.gaussian_mixture(500, seed=20_000 + repeat), 20_000 + repeat
+        _, cov = ds.law.moments()
+        truth = float(np.linalg.solve(cov[1:3, 1:3], cov[1:3, 0])[0])
+    return ds.X, masks.make_mask("MAR 30%", ds.X, seed), truth
+
+
+def resampling(table, first, repeats, copies, path):
+    """Append a record per repeat not yet in ``path``: pooled slopes of one model's and of each resampling's copies."""
+    done = {json.loads(line)["repeat"] for line in path.read_text().splitlines()} if path.exists() else set()
+    default = drawing.RESAMPLING
+    for repeat in range(first, first + repeats):
+        if repeat in done:
+            continue
+        X, mask, truth = _rubin_case(table, repeat)
+        X_missing = np.where(mask, np.nan, X)
+        imputer = IVCNFImputer(random_state=repeat).fit(X_missing)  # the suite's model (benchmarks.peers)
+        line = {"table": table, "repeat": repeat, "truth": truth, "copies": copies,
+                "one model": _pooled(imputer.sample_multiple_imputations(X_missing, copies, proper=False))}
+        try:
+            for name in drawing.RESAMPLINGS:
+                drawing.RESAMPLING = name
+                start = time.perf_counter()
+                line[name] = _pooled(imputer.sample_multiple_imputations(X_missing, copies))
+                line[name]["seconds"] = round(time.perf_counter() - start, 1)
+        finally:
+            drawing.RESAMPLING = default
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(json.dumps(line), flush=True)
+    return resampling_report(path)
+
+
+def resampling_report(path):
+    """Coverage, bias and the paired shift from one model's estimate, per variant, over the stored repeats."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    truth = np.array([line["truth"] for line in lines])
+    one = np.array([line["one model"]["estimate"] for line in lines])
+    rows = [f"{len(lines)} repeats of {lines[0]['table']}, {lines[0]['copies']} copies each",
+            "| copies | coverage | mean width | bias | shift from one model's (paired) | seconds |",
+            "|---|---|---|---|---|---|"]
+    for name in ("one model", *drawing.RESAMPLINGS):
+        estimate = np.array([line[name]["estimate"] for line in lines])
+        low, high = (np.array([line[name][k] for line in lines]) for k in ("low", "high"))
+        covered = np.mean((low <= truth) & (truth <= high))
+        error, shift = estimate - truth, estimate - one
+        se = np.sqrt(covered * (1 - covered) / len(lines))
+        seconds = np.mean([line[name].get("seconds", np.nan) for line in lines])
+        rows.append(f"| {name} | {covered:.3f} ± {se:.3f} | {np.mean(high - low):.3f} | "
+                    f"{error.mean():+.4f} ± {error.std(ddof=1) / np.sqrt(len(lines)):.4f} | "
+                    f"{shift.mean():+.4f} ± {shift.std(ddof=1) / np.sqrt(len(lines)):.4f} | {seconds:.1f} |")
+    return "\n".join(rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule",
-                                         "linear"])
+                                         "linear", "resampling"])
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--first", type=int, default=0, help="resampling: the first repeat")
+    parser.add_argument("--table", choices=["gaussian", "mixture"], default="mixture", help="resampling: the table")
+    parser.add_argument("--copies", type=int, default=20, help="resampling: copies per variant")
     parser.add_argument("--replicates", type=int, default=5, help="mc_error: transforms per setting")
     parser.add_argument("--settings", nargs="+", choices=list(MC_SETTINGS), default=None,
                         help="mc_error: these settings only (their records replace the stored ones of the same name)")
@@ -325,6 +393,9 @@ def main():
     warnings.simplefilter("ignore")
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{args.what}.jsonl"
+    if args.what == "resampling":
+        print(resampling(args.table, args.first, args.repeats, args.copies, OUT / f"resampling_{args.table}.jsonl"))
+        return
     if args.what == "diagnose":
         lines = [diagnose(r) for r in range(args.repeats)]
     elif args.what == "weights":

@@ -25,8 +25,8 @@ from .conditional import (
 )
 
 __all__ = ["ADAPTIVE", "ANTITHETIC", "BOOTSTRAP_EPOCHS", "GPU_DRAW_ROWS", "MAX_ROUNDS", "MC_TOLERANCE",
-           "PROPOSALS_PER_IMPUTATION", "QUASI_RANDOM", "REFINEMENT_DRAWS", "bootstrap_copies", "draw_copies",
-           "draw_record", "iter_draws", "snap_categories"]
+           "PROPOSALS_PER_IMPUTATION", "QUASI_RANDOM", "REFINEMENT_DRAWS", "RESAMPLING", "RESAMPLINGS",
+           "bootstrap_copies", "draw_copies", "draw_record", "iter_draws", "resample_rows", "snap_categories"]
 
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
 REFINEMENT_DRAWS = 8
@@ -54,6 +54,12 @@ PROPOSALS_PER_IMPUTATION = 4
 #: Epochs of training from the fitted model on each bootstrap resample (proper multiple imputation;
 #: docs/benchmarks.md, "Uncertainty").
 BOOTSTRAP_EPOCHS = 5
+#: How each proper copy resamples the rows it trains on (docs/benchmarks.md, "Uncertainty"):
+#: ``"bootstrap"``, ``n`` rows with replacement; ``"half"``, ``n // 2`` distinct rows for twice the
+#: epochs (half-sampling: for a smooth estimate the same variance as the bootstrap's, and no
+#: duplicated row); ``"none"``, the rows themselves (what training on alone moves).
+RESAMPLING = "bootstrap"
+RESAMPLINGS = ("bootstrap", "half", "none")
 
 
 def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, modules=None, tally=None,
@@ -181,6 +187,28 @@ def draw_copies(imputer, X, mask, n_imputations, proper, keys, min_rows):
                            for result, noise in batches], axis=1)
 
 
+def resample_rows(rng, n_rows, resampling=None):
+    """The rows (indices) one proper copy trains on, and for how many epochs, by ``resampling``
+    (:data:`RESAMPLING` by default; see :data:`RESAMPLINGS`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skivcnf._drawing import resample_rows
+    >>> rows, epochs = resample_rows(np.random.default_rng(0), 10, "half")
+    >>> len(rows), len(set(rows.tolist())), epochs
+    (5, 5, 10)
+    """
+    resampling = RESAMPLING if resampling is None else resampling
+    if resampling == "bootstrap":
+        return rng.integers(0, n_rows, n_rows), BOOTSTRAP_EPOCHS
+    if resampling == "half":
+        return rng.choice(n_rows, n_rows // 2, replace=False), 2 * BOOTSTRAP_EPOCHS
+    if resampling == "none":
+        return np.arange(n_rows), BOOTSTRAP_EPOCHS
+    raise ValueError(f"RESAMPLING must be one of {RESAMPLINGS}, got {resampling!r}.")
+
+
 def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
     """``n_imputations`` draws of the missing entries of ``X``, each from the fitted model trained on
     for ``BOOTSTRAP_EPOCHS`` epochs on its own bootstrap resample of the rows of ``X``.
@@ -199,9 +227,10 @@ def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
     copies, tally = [], {}
     for k in range(n_imputations):
         flow, network = copy.deepcopy(imputer.flow_), copy.deepcopy(imputer.posterior_)
-        rows = torch.as_tensor(rng.integers(0, len(z), len(z)), device=imputer._device)
+        rows, epochs = resample_rows(rng, len(z))
+        rows = torch.as_tensor(rows, device=imputer._device)
         generator = torch.Generator(device=imputer._device).manual_seed(int(rng.integers(2 ** 63)))
-        fit_inference_network(flow, z[rows], hidden[rows], network, max_epochs=BOOTSTRAP_EPOCHS,
+        fit_inference_network(flow, z[rows], hidden[rows], network, max_epochs=epochs,
                               batch_size=imputer.batch_size, lr=imputer.learning_rate, n_samples=imputer.n_train_draws,
                               logdet=imputer.logdet, solver=imputer.solver, objective=imputer.objective,
                               train_flow=True, rows_per_epoch=ROWS_PER_EPOCH,

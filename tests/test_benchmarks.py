@@ -172,6 +172,25 @@ def test_rubin_report_gives_bias_with_its_standard_error_and_the_paired_shift():
     assert "proper copies minus one model's, paired over 2 repeats: +0.1500 ± 0.0500." in text
 
 
+def test_resampling_report_pairs_each_variant_with_one_models_estimate(tmp_path):
+    from benchmarks import uncertainty
+
+    def line(repeat, one, shift):
+        pooled = {name: {"estimate": one + shift[name], "low": one + shift[name] - 0.1,
+                         "high": one + shift[name] + 0.1} for name in shift}
+        return {"table": "mixture", "repeat": repeat, "truth": 1.0, "copies": 20, **pooled}
+
+    shifts = [{"one model": 0.0, "bootstrap": 0.02, "half": 0.0, "none": 0.01},
+              {"one model": 0.0, "bootstrap": 0.04, "half": 0.0, "none": 0.01}]
+    path = tmp_path / "resampling_mixture.jsonl"
+    path.write_text("".join(json.dumps(line(r, one, shift)) + "\n"
+                            for r, (one, shift) in enumerate(zip([0.95, 1.15], shifts, strict=True))))
+    text = uncertainty.resampling_report(path)
+    # one model: errors -0.05, +0.15 (bias +0.05 ± 0.1); bootstrap shifts +0.02, +0.04: +0.03 ± 0.01
+    assert "| one model | 0.500 ± 0.354 | 0.200 | +0.0500 ± 0.1000 | +0.0000 ± 0.0000 | nan |" in text
+    assert "| bootstrap | 0.500 ± 0.354 | 0.200 | +0.0800 ± 0.1100 | +0.0300 ± 0.0100 | nan |" in text
+
+
 def test_mixture_moments_are_the_mixtures_mean_and_covariance():
     law = data.gaussian_mixture(10).law
     mean, cov = law.moments()

@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from skivcnf import IVCNFImputer
+from skivcnf import _drawing as drawing
+from skivcnf._drawing import BOOTSTRAP_EPOCHS, resample_rows
 from skivcnf.conditional import reliable as reliable_module
 from skivcnf.exceptions import UnreliableWeightsWarning
 
@@ -70,6 +72,25 @@ def test_proper_copies_come_from_re_estimated_models(data, fitted):
     np.testing.assert_array_equal(fitted.transform(X_missing), fitted.transform(X_missing))
     with pytest.raises(ValueError, match="fewer than 18.*proper=False"):
         fitted.sample_multiple_imputations(X_missing[:10], 2)
+
+
+def test_resampling_schemes_of_proper_copies(data, fitted, monkeypatch):
+    rows, epochs = resample_rows(np.random.default_rng(0), 50, "bootstrap")
+    # The default draws what it drew before the setting existed: n indices with replacement, 5 epochs.
+    np.testing.assert_array_equal(rows, np.random.default_rng(0).integers(0, 50, 50))
+    assert epochs == BOOTSTRAP_EPOCHS
+    rows, epochs = resample_rows(np.random.default_rng(0), 50, "half")
+    assert len(np.unique(rows)) == len(rows) == 25 and epochs == 2 * BOOTSTRAP_EPOCHS
+    np.testing.assert_array_equal(resample_rows(np.random.default_rng(0), 50, "none")[0], np.arange(50))
+    _, X_missing, mask, _ = data
+    bootstrap = fitted.sample_multiple_imputations(X_missing, 2)
+    monkeypatch.setattr(drawing, "RESAMPLING", "half")
+    half = fitted.sample_multiple_imputations(X_missing, 2)
+    np.testing.assert_array_equal(half[:, ~mask], bootstrap[:, ~mask])
+    assert np.isfinite(half).all() and not np.allclose(half[:, mask], bootstrap[:, mask])
+    monkeypatch.setattr(drawing, "RESAMPLING", "jackknife")
+    with pytest.raises(ValueError, match="RESAMPLING must be one of .*'jackknife'"):
+        fitted.sample_multiple_imputations(X_missing, 2)
 
 
 def test_imputations_stay_within_the_trained_range(data, fitted):
