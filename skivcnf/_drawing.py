@@ -211,7 +211,8 @@ def resample_rows(rng, n_rows, resampling=None):
 
 def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
     """``n_imputations`` draws of the missing entries of ``X``, each from the fitted model trained on
-    for ``BOOTSTRAP_EPOCHS`` epochs on its own bootstrap resample of the rows of ``X``.
+    for ``BOOTSTRAP_EPOCHS`` epochs on its own bootstrap resample of the rows of ``X`` (or as
+    :data:`RESAMPLING` says: :func:`resample_rows`).
 
     ``X`` needs ``min_rows`` rows at least. Returns an ndarray (n_imputations, n_samples,
     n_modelled) on the flow's scale. Warnings
