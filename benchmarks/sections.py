@@ -110,6 +110,19 @@ def _coverage(ds, X_missing, mask, model, imputer, seed, quick):
 RUBIN_ROWS, RUBIN_COLUMNS, RUBIN_M = 500, 6, 20
 
 
+def rubin_case(table, repeat, rows=RUBIN_ROWS):
+    """Repeat ``repeat`` of a Rubin's-rules table: the complete sample, its MAR 30% mask and the true coefficient."""
+    if table == "gaussian":
+        ds, seed, truth = data.correlated_gaussian(rows, RUBIN_COLUMNS, seed=10_000 + repeat), 10_000 + repeat, 0.8
+    elif table == "mixture":
+        ds, seed = data.gaussian_mixture(rows, seed=20_000 + repeat), 20_000 + repeat
+        _, cov = ds.law.moments()
+        truth = float(np.linalg.solve(cov[1:3, 1:3], cov[1:3, 0])[0])
+    else:
+        raise ValueError(f"no Rubin's-rules table {table!r}")
+    return ds.X, masks.make_mask("MAR 30%", ds.X, seed), truth
+
+
 def rubin(repeat, imputer, quick=False, table="gaussian"):
     """Regress column 0 on columns 1-2 of a fresh sample with MAR 30% missing; record each method's
     interval for the coefficient of column 1.
@@ -119,17 +132,7 @@ def rubin(repeat, imputer, quick=False, table="gaussian"):
     Gaussian mixture (500 x 8, non-Gaussian, multimodal), whose coefficient is the population
     least-squares one, computed from the law's moments.
     """
-    rows = 150 if quick else RUBIN_ROWS
-    if table == "gaussian":
-        ds, seed, truth = data.correlated_gaussian(rows, RUBIN_COLUMNS, seed=10_000 + repeat), 10_000 + repeat, 0.8
-    elif table == "mixture":
-        ds, seed = data.gaussian_mixture(rows, seed=20_000 + repeat), 20_000 + repeat
-        _, cov = ds.law.moments()
-        truth = float(np.linalg.solve(cov[1:3, 1:3], cov[1:3, 0])[0])
-    else:
-        raise ValueError(f"no Rubin's-rules table {table!r}")
-    X = ds.X
-    mask = masks.make_mask("MAR 30%", X, seed)
+    X, mask, truth = rubin_case(table, repeat, 150 if quick else RUBIN_ROWS)
     X_missing = np.where(mask, np.nan, X)
     m = 5 if quick else RUBIN_M
 

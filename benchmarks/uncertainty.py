@@ -56,7 +56,8 @@ from skivcnf.conditional import conditional_mean, monte_carlo_error, pareto_smoo
 from skivcnf.pooling import pool_estimates
 
 from . import data, masks
-from .sections import ols
+from .report import _standard_error
+from .sections import ols, rubin_case
 
 OUT = Path(__file__).parent / "results" / "uncertainty"
 
@@ -319,17 +320,6 @@ def linear(repeats=4):
     return lines
 
 
-def _rubin_case(table, repeat):
-    """The suite's Rubin's-rules case: the complete table, its MAR 30% mask and the true slope."""
-    if table == "gaussian":
-        ds, seed, truth = data.correlated_gaussian(500, 6, seed=10_000 + repeat), 10_000 + repeat, 0.8
-    else:
-        ds, seed = data.gaussian_mixture(500, seed=20_000 + repeat), 20_000 + repeat
-        _, cov = ds.law.moments()
-        truth = float(np.linalg.solve(cov[1:3, 1:3], cov[1:3, 0])[0])
-    return ds.X, masks.make_mask("MAR 30%", ds.X, seed), truth
-
-
 def resampling(table, first, repeats, copies, path):
     """Append a record per repeat not yet in ``path``: pooled slopes of one model's and of each resampling's copies."""
     done = {json.loads(line)["repeat"] for line in path.read_text().splitlines()} if path.exists() else set()
@@ -337,7 +327,7 @@ def resampling(table, first, repeats, copies, path):
     for repeat in range(first, first + repeats):
         if repeat in done:
             continue
-        X, mask, truth = _rubin_case(table, repeat)
+        X, mask, truth = rubin_case(table, repeat)
         X_missing = np.where(mask, np.nan, X)
         imputer = IVCNFImputer(random_state=repeat).fit(X_missing)  # the suite's model (benchmarks.peers)
         line = {"table": table, "repeat": repeat, "truth": truth, "copies": copies,
@@ -372,8 +362,8 @@ def resampling_report(path):
         se = np.sqrt(covered * (1 - covered) / len(lines))
         seconds = np.mean([line[name].get("seconds", np.nan) for line in lines])
         rows.append(f"| {name} | {covered:.3f} ± {se:.3f} | {np.mean(high - low):.3f} | "
-                    f"{error.mean():+.4f} ± {error.std(ddof=1) / np.sqrt(len(lines)):.4f} | "
-                    f"{shift.mean():+.4f} ± {shift.std(ddof=1) / np.sqrt(len(lines)):.4f} | {seconds:.1f} |")
+                    f"{error.mean():+.4f} ± {_standard_error(error):.4f} | "
+                    f"{shift.mean():+.4f} ± {_standard_error(shift):.4f} | {seconds:.1f} |")
     return "\n".join(rows)
 
 
