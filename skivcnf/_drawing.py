@@ -1,4 +1,5 @@
-"""IVCNFImputer's conditional draws over batches of rows, and its proper multiple imputation.
+"""IVCNFImputer's conditional draws over batches of rows, its proper multiple imputation, and
+:class:`DrawingMixin`, its public methods that draw besides ``transform``.
 
 :func:`iter_draws` is the one batch loop of every method that draws; :func:`bootstrap_copies`
 re-estimates the model on bootstrap resamples of the rows, so that multiple imputations
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from ._base import ImputationDraws, warn_unreliable, warn_unsolved
+from ._utils import one_warning_per_kind
 from .conditional import (
     SOBOL_MAX_DIMENSION,
     GaussianPosterior,
@@ -20,13 +22,17 @@ from .conditional import (
     fit_inference_network,
     fit_posterior,
     importance_resample,
+    masked_bound,
     reliable_draws,
     sample_conditional,
 )
+from .conditional.noise import distinct_keys
+from .flows import EXACT_LOGDET_MAX_FEATURES
 
 __all__ = ["ADAPTIVE", "ANTITHETIC", "BOOTSTRAP_EPOCHS", "GPU_DRAW_ROWS", "MAX_ROUNDS", "MC_TOLERANCE",
-           "PROPOSALS_PER_IMPUTATION", "QUASI_RANDOM", "REFINEMENT_DRAWS", "RESAMPLING", "RESAMPLINGS",
-           "bootstrap_copies", "draw_copies", "draw_record", "iter_draws", "resample_rows", "snap_categories"]
+           "MIN_TRAINING_ROWS", "PROPOSALS_PER_IMPUTATION", "QUASI_RANDOM", "REFINEMENT_DRAWS", "RESAMPLING",
+           "RESAMPLINGS", "DrawingMixin", "bootstrap_copies", "draw_copies", "draw_record", "iter_draws",
+           "resample_rows", "snap_categories"]
 
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
 REFINEMENT_DRAWS = 8
@@ -48,6 +54,9 @@ ADAPTIVE = True
 GPU_DRAW_ROWS = 1024
 #: Rows per epoch of that training at most (as ``fit``'s, in :mod:`skivcnf.imputer`).
 ROWS_PER_EPOCH = 4096
+#: Training needs this many rows at least: ``fit`` holds rows out for early stopping only if this
+#: many remain, and ``proper=True`` copies re-estimate the model on resamples of this many at least.
+MIN_TRAINING_ROWS = 18
 #: ``proper=False`` copies resample each row's from at least this many proposals per copy (and at
 #: least ``n_draws``), so that copies rarely repeat a proposal.
 PROPOSALS_PER_IMPUTATION = 4
@@ -249,3 +258,101 @@ def bootstrap_copies(imputer, X, n_imputations, keys, min_rows):
     warn_unreliable(tally.get("uneven", 0), len(X) * n_imputations, unit="rows x copies",
                     n_clipped=tally.get("clipped", 0))
     return np.stack(copies)
+
+
+class DrawingMixin:
+    """The public methods that draw from a fitted flow imputer besides ``transform``: multiple
+    imputation and the diagnostics (conditional draws, scores); the host provides the fitted
+    flow, its settings and ``_row_keys``."""
+
+    @one_warning_per_kind
+    def sample_multiple_imputations(self, X, n_imputations=5, *, proper=True):
+        """Draw ``n_imputations`` completed copies of ``X`` for multiple imputation.
+
+        With ``proper=True`` (Rubin's "proper" imputations), copy ``k`` is drawn from the
+        fitted model trained on for ``BOOTSTRAP_EPOCHS`` (5) more epochs on its own bootstrap
+        resample of the rows of ``X``: the copies then carry the uncertainty of the model's
+        parameters, which Rubin's rules need for intervals that cover (docs/benchmarks.md,
+        "Uncertainty"); it costs ``5 * n_imputations`` epochs on ``X``. With ``proper=False``
+        each row's copies are resampled by importance weight from ``max(n_draws,
+        PROPOSALS_PER_IMPUTATION * n_imputations)`` (4 per copy) draws of the fitted model alone: fast, and
+        a row's copies do not depend on the other rows of ``X``, but intervals are too narrow
+        where the model's estimation error matters (small tables).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            With ``proper=True``, at least ``MIN_TRAINING_ROWS`` (18) rows.
+        n_imputations : int, default=5
+        proper : bool, default=True
+
+        Returns
+        -------
+        imputations : ndarray of shape (n_imputations, n_samples, n_features_out) or DataFrame
+            Observed entries are unchanged in every copy. Under
+            ``set_output(transform="pandas")`` the copies are stacked in one DataFrame of
+            ``n_imputations * n_samples`` rows indexed by ``("imputation", <X's index>)``;
+            iterate with ``frame.groupby(level="imputation")``.
+        """
+        self._check_count("n_imputations", n_imputations)
+        X_checked, table, mask = self._validate_input(X, reset=False)
+        copies = draw_copies(self, X_checked, mask, n_imputations, proper, self._copy_keys(X_checked),
+                             min_rows=MIN_TRAINING_ROWS)
+        return self._stack_in_output_container([self._completed(table, mask, copy, X_checked) for copy in copies], X)
+
+    def _copy_keys(self, X):
+        """Each row's key for its copies: equal rows get independent copies (the k-th occurrence its own key)."""
+        return distinct_keys(self._row_keys("multiple_imputations", X))
+
+    @one_warning_per_kind
+    def conditional_draws(self, X, n_draws=None):
+        """Conditional draws of the rows of ``X``, with their raw weights and convergence.
+
+        The first-round draws that :meth:`transform` weighs (before the guards of
+        :func:`~skivcnf.conditional.reliable_draws`: bounds, smoothing, extra draws), for
+        diagnostics (effective sample sizes, spread of the draws, unsolved draws).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        n_draws : int, optional
+            Draws per row; ``n_draws`` of the estimator by default.
+
+        Returns
+        -------
+        ImputationDraws
+        """
+        n_draws = self.n_draws if n_draws is None else n_draws
+        self._check_count("n_draws", n_draws)
+        X, table, mask = self._validate_input(X, reset=False)
+        return draw_record(self, X, table, mask, n_draws, self._row_keys("conditional_draws", X))
+
+    @one_warning_per_kind
+    def score_samples(self, X):
+        """Estimated log-likelihood of each row's observed entries, on the input's scale.
+
+        The importance-weighted bound over ``n_draws`` draws (a lower bound on ``log p(x^O)``
+        in expectation; constant and empty features add nothing; a discrete entry is scored at
+        its cell's centre: a midpoint value, not a bound). Unsolved draws are left out as in
+        training; a row with none solved scores NaN, with a ``ConstraintWarning``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+        """
+        X, _, mask = self._validate_input(X, reset=False)
+        if self.flow_ is None:
+            return np.zeros(len(X))
+        if int(self.modelled_features_.sum()) > EXACT_LOGDET_MAX_FEATURES:
+            raise ValueError(f"score_samples needs exact importance weights, available up to "
+                             f"{EXACT_LOGDET_MAX_FEATURES} modelled columns.")
+        batches = iter_draws(self, X, self.n_draws, self._row_keys("score_samples", X), "their scores are NaN",
+                             reliable=False)
+        scores = np.concatenate([torch.where(draws.converged.any(dim=0), masked_bound(draws, "iwae")[0], float("nan"))
+                                 .cpu().double().numpy() for draws, _ in batches])
+        # Change of variables from the standardised scale back to the input's.
+        return scores - self._layout().observed_log_scale(mask)

@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from ._base import BaseFlowImputer
 from ._columns import grid_steps
 from ._distributed import is_rank_zero
-from ._drawing import ROWS_PER_EPOCH, draw_copies, draw_record, iter_draws, snap_categories
+from ._drawing import MIN_TRAINING_ROWS, ROWS_PER_EPOCH, DrawingMixin, iter_draws, snap_categories
 from ._images import build_image_modules, check_image_shape, image_layout, pixel_step
 from ._sklearn_compat import Interval, StrOptions, fit_context
 from ._utils import caller_stacklevel, one_warning_per_kind
@@ -21,17 +21,15 @@ from .conditional import (
     InferenceNetwork,
     conditional_mean,
     fit_inference_network,
-    masked_bound,
     row_keys,
 )
-from .conditional.noise import distinct_keys
 from .flows import EXACT_LOGDET_MAX_FEATURES, ResidualFlow
 
 __all__ = ["IVCNFImputer"]
 
-#: Early stopping holds rows out only when at least this many are held out and this many remain
-#: to train on (else the whole table trains).
-MIN_VALIDATION_ROWS, MIN_TRAINING_ROWS = 2, 18
+#: Early stopping holds rows out only when at least this many are held out and ``MIN_TRAINING_ROWS``
+#: remain to train on (else the whole table trains).
+MIN_VALIDATION_ROWS = 2
 #: At most this many rows are held out, and an epoch is at most ``ROWS_PER_EPOCH`` rows drawn afresh:
 #: early-stopping checks, and the work between them, stop growing with the table (docs/benchmarks.md).
 MAX_VALIDATION_ROWS = 1024
@@ -42,7 +40,7 @@ MIN_TRAINING_STEPS = 200  # early stopping waits this many optimiser steps (docs
 VALIDATION_SMOOTHING = 0.3
 
 
-class IVCNFImputer(BaseFlowImputer):
+class IVCNFImputer(DrawingMixin, BaseFlowImputer):
     """Impute missing values by conditional sampling from an invertible residual flow (IVCNF).
 
     ``fit`` trains a residual flow and an amortised Gaussian posterior jointly on the
@@ -390,95 +388,3 @@ class IVCNFImputer(BaseFlowImputer):
             values = np.concatenate([conditional_mean(snap_categories(self, result.draws))[0].cpu().double().numpy()
                                      for result, _ in batches])
         return self._completed(table, mask, values, X)
-
-    @one_warning_per_kind
-    def sample_multiple_imputations(self, X, n_imputations=5, *, proper=True):
-        """Draw ``n_imputations`` completed copies of ``X`` for multiple imputation.
-
-        With ``proper=True`` (Rubin's "proper" imputations), copy ``k`` is drawn from the
-        fitted model trained on for ``BOOTSTRAP_EPOCHS`` (5) more epochs on its own bootstrap
-        resample of the rows of ``X``: the copies then carry the uncertainty of the model's
-        parameters, which Rubin's rules need for intervals that cover (docs/benchmarks.md,
-        "Uncertainty"); it costs ``5 * n_imputations`` epochs on ``X``. With ``proper=False``
-        each row's copies are resampled by importance weight from ``max(n_draws,
-        PROPOSALS_PER_IMPUTATION * n_imputations)`` (4 per copy) draws of the fitted model alone: fast, and
-        a row's copies do not depend on the other rows of ``X``, but intervals are too narrow
-        where the model's estimation error matters (small tables).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            With ``proper=True``, at least ``MIN_TRAINING_ROWS`` (18) rows.
-        n_imputations : int, default=5
-        proper : bool, default=True
-
-        Returns
-        -------
-        imputations : ndarray of shape (n_imputations, n_samples, n_features_out) or DataFrame
-            Observed entries are unchanged in every copy. Under
-            ``set_output(transform="pandas")`` the copies are stacked in one DataFrame of
-            ``n_imputations * n_samples`` rows indexed by ``("imputation", <X's index>)``;
-            iterate with ``frame.groupby(level="imputation")``.
-        """
-        self._check_count("n_imputations", n_imputations)
-        X_checked, table, mask = self._validate_input(X, reset=False)
-        copies = draw_copies(self, X_checked, mask, n_imputations, proper, self._copy_keys(X_checked),
-                             min_rows=MIN_TRAINING_ROWS)
-        return self._stack_in_output_container([self._completed(table, mask, copy, X_checked) for copy in copies], X)
-
-    def _copy_keys(self, X):
-        """Each row's key for its copies: equal rows get independent copies (the k-th occurrence its own key)."""
-        return distinct_keys(self._row_keys("multiple_imputations", X))
-
-    @one_warning_per_kind
-    def conditional_draws(self, X, n_draws=None):
-        """Conditional draws of the rows of ``X``, with their raw weights and convergence.
-
-        The first-round draws that :meth:`transform` weighs (before the guards of
-        :func:`~skivcnf.conditional.reliable_draws`: bounds, smoothing, extra draws), for
-        diagnostics (effective sample sizes, spread of the draws, unsolved draws).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        n_draws : int, optional
-            Draws per row; ``n_draws`` of the estimator by default.
-
-        Returns
-        -------
-        ImputationDraws
-        """
-        n_draws = self.n_draws if n_draws is None else n_draws
-        self._check_count("n_draws", n_draws)
-        X, table, mask = self._validate_input(X, reset=False)
-        return draw_record(self, X, table, mask, n_draws, self._row_keys("conditional_draws", X))
-
-    @one_warning_per_kind
-    def score_samples(self, X):
-        """Estimated log-likelihood of each row's observed entries, on the input's scale.
-
-        The importance-weighted bound over ``n_draws`` draws (a lower bound on ``log p(x^O)``
-        in expectation; constant and empty features add nothing; a discrete entry is scored at
-        its cell's centre: a midpoint value, not a bound). Unsolved draws are left out as in
-        training; a row with none solved scores NaN, with a ``ConstraintWarning``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        scores : ndarray of shape (n_samples,)
-        """
-        X, _, mask = self._validate_input(X, reset=False)
-        if self.flow_ is None:
-            return np.zeros(len(X))
-        if int(self.modelled_features_.sum()) > EXACT_LOGDET_MAX_FEATURES:
-            raise ValueError(f"score_samples needs exact importance weights, available up to "
-                             f"{EXACT_LOGDET_MAX_FEATURES} modelled columns.")
-        batches = iter_draws(self, X, self.n_draws, self._row_keys("score_samples", X), "their scores are NaN",
-                             reliable=False)
-        scores = np.concatenate([torch.where(draws.converged.any(dim=0), masked_bound(draws, "iwae")[0], float("nan"))
-                                 .cpu().double().numpy() for draws, _ in batches])
-        # Change of variables from the standardised scale back to the input's.
-        return scores - self._layout().observed_log_scale(mask)

@@ -6,12 +6,24 @@ Jacobian many times, so instead the graph of ``u -> u^T dfn/dz`` is built once
 ("double-vjp"): its gradient with respect to ``u`` is ``dfn/dz v``. Each product then
 costs one backward pass, and a stack of ``k`` tangents is one batched backward
 (``is_grads_batched``).
+
+:class:`FlowJacobians` gives :class:`~skivcnf.flows.ResidualFlow` its Jacobians and these
+linearisations, composed from each layer's own.
 """
 
 import torch
 
 __all__ = ["Linearization", "NeumannInverse", "DiagonalProducts", "MatrixProducts", "PermutationProducts",
-           "InverseLinearization"]
+           "InverseLinearization", "FlowJacobians", "default_tolerance"]
+
+#: :meth:`FlowJacobians.linearize_inverse` with at least this many Neumann terms and no
+#: ``tol`` sums each series to ``eps ** 0.75`` (exact products) instead of truncating it.
+_EXACT_NEUMANN_TERMS = 1000
+
+
+def default_tolerance(dtype):
+    """Default fixed-point tolerance: ``eps ** 0.75`` (about 2e-12 in float64, 6e-6 in float32)."""
+    return torch.finfo(dtype).eps ** 0.75
 
 
 def _batched(v, reference):
@@ -215,3 +227,92 @@ class InverseLinearization:
         for factor in self._factors:
             u = factor.vjp(u)
         return u
+
+
+class FlowJacobians:
+    """A residual flow's Jacobians and their products, for :class:`~skivcnf.flows.ResidualFlow`.
+
+    The host provides ``features``, ``layers`` (each a
+    :class:`~skivcnf.flows.blocks.FlowLayer`) and ``as_input``; every method here composes the
+    layers' own closed-form tangents or linearisations.
+    """
+
+    def jacobian(self, y):
+        """Per-row Jacobian ``G(y) = dg/dy``, ``Tensor (batch, d, d)``; meant for small ``d``."""
+        return self.forward_and_jacobian(y)[1].transpose(-1, -2)
+
+    def forward_and_jacobian(self, y):
+        """Latent ``x = g(y)``, the columns of ``G(y)`` and the exact ``log|det G(y)|``, per row.
+
+        The identity's ``d`` columns are carried through every layer in closed form
+        (:meth:`~skivcnf.flows.blocks.FlowLayer.forward_and_tangents`) and one ``slogdet``
+        of the product is taken: cheaper than a ``slogdet`` per block, and as accurate in
+        float32 (docs/benchmarks.md, "Speed"). Differentiable by ordinary autograd with
+        respect to ``y`` and the weights; meant for tabular widths.
+
+        Parameters
+        ----------
+        y : Tensor (batch, d)
+
+        Returns
+        -------
+        x : Tensor (batch, d)
+        columns : Tensor (batch, d, d)
+            ``columns[b, j] = G(y_b) e_j``, i.e. ``G`` transposed.
+        logdet : Tensor (batch,)
+        """
+        z = self.as_input(y)
+        columns = torch.eye(self.features, dtype=z.dtype, device=z.device).expand(z.shape[0], -1, -1)
+        for layer in self.layers:
+            z, columns = layer.forward_and_tangents(z, columns)
+        return z, columns, torch.linalg.slogdet(columns).logabsdet
+
+    def forward_and_jvps(self, y, tangents, logdet=False):
+        """Latent ``x = g(y)``, products ``G(y) t`` for stacked tangents, and optionally ``log|det G|``.
+
+        Every layer is differentiated in closed form
+        (:meth:`~skivcnf.flows.blocks.FlowLayer.forward_and_tangents`), so the result
+        is differentiable by ordinary autograd with respect to ``y``, the tangents and
+        the weights. With ``logdet=True`` the whole Jacobian is formed
+        (:meth:`forward_and_jacobian`) and the tangents are multiplied by it.
+
+        Parameters
+        ----------
+        y : Tensor (batch, d)
+        tangents : Tensor (batch, k, d)
+        logdet : bool, default=False
+
+        Returns
+        -------
+        x : Tensor (batch, d)
+        products : Tensor (batch, k, d)
+            ``products[b, i] = G(y_b) tangents[b, i]``.
+        logdet : Tensor (batch,) or None
+        """
+        if logdet:
+            x, columns, total = self.forward_and_jacobian(y)
+            return x, tangents @ columns, total
+        z, t = self.as_input(y), tangents
+        for layer in self.layers:
+            z, t = layer.forward_and_tangents(z, t)
+        return z, t, None
+
+    def linearize(self, y):
+        """Products with ``G(y)`` that reuse one graph (for solvers; no graph is returned).
+
+        Returns a :class:`~skivcnf.flows.linearize.Linearization` whose ``value`` is
+        ``g(y)`` and whose ``jvp``/``vjp`` take ``(batch, d)`` or stacked ``(k, batch, d)``.
+        """
+        return Linearization(self, self.as_input(y))
+
+    def linearize_inverse(self, y, n_terms=_EXACT_NEUMANN_TERMS, tol=None):
+        """Products with ``J(y) = G(y)^{-1}`` by a Neumann series in each block.
+
+        ``tol=None`` with the default ``n_terms`` sums each series to ``eps ** 0.75`` of
+        the dtype (exact products); a small ``n_terms`` with ``tol=None`` gives a fixed,
+        cheap approximation. Returns an :class:`~skivcnf.flows.linearize.InverseLinearization`.
+        """
+        y = self.as_input(y)
+        if tol is None and n_terms >= _EXACT_NEUMANN_TERMS:
+            tol = default_tolerance(y.dtype)
+        return InverseLinearization(self, y, n_terms, tol)
