@@ -18,6 +18,7 @@ Run from the repository root::
     python -m benchmarks.speed step-scale --table nonlinear --mechanism "MNAR 30%"   # the linear map's step_scale
     python -m benchmarks.speed fallback              # digits at 90%: the fixed point's fallback, where it runs
     python -m benchmarks.speed transform-grid '{"skivcnf._drawing.ADAPTIVE": false}' '{}' --label adaptive --seeds 1
+    python -m benchmarks.speed transform-time --fit /tmp/fit.skivcnf   # one fit's transform, timed (any commit)
 
 ``chord``: on flows trained by ``IVCNFImputer`` (breast cancer 20 epochs; digits 3 epochs at
 50% and 90% MCAR), 64 draws of the first 256 rows solved with ``chord_max_iter`` 0 (Newton
@@ -30,7 +31,8 @@ one thread per task), to ``results/speed/grid_<label>.jsonl``; ``grid-report`` c
 ``step-scale``: one case of the grid (3 mask seeds) with the flow's linear map at ``step_scale`` 1, 3
 and 10 (the default), and without the map. ``fallback``: see :func:`fallback`. ``transform-grid``:
 every case of the grid fitted once by default, then transformed under each setting of module
-constants given (a paired comparison; see :func:`transform_grid`).
+constants given (a paired comparison; see :func:`transform_grid`). ``transform-time``: see
+:func:`transform_time`.
 """
 
 import argparse
@@ -275,6 +277,36 @@ def transform_levers(table="breast_cancer"):
         imputer.set_params(n_draws=n_draws, importance_weighting=False)
         lines.append(timed("n_draws without importance weights", n_draws, policy(0.05, 2)))
     return lines
+
+
+def transform_time(path, rows=1000, repeats=3):
+    """Seconds of ``transform`` on the first ``rows`` rows of the scaling section's 10,000 x 10 table
+    (20% MCAR), best of ``repeats``, with a digest of the output.
+
+    The default fit is saved to ``path`` on the first run and loaded by the next, so that two
+    commits (or settings) transform with the same flow: a paired timing, and the digest says
+    whether their imputations are bit-identical.
+    """
+    import hashlib
+
+    n, d = 10_000, 10
+    X = data.correlated_gaussian(n, d, seed=n + d).X
+    X_missing = np.where(masks.mcar(X, 0.2, np.random.default_rng(0)), np.nan, X)
+    path = Path(path)
+    if path.exists():
+        imputer = IVCNFImputer.load(path)
+    else:
+        imputer = IVCNFImputer(random_state=0).fit(X_missing)
+        imputer.save(path)
+    X_missing = X_missing[:rows]
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = imputer.transform(X_missing)
+        seconds.append(round(time.perf_counter() - start, 3))
+    digest = hashlib.sha1(np.ascontiguousarray(out).tobytes()).hexdigest()[:12]
+    return [{"rows": rows, "best_seconds": min(seconds), "seconds": seconds,
+             "rows_per_second": round(rows / min(seconds)), "output_sha1": digest}]
 
 
 def logdet_methods(epochs=20, rows=200):
@@ -634,7 +666,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads", "grid", "grid-report",
                                          "transform-levers", "logdet", "peak", "chord-centre", "compile",
-                                         "step-scale", "fallback", "transform-grid", "transform-grid-report"])
+                                         "step-scale", "fallback", "transform-grid", "transform-grid-report",
+                                         "transform-time"])
     parser.add_argument("settings", nargs="*", default=["{}"],
                         help="training, grid: IVCNFImputer settings, a dict literal; compare: a git revision; "
                              "grid-report: labels; transform-grid: module-constant settings, JSON dicts")
@@ -645,6 +678,8 @@ def main(argv=None):
                         help="grid: only these tables' cases (all by default)")
     parser.add_argument("--workers", type=int, default=1, help="grid: tasks side by side, one thread each")
     parser.add_argument("--seeds", type=int, default=3, help="transform-grid: mask seeds per case")
+    parser.add_argument("--fit", type=Path, default=Path("transform_time.skivcnf"),
+                        help="transform-time: the saved fit to load, or to write on the first run")
     args = parser.parse_args(argv)
     if args.what == "compare":
         print(compare(args.settings[0]))
@@ -681,6 +716,8 @@ def main(argv=None):
         lines = fallback()
     elif args.what == "transform-levers":
         lines = transform_levers(args.table or "breast_cancer")
+    elif args.what == "transform-time":
+        lines = transform_time(args.fit)
     elif args.what == "logdet":
         lines = logdet_methods()
     elif args.what == "peak":

@@ -105,24 +105,29 @@ def iter_draws(imputer, X, n_draws, keys, unsolved_consequence, reliable=True, m
         hidden = torch.isnan(z)
         with torch.no_grad():
             params = network(torch.where(hidden, 0.0, z), hidden)
-        if imputer.refinement_steps:
-            # A fixed number of steps (patience = steps): a batch-wide stopping rule would couple the rows.
-            posterior = GaussianPosterior(len(z), z.shape[1], n_reflections=imputer.n_reflections, init=params)
-            fit_posterior(flow, torch.where(hidden, 0.0, z), hidden, posterior, n_samples=REFINEMENT_DRAWS,
-                          max_steps=imputer.refinement_steps, patience=imputer.refinement_steps,
-                          solver=imputer.solver, generator=noise)
-            with torch.no_grad():
-                params = posterior()
+        # The weights are fixed here: computed once for the batch's many flow calls, without their graph.
+        with flow.cached_weights(differentiable=False):
+            if imputer.refinement_steps:
+                # A fixed number of steps (patience = steps): a batch-wide stopping rule would couple the rows.
+                posterior = GaussianPosterior(len(z), z.shape[1], n_reflections=imputer.n_reflections, init=params)
+                fit_posterior(flow, torch.where(hidden, 0.0, z), hidden, posterior, n_samples=REFINEMENT_DRAWS,
+                              max_steps=imputer.refinement_steps, patience=imputer.refinement_steps,
+                              solver=imputer.solver, generator=noise)
+                with torch.no_grad():
+                    params = posterior()
+            if not reliable:
+                draws = sample_conditional(flow, z, hidden, params, n_samples=n_draws, generator=noise,
+                                           solver=imputer.solver)
+            else:
+                result = reliable_draws(flow, z, hidden, params, n_draws, noise,
+                                        weighted=imputer.importance_weighting, solver=imputer.solver, bounds=bounds,
+                                        mc_tolerance=mc_tolerance, max_rounds=MAX_ROUNDS, antithetic=antithetic,
+                                        quasi=quasi, adapt=adapt)
         if not reliable:
-            draws = sample_conditional(flow, z, hidden, params, n_samples=n_draws, generator=noise,
-                                       solver=imputer.solver)
             unsolved = ~draws.converged.any(dim=0)
             n_unsolved += int(unsolved.sum())
             yield draws._replace(samples=torch.where(unsolved.unsqueeze(-1), 0.0, draws.samples)), noise
             continue
-        result = reliable_draws(flow, z, hidden, params, n_draws, noise, weighted=imputer.importance_weighting,
-                                solver=imputer.solver, bounds=bounds, mc_tolerance=mc_tolerance, max_rounds=MAX_ROUNDS,
-                                antithetic=antithetic, quasi=quasi, adapt=adapt)
         unsolved = ~result.usable  # no solved draw: no estimate
         n_unsolved, n_uneven = n_unsolved + int(unsolved.sum()), n_uneven + int(result.unreliable.sum())
         n_clipped += int(result.clipped.sum())

@@ -201,3 +201,20 @@ def test_inverse_linearization_is_the_inverse_jacobian(generator, linear):
     for factor in reversed(factors):
         rough = torch.einsum("bij,bj->bi", factor, rough)
     torch.testing.assert_close(flow.linearize_inverse(y, n_terms=1).jvp(v), rough.detach(), atol=1e-12, rtol=0)
+
+
+def test_cached_weights_without_their_graph_are_reused_by_nested_caches(generator):
+    flow = ResidualFlow(3, n_blocks=2, hidden_features=(8,), generator=generator).double()
+    linear = flow.blocks[0].net[0]
+    expected = linear.weight.detach().clone()
+    with flow.cached_weights(differentiable=False):
+        weight = linear.weight
+        assert weight.grad_fn is None and torch.equal(weight, expected)
+        with flow.cached_weights():  # as the solvers nest it: no recomputation, still no graph
+            assert linear.weight is weight
+        # Gradients with respect to the inputs still flow through the cached weights.
+        y = torch.randn(4, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(flow(y).sum(), y)
+        assert torch.isfinite(grad).all()
+    with flow.cached_weights():
+        assert linear.weight.grad_fn is not None  # the default keeps the graph, for training

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from skivcnf.flows import LipschitzLinear, LipSwish, ResidualBlock, SpectralNormBound
-from skivcnf.flows.lipschitz import make_activation
+from skivcnf.flows.lipschitz import activation_and_derivative, make_activation
 
 from .helpers import saturate
 
@@ -37,6 +37,19 @@ def test_lipswish_is_one_lipschitz(raw_beta):
     assert slope.abs().max().item() <= 1.0
     # The 1.1 divisor is tight: the peak slope is within 0.1% of 1.
     assert slope.abs().max().item() >= 0.999
+
+
+@pytest.mark.parametrize("name", ["lipswish", "elu"])
+def test_activation_and_derivative_are_the_modules_output_and_its_autograd_slope(name, generator):
+    act = make_activation(name).double()
+    x = 4 * torch.randn(500, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    out, slope = activation_and_derivative(act, x)
+    assert torch.equal(out, act(x))  # the same operations: the closed-form Jacobians see the module's values
+    (expected,) = torch.autograd.grad(act(x).sum(), x)
+    torch.testing.assert_close(slope, expected, rtol=1e-12, atol=1e-14)
+    # The slope is differentiable (the training bound's gradient goes through it).
+    (second,) = torch.autograd.grad(slope.sum(), x)
+    assert torch.isfinite(second).all() and second.abs().max() > 0
 
 
 def test_make_activation_rejects_unknown():

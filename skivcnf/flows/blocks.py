@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .linearize import NeumannInverse
-from .lipschitz import LipschitzLinear, activation_derivative, make_activation
+from .lipschitz import LipschitzLinear, activation_and_derivative, make_activation
 from .logdet import stochastic_block_logdet
 
 __all__ = ["FlowLayer", "ResidualLayer", "ResidualBlock", "BlockInverse", "LOGDET_ESTIMATES"]
@@ -181,8 +181,8 @@ class ResidualLayer(FlowLayer):
                 out = layer(out)
                 t = layer.jacobian_product(t)
             else:
-                t = activation_derivative(layer, out).unsqueeze(1) * t
-                out = layer(out)
+                out, slope = activation_and_derivative(layer, out)
+                t = slope.unsqueeze(1) * t
         return out.reshape(batch, self.features), t.reshape(batch, k, self.features)
 
     def forward_and_tangents(self, z, tangents):

@@ -223,15 +223,20 @@ class ResidualFlow(FlowJacobians, nn.Module):
         )
 
     @contextmanager
-    def cached_weights(self):
+    def cached_weights(self, differentiable=True):
         """Compute every spectrally normalised weight once for the enclosed calls.
 
-        For inference and solvers, which call the flow many times with fixed weights.
+        For inference and solvers, which call the flow many times with fixed weights. A
+        nested ``cached_weights`` reuses the outer one's weights. With
+        ``differentiable=False`` they are computed without their graph: for code that never
+        differentiates with respect to the weights (drawing completions; gradients with
+        respect to the inputs still flow).
         """
         with parametrize.cached():
-            for module in self.modules():
-                if parametrize.is_parametrized(module, "weight"):
-                    module.weight  # noqa: B018 - fills the cache outside any torch.func transform
+            with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+                for module in self.modules():
+                    if parametrize.is_parametrized(module, "weight"):
+                        module.weight  # noqa: B018 - fills the cache outside any torch.func transform
             yield
 
     # ------------------------------------------------------------------ maps

@@ -150,17 +150,21 @@ class LipSwish(nn.Module):
 
     def derivative(self, x):
         """Elementwise ``d forward / dx`` (differentiable), for closed-form Jacobians."""
+        return self.forward_and_derivative(x)[1]
+
+    def forward_and_derivative(self, x):
+        """``forward(x)`` and its elementwise derivative, sharing one sigmoid (differentiable)."""
         beta = nn.functional.softplus(self.raw_beta)
         s = torch.sigmoid(beta * x)
-        return (s + beta * x * s * (1 - s)) / 1.1
+        return x * s / 1.1, (s + beta * x * s * (1 - s)) / 1.1
 
 
-def activation_derivative(activation, x):
-    """Elementwise derivative of a 1-Lipschitz activation module at ``x`` (differentiable)."""
+def activation_and_derivative(activation, x):
+    """A 1-Lipschitz activation module's output at ``x`` and its elementwise derivative (differentiable)."""
     if isinstance(activation, LipSwish):
-        return activation.derivative(x)
+        return activation.forward_and_derivative(x)
     if isinstance(activation, nn.ELU):
-        return torch.where(x > 0, torch.ones_like(x), activation.alpha * torch.exp(x.clamp(max=0)))
+        return activation(x), torch.where(x > 0, torch.ones_like(x), activation.alpha * torch.exp(x.clamp(max=0)))
     raise TypeError(f"no closed-form derivative for activation {type(activation).__name__}.")
 
 
