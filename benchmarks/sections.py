@@ -111,7 +111,8 @@ RUBIN_ROWS, RUBIN_COLUMNS, RUBIN_M = 500, 6, 20
 
 
 def rubin_case(table, repeat, rows=RUBIN_ROWS):
-    """Repeat ``repeat`` of a Rubin's-rules table: the complete sample, its MAR 30% mask and the true coefficient."""
+    """Repeat ``repeat`` of a Rubin's-rules table: the complete sample, its MAR 30% mask, the true
+    coefficient and the law the sample was drawn from (``data.GaussianLaw`` or ``data.MixtureLaw``)."""
     if table == "gaussian":
         ds, seed, truth = data.correlated_gaussian(rows, RUBIN_COLUMNS, seed=10_000 + repeat), 10_000 + repeat, 0.8
     elif table == "mixture":
@@ -120,7 +121,7 @@ def rubin_case(table, repeat, rows=RUBIN_ROWS):
         truth = float(np.linalg.solve(cov[1:3, 1:3], cov[1:3, 0])[0])
     else:
         raise ValueError(f"no Rubin's-rules table {table!r}")
-    return ds.X, masks.make_mask("MAR 30%", ds.X, seed), truth
+    return ds.X, masks.make_mask("MAR 30%", ds.X, seed), truth, ds.law
 
 
 def rubin(repeat, imputer, quick=False, table="gaussian"):
@@ -132,7 +133,7 @@ def rubin(repeat, imputer, quick=False, table="gaussian"):
     Gaussian mixture (500 x 8, non-Gaussian, multimodal), whose coefficient is the population
     least-squares one, computed from the law's moments.
     """
-    X, mask, truth = rubin_case(table, repeat, 150 if quick else RUBIN_ROWS)
+    X, mask, truth, _ = rubin_case(table, repeat, 150 if quick else RUBIN_ROWS)
     X_missing = np.where(mask, np.nan, X)
     m = 5 if quick else RUBIN_M
 

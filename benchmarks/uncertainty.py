@@ -10,6 +10,7 @@ Run from the repository root::
     python -m benchmarks.uncertainty schedule                 # how long fit trains: early-stopping rules
     python -m benchmarks.uncertainty linear                   # the flow's correlation with a linear map
     python -m benchmarks.uncertainty resampling --table mixture --first 0 --repeats 40   # proper copies' resampling
+    python -m benchmarks.uncertainty reference --table gaussian --repeats 200   # what a correct model's MI gets
 
 ``diagnose``: the Rubin's-rules case of the suite (500-row AR(1) Gaussian, 6 columns, MAR 30%,
 repeat ``r`` seeded as the suite's): one default fit, then the flow's correlations (20,000
@@ -38,7 +39,11 @@ at ``step_scale`` 1 and at the default 10: epochs, RMSE against the oracle's, th
 ``--copies`` (20) copies from one model and proper copies under each of
 :data:`skivcnf._drawing.RESAMPLINGS`: the pooled slope and its 90% interval, appended per repeat to
 ``resampling_<table>.jsonl`` (a rerun skips stored repeats), then the report: coverage, bias, and
-each variant's shift from one model's estimate paired over repeats.
+each variant's shift from one model's estimate paired over repeats. ``reference``: the same
+cases (repeats 0 to ``--repeats - 1``), imputed without a flow by the exact conditional law
+(the true parameters: no estimation error) and by proper multiple imputation under a
+multivariate normal model (Schafer's data augmentation, Jeffreys prior: the correct model on
+the Gaussian table, with its parameters' uncertainty); coverage and bias of the pooled slope.
 """
 
 import argparse
@@ -327,7 +332,7 @@ def resampling(table, first, repeats, copies, path):
     for repeat in range(first, first + repeats):
         if repeat in done:
             continue
-        X, mask, truth = rubin_case(table, repeat)
+        X, mask, truth, _ = rubin_case(table, repeat)
         X_missing = np.where(mask, np.nan, X)
         imputer = IVCNFImputer(random_state=repeat).fit(X_missing)  # the suite's model (benchmarks.peers)
         line = {"table": table, "repeat": repeat, "truth": truth, "copies": copies,
@@ -346,35 +351,92 @@ def resampling(table, first, repeats, copies, path):
     return resampling_report(path)
 
 
-def resampling_report(path):
-    """Coverage, bias and the paired shift from one model's estimate, per variant, over the stored repeats."""
+def gaussian_data_augmentation(X_missing, m, rng, burn_in=200, thin=20):
+    """``m`` proper imputations of ``X_missing`` under a multivariate normal model: Schafer's (1997)
+    data augmentation, alternating draws of the missing entries given the parameters and of the
+    parameters (mean, covariance) from their posterior given the completed table, under the
+    Jeffreys prior; an imputation every ``thin`` iterations after ``burn_in``."""
+    from scipy.stats import invwishart
+
+    n, p = X_missing.shape
+    hidden = np.isnan(X_missing)
+    patterns, index = np.unique(hidden, axis=0, return_inverse=True)
+    groups = [(np.flatnonzero(index.ravel() == k), h) for k, h in enumerate(patterns) if h.any()]
+    completed = np.where(hidden, np.nanmean(X_missing, axis=0), X_missing)
+    copies = []
+    for iteration in range(burn_in + m * thin):
+        mean = completed.mean(axis=0)
+        centred = completed - mean
+        cov = invwishart.rvs(df=n - 1, scale=centred.T @ centred, random_state=rng)
+        mean = rng.multivariate_normal(mean, cov / n)
+        law = data.GaussianLaw(mean, cov)
+        for rows, h in groups:
+            cond_mean, cond_cov = law.conditional(completed[rows], h)
+            chol = np.linalg.cholesky(cond_cov)
+            completed[np.ix_(rows, np.flatnonzero(h))] = cond_mean + rng.standard_normal(cond_mean.shape) @ chol.T
+        if iteration >= burn_in and (iteration - burn_in + 1) % thin == 0:
+            copies.append(completed.copy())
+    return np.stack(copies)
+
+
+def reference(table, repeats, copies, path):
+    """Append a record per repeat not yet in ``path``: the slope pooled from the exact conditional's
+    copies and from proper normal-model copies."""
+    done = {json.loads(line)["repeat"] for line in path.read_text().splitlines()} if path.exists() else set()
+    for repeat in range(repeats):
+        if repeat in done:
+            continue
+        X, mask, truth, law = rubin_case(table, repeat)
+        X_missing = np.where(mask, np.nan, X)
+        rng = np.random.default_rng(repeat)
+        line = {"table": table, "repeat": repeat, "truth": truth, "copies": copies,
+                "exact conditional": _pooled(law.oracle_sample(X_missing, copies, rng)),
+                "normal model (proper)": _pooled(gaussian_data_augmentation(X_missing, copies, rng))}
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return _coverage_table(lines, ("exact conditional", "normal model (proper)"))
+
+
+def _coverage_table(lines, names, one="one model"):
+    """Coverage, width and bias of the pooled slope per method; the paired shift from ``one``'s where stored."""
     truth = np.array([line["truth"] for line in lines])
-    one = np.array([line["one model"]["estimate"] for line in lines])
     rows = [f"{len(lines)} repeats of {lines[0]['table']}, {lines[0]['copies']} copies each",
             "| copies | coverage | mean width | bias | shift from one model's (paired) | seconds |",
             "|---|---|---|---|---|---|"]
-    for name in ("one model", *drawing.RESAMPLINGS):
+    for name in names:
         estimate = np.array([line[name]["estimate"] for line in lines])
         low, high = (np.array([line[name][k] for line in lines]) for k in ("low", "high"))
         covered = np.mean((low <= truth) & (truth <= high))
-        error, shift = estimate - truth, estimate - one
+        error = estimate - truth
         se = np.sqrt(covered * (1 - covered) / len(lines))
-        seconds = np.mean([line[name].get("seconds", np.nan) for line in lines])
+        if one in lines[0]:
+            shift = estimate - np.array([line[one]["estimate"] for line in lines])
+            shifted = f"{shift.mean():+.4f} ± {_standard_error(shift):.4f}"
+        else:
+            shifted = "-"
+        seconds = [line[name]["seconds"] for line in lines if "seconds" in line[name]]
+        timed = f"{np.mean(seconds):.1f}" if seconds else "-"
         rows.append(f"| {name} | {covered:.3f} ± {se:.3f} | {np.mean(high - low):.3f} | "
-                    f"{error.mean():+.4f} ± {_standard_error(error):.4f} | "
-                    f"{shift.mean():+.4f} ± {_standard_error(shift):.4f} | {seconds:.1f} |")
+                    f"{error.mean():+.4f} ± {_standard_error(error):.4f} | {shifted} | {timed} |")
     return "\n".join(rows)
+
+
+def resampling_report(path):
+    """Coverage, bias and the paired shift from one model's estimate, per variant, over the stored repeats."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return _coverage_table(lines, ("one model", *drawing.RESAMPLINGS))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule",
-                                         "linear", "resampling"])
+                                         "linear", "resampling", "reference"])
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--first", type=int, default=0, help="resampling: the first repeat")
-    parser.add_argument("--table", choices=["gaussian", "mixture"], default="mixture", help="resampling: the table")
-    parser.add_argument("--copies", type=int, default=20, help="resampling: copies per variant")
+    parser.add_argument("--table", choices=["gaussian", "mixture"], default="mixture",
+                        help="resampling, reference: the table")
+    parser.add_argument("--copies", type=int, default=20, help="resampling, reference: copies per method")
     parser.add_argument("--replicates", type=int, default=5, help="mc_error: transforms per setting")
     parser.add_argument("--settings", nargs="+", choices=list(MC_SETTINGS), default=None,
                         help="mc_error: these settings only (their records replace the stored ones of the same name)")
@@ -385,6 +447,9 @@ def main():
     path = OUT / f"{args.what}.jsonl"
     if args.what == "resampling":
         print(resampling(args.table, args.first, args.repeats, args.copies, OUT / f"resampling_{args.table}.jsonl"))
+        return
+    if args.what == "reference":
+        print(reference(args.table, args.repeats, args.copies, OUT / f"reference_{args.table}.jsonl"))
         return
     if args.what == "diagnose":
         lines = [diagnose(r) for r in range(args.repeats)]
