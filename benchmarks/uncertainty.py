@@ -11,6 +11,7 @@ Run from the repository root::
     python -m benchmarks.uncertainty linear                   # the flow's correlation with a linear map
     python -m benchmarks.uncertainty resampling --table mixture --first 0 --repeats 40   # proper copies' resampling
     python -m benchmarks.uncertainty reference --table gaussian --repeats 200   # what a correct model's MI gets
+    python -m benchmarks.uncertainty attenuation --first 0 --repeats 20   # the slope's bias against training length
 
 ``diagnose``: the Rubin's-rules case of the suite (500-row AR(1) Gaussian, 6 columns, MAR 30%,
 repeat ``r`` seeded as the suite's): one default fit, then the flow's correlations (20,000
@@ -44,6 +45,11 @@ cases (repeats 0 to ``--repeats - 1``), imputed without a flow by the exact cond
 (the true parameters: no estimation error) and by proper multiple imputation under a
 multivariate normal model (Schafer's data augmentation, Jeffreys prior: the correct model on
 the Gaussian table, with its parameters' uncertainty); coverage and bias of the pooled slope.
+``attenuation``: Gaussian Rubin repeats ``--first`` to ``--first + --repeats - 1``, fitted with
+each of :data:`ATTENUATION_SETTINGS`; 20 copies from one model each (``proper=False``: the
+proper copies' estimate is one model's, paired over 200 repeats), the pooled slope, epochs and
+seconds, appended per repeat; the report pairs every setting with the default and with the
+normal model of ``reference`` where its records exist.
 """
 
 import argparse
@@ -398,11 +404,53 @@ def reference(table, repeats, copies, path):
     return _coverage_table(lines, ("exact conditional", "normal model (proper)"))
 
 
+#: Training settings of ``attenuation``: does the flow's slope lose its attenuation when trained longer?
+ATTENUATION_SETTINGS = {"default": {}, "patience 24": {"n_iter_no_change": 24},
+                        "300 epochs": {"early_stopping": False, "max_epochs": 300}}
+
+
+def attenuation(first, repeats, copies, path):
+    """Append a record per repeat not yet in ``path``: the one-model pooled slope under each training setting."""
+    done = {json.loads(line)["repeat"] for line in path.read_text().splitlines()} if path.exists() else set()
+    for repeat in range(first, first + repeats):
+        if repeat in done:
+            continue
+        X, mask, truth, _ = rubin_case("gaussian", repeat)
+        X_missing = np.where(mask, np.nan, X)
+        line = {"table": "gaussian", "repeat": repeat, "truth": truth, "copies": copies}
+        for name, settings in ATTENUATION_SETTINGS.items():
+            start = time.perf_counter()
+            imputer = IVCNFImputer(random_state=repeat, **settings).fit(X_missing)
+            line[name] = _pooled(imputer.sample_multiple_imputations(X_missing, copies, proper=False))
+            line[name].update(seconds=round(time.perf_counter() - start, 1), epochs=len(imputer.history_.train_loss))
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(json.dumps(line), flush=True)
+    return attenuation_report(path)
+
+
+def attenuation_report(path, reference_path=None):
+    """Coverage and bias per training setting; each setting's paired shift from the default and from the
+    proper normal model's estimate (``reference_gaussian.jsonl`` beside ``path``)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    text = _coverage_table(lines, tuple(ATTENUATION_SETTINGS), one="default")
+    reference_path = reference_path or path.with_name("reference_gaussian.jsonl")
+    if reference_path.exists():
+        normal = {json.loads(line)["repeat"]: json.loads(line)["normal model (proper)"]["estimate"]
+                  for line in reference_path.read_text().splitlines()}
+        paired = [line for line in lines if line["repeat"] in normal]
+        for name in ATTENUATION_SETTINGS:
+            shift = np.array([line[name]["estimate"] - normal[line["repeat"]] for line in paired])
+            text += (f"\n{name} minus the proper normal model, paired over {len(shift)} repeats: "
+                     f"{shift.mean():+.4f} ± {_standard_error(shift):.4f}")
+    return text
+
+
 def _coverage_table(lines, names, one="one model"):
     """Coverage, width and bias of the pooled slope per method; the paired shift from ``one``'s where stored."""
     truth = np.array([line["truth"] for line in lines])
     rows = [f"{len(lines)} repeats of {lines[0]['table']}, {lines[0]['copies']} copies each",
-            "| copies | coverage | mean width | bias | shift from one model's (paired) | seconds |",
+            f"| copies | coverage | mean width | bias | shift from {one}'s (paired) | seconds |",
             "|---|---|---|---|---|---|"]
     for name in names:
         estimate = np.array([line[name]["estimate"] for line in lines])
@@ -431,9 +479,9 @@ def resampling_report(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule",
-                                         "linear", "resampling", "reference"])
+                                         "linear", "resampling", "reference", "attenuation"])
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--first", type=int, default=0, help="resampling: the first repeat")
+    parser.add_argument("--first", type=int, default=0, help="resampling, attenuation: the first repeat")
     parser.add_argument("--table", choices=["gaussian", "mixture"], default="mixture",
                         help="resampling, reference: the table")
     parser.add_argument("--copies", type=int, default=20, help="resampling, reference: copies per method")
@@ -447,6 +495,9 @@ def main():
     path = OUT / f"{args.what}.jsonl"
     if args.what == "resampling":
         print(resampling(args.table, args.first, args.repeats, args.copies, OUT / f"resampling_{args.table}.jsonl"))
+        return
+    if args.what == "attenuation":
+        print(attenuation(args.first, args.repeats, args.copies, OUT / "attenuation_gaussian.jsonl"))
         return
     if args.what == "reference":
         print(reference(args.table, args.repeats, args.copies, OUT / f"reference_{args.table}.jsonl"))
