@@ -191,6 +191,26 @@ def test_resampling_report_pairs_each_variant_with_one_models_estimate(tmp_path)
     assert "| bootstrap | 0.500 ± 0.354 | 0.200 | +0.0800 ± 0.1100 | +0.0300 ± 0.0100 | - |" in text
 
 
+def test_attenuation_report_pairs_settings_with_the_default_and_the_normal_model(tmp_path):
+    from benchmarks import uncertainty
+
+    def pooled(estimate):
+        return {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
+
+    records = [{"table": "gaussian", "repeat": r, "truth": 0.8, "copies": 20,
+                **{name: pooled(0.75 + r * 0.02 + k * 0.01) for k, name in enumerate(uncertainty.ATTENUATION_SETTINGS)}}
+               for r in range(2)]
+    path = tmp_path / "attenuation_gaussian.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in records))
+    reference = [{"repeat": r, "normal model (proper)": pooled(0.78 + r * 0.02)} for r in range(3)]
+    (tmp_path / "reference_gaussian.jsonl").write_text("".join(json.dumps(line) + "\n" for line in reference))
+    text = uncertainty.attenuation_report(path)
+    # default: errors -0.05 and -0.03, shifts from the normal model -0.03 both times
+    assert "| default | 1.000 ± 0.000 | 0.200 | -0.0400 ± 0.0100 | +0.0000 ± 0.0000 | - |" in text
+    assert "| patience 24 | 1.000 ± 0.000 | 0.200 | -0.0300 ± 0.0100 | +0.0100 ± 0.0000 | - |" in text
+    assert "default minus the proper normal model, paired over 2 repeats: -0.0300 ± 0.0000" in text
+
+
 def test_normal_data_augmentation_draws_proper_imputations_of_a_gaussian_table():
     from benchmarks import uncertainty
 
