@@ -73,6 +73,11 @@ from .sections import ols, rubin_case
 OUT = Path(__file__).parent / "results" / "uncertainty"
 
 
+def _records(path):
+    """The JSON lines stored in ``path`` (none if it does not exist yet): a study resumes after them."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def _slope(table):
     coef, se, dof = ols(table[:, 1:3], table[:, 0])
     return coef[1], se[1], dof
@@ -333,7 +338,7 @@ def linear(repeats=4):
 
 def resampling(table, first, repeats, copies, path):
     """Append a record per repeat not yet in ``path``: pooled slopes of one model's and of each resampling's copies."""
-    done = {json.loads(line)["repeat"] for line in path.read_text().splitlines()} if path.exists() else set()
+    done = {line["repeat"] for line in _records(path)}
     default = drawing.RESAMPLING
     for repeat in range(first, first + repeats):
         if repeat in done:
@@ -364,7 +369,7 @@ def gaussian_data_augmentation(X_missing, m, rng, burn_in=200, thin=20):
     Jeffreys prior; an imputation every ``thin`` iterations after ``burn_in``."""
     from scipy.stats import invwishart
 
-    n, p = X_missing.shape
+    n = len(X_missing)
     hidden = np.isnan(X_missing)
     patterns, index = np.unique(hidden, axis=0, return_inverse=True)
     groups = [(np.flatnonzero(index.ravel() == k), h) for k, h in enumerate(patterns) if h.any()]
@@ -388,7 +393,7 @@ def gaussian_data_augmentation(X_missing, m, rng, burn_in=200, thin=20):
 def reference(table, repeats, copies, path):
     """Append a record per repeat not yet in ``path``: the slope pooled from the exact conditional's
     copies and from proper normal-model copies."""
-    done = {json.loads(line)["repeat"] for line in path.read_text().splitlines()} if path.exists() else set()
+    done = {line["repeat"] for line in _records(path)}
     for repeat in range(repeats):
         if repeat in done:
             continue
@@ -400,7 +405,7 @@ def reference(table, repeats, copies, path):
                 "normal model (proper)": _pooled(gaussian_data_augmentation(X_missing, copies, rng))}
         with path.open("a") as f:
             f.write(json.dumps(line) + "\n")
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = _records(path)
     return _coverage_table(lines, ("exact conditional", "normal model (proper)"))
 
 
@@ -411,7 +416,7 @@ ATTENUATION_SETTINGS = {"default": {}, "patience 24": {"n_iter_no_change": 24},
 
 def attenuation(first, repeats, copies, path):
     """Append a record per repeat not yet in ``path``: the one-model pooled slope under each training setting."""
-    done = {json.loads(line)["repeat"] for line in path.read_text().splitlines()} if path.exists() else set()
+    done = {line["repeat"] for line in _records(path)}
     for repeat in range(first, first + repeats):
         if repeat in done:
             continue
@@ -432,12 +437,11 @@ def attenuation(first, repeats, copies, path):
 def attenuation_report(path, reference_path=None):
     """Coverage and bias per training setting; each setting's paired shift from the default and from the
     proper normal model's estimate (``reference_gaussian.jsonl`` beside ``path``)."""
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = _records(path)
     text = _coverage_table(lines, tuple(ATTENUATION_SETTINGS), one="default")
     reference_path = reference_path or path.with_name("reference_gaussian.jsonl")
     if reference_path.exists():
-        normal = {json.loads(line)["repeat"]: json.loads(line)["normal model (proper)"]["estimate"]
-                  for line in reference_path.read_text().splitlines()}
+        normal = {line["repeat"]: line["normal model (proper)"]["estimate"] for line in _records(reference_path)}
         paired = [line for line in lines if line["repeat"] in normal]
         for name in ATTENUATION_SETTINGS:
             shift = np.array([line[name]["estimate"] - normal[line["repeat"]] for line in paired])
@@ -472,7 +476,7 @@ def _coverage_table(lines, names, one="one model"):
 
 def resampling_report(path):
     """Coverage, bias and the paired shift from one model's estimate, per variant, over the stored repeats."""
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = _records(path)
     return _coverage_table(lines, ("one model", *drawing.RESAMPLINGS))
 
 
@@ -511,7 +515,7 @@ def main():
     elif args.what == "mc_error":
         lines = mc_error(args.replicates, args.settings)
         if args.settings and path.exists():  # keep the other settings' records
-            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept = _records(path)
             lines = [line for line in kept if line["draws"] not in args.settings] + lines
     elif args.what == "longer":
         lines = longer()
