@@ -450,6 +450,68 @@ def attenuation_report(path, reference_path=None):
     return text
 
 
+#: Proposals per copy that ``decompose`` sets against the default's ``PROPOSALS_PER_IMPUTATION``.
+MANY_PROPOSALS = 32
+#: Rows the fitted flow draws in ``decompose``, for its own (population) slope.
+FLOW_ROWS = 50_000
+
+
+def _model_slope(imputer, rows, seed):
+    """The least-squares slope of the fitted flow's own law: ``rows`` unconditional draws, on the data's scale."""
+    with torch.no_grad():
+        y = imputer.flow_.sample(rows, generator=torch.Generator().manual_seed(seed))
+    return float(_slope(imputer._layout().unstandardise(y.double().cpu().numpy()))[0])
+
+
+def decompose(first, repeats, copies, path):
+    """Append a record per repeat not yet in ``path``: where the one-model slope's bias arises, the
+    fitted law or the drawing from it."""
+    done = {line["repeat"] for line in _records(path)}
+    for repeat in range(first, first + repeats):
+        if repeat in done:
+            continue
+        X, mask, truth, _ = rubin_case("gaussian", repeat)
+        X_missing = np.where(mask, np.nan, X)
+        start = time.perf_counter()
+        imputer = IVCNFImputer(random_state=repeat).fit(X_missing)
+        line = {"table": "gaussian", "repeat": repeat, "truth": truth, "copies": copies,
+                "fit seconds": round(time.perf_counter() - start, 1),
+                "complete data": float(_slope(X)[0]), "flow's law": _model_slope(imputer, FLOW_ROWS, repeat)}
+        for name, proposals in ((f"{drawing.PROPOSALS_PER_IMPUTATION} proposals a copy",
+                                 drawing.PROPOSALS_PER_IMPUTATION), (f"{MANY_PROPOSALS} proposals a copy", MANY_PROPOSALS)):
+            default, drawing.PROPOSALS_PER_IMPUTATION = drawing.PROPOSALS_PER_IMPUTATION, proposals
+            try:
+                start = time.perf_counter()
+                line[name] = _pooled(imputer.sample_multiple_imputations(X_missing, copies, proper=False))
+                line[name]["seconds"] = round(time.perf_counter() - start, 1)
+            finally:
+                drawing.PROPOSALS_PER_IMPUTATION = default
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(json.dumps(line), flush=True)
+    return decompose_report(path)
+
+
+def decompose_report(path, reference_path=None):
+    """The slope of the flow's law and of its copies, each paired with the complete data's and the
+    proper normal model's (``reference_gaussian.jsonl`` beside ``path``)."""
+    lines = _records(path)
+    reference_path = reference_path or path.with_name("reference_gaussian.jsonl")
+    normal = {line["repeat"]: line["normal model (proper)"]["estimate"] for line in _records(reference_path)}
+    names = [name for name in lines[0] if name.endswith("proposals a copy")]
+    text = _coverage_table(lines, names, one=names[0])
+    rows = ["", f"paired over {len(lines)} repeats (slope minus another estimate of the same sample)",
+            "| estimate | minus the truth | minus the complete data's | minus the proper normal model's |",
+            "|---|---|---|---|"]
+    for name in ["flow's law", *names]:
+        estimate = np.array([line[name] if name == "flow's law" else line[name]["estimate"] for line in lines])
+        shifts = [estimate - [line["truth"] for line in lines], estimate - [line["complete data"] for line in lines]]
+        paired = [i for i, line in enumerate(lines) if line["repeat"] in normal]
+        shifts.append(estimate[paired] - [normal[lines[i]["repeat"]] for i in paired])
+        rows.append(f"| {name} | " + " | ".join(f"{s.mean():+.4f} ± {_standard_error(s):.4f}" for s in shifts) + " |")
+    return text + "\n".join(rows)
+
+
 def _coverage_table(lines, names, one="one model"):
     """Coverage, width and bias of the pooled slope per method; the paired shift from ``one``'s where stored."""
     truth = np.array([line["truth"] for line in lines])
@@ -483,7 +545,7 @@ def resampling_report(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule",
-                                         "linear", "resampling", "reference", "attenuation"])
+                                         "linear", "resampling", "reference", "attenuation", "decompose"])
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--first", type=int, default=0, help="resampling, attenuation: the first repeat")
     parser.add_argument("--table", choices=["gaussian", "mixture"], default="mixture",
@@ -502,6 +564,9 @@ def main():
         return
     if args.what == "attenuation":
         print(attenuation(args.first, args.repeats, args.copies, OUT / "attenuation_gaussian.jsonl"))
+        return
+    if args.what == "decompose":
+        print(decompose(args.first, args.repeats, args.copies, OUT / "decompose_gaussian.jsonl"))
         return
     if args.what == "reference":
         print(reference(args.table, args.repeats, args.copies, OUT / f"reference_{args.table}.jsonl"))
