@@ -12,6 +12,7 @@ Run from the repository root::
     python -m benchmarks.uncertainty resampling --table mixture --first 0 --repeats 40   # proper copies' resampling
     python -m benchmarks.uncertainty reference --table gaussian --repeats 200   # what a correct model's MI gets
     python -m benchmarks.uncertainty attenuation --first 0 --repeats 20   # the slope's bias against training length
+    python -m benchmarks.uncertainty decompose --first 0 --repeats 40     # the bias: the fitted law or its draws?
 
 ``diagnose``: the Rubin's-rules case of the suite (500-row AR(1) Gaussian, 6 columns, MAR 30%,
 repeat ``r`` seeded as the suite's): one default fit, then the flow's correlations (20,000
@@ -49,7 +50,11 @@ the Gaussian table, with its parameters' uncertainty); coverage and bias of the 
 each of :data:`ATTENUATION_SETTINGS`; 20 copies from one model each (``proper=False``: the
 proper copies' estimate is one model's, paired over 200 repeats), the pooled slope, epochs and
 seconds, appended per repeat; the report pairs every setting with the default and with the
-normal model of ``reference`` where its records exist.
+normal model of ``reference`` where its records exist. ``decompose``: the same repeats, one default
+fit each; the slope of the fitted flow's own law (50,000 unconditional draws), and the pooled slope of
+20 one-model copies resampled from 4 proposals a copy (the default) and from 32: each paired with the
+complete data's slope and with the proper normal model's, so that the bias splits into the fitted
+law's and the drawing's.
 """
 
 import argparse
@@ -477,8 +482,8 @@ def decompose(first, repeats, copies, path):
         line = {"table": "gaussian", "repeat": repeat, "truth": truth, "copies": copies,
                 "fit seconds": round(time.perf_counter() - start, 1),
                 "complete data": float(_slope(X)[0]), "flow's law": _model_slope(imputer, FLOW_ROWS, repeat)}
-        for name, proposals in ((f"{drawing.PROPOSALS_PER_IMPUTATION} proposals a copy",
-                                 drawing.PROPOSALS_PER_IMPUTATION), (f"{MANY_PROPOSALS} proposals a copy", MANY_PROPOSALS)):
+        for proposals in (drawing.PROPOSALS_PER_IMPUTATION, MANY_PROPOSALS):
+            name = f"{proposals} proposals a copy"
             default, drawing.PROPOSALS_PER_IMPUTATION = drawing.PROPOSALS_PER_IMPUTATION, proposals
             try:
                 start = time.perf_counter()
@@ -547,7 +552,7 @@ def main():
     parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule",
                                          "linear", "resampling", "reference", "attenuation", "decompose"])
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--first", type=int, default=0, help="resampling, attenuation: the first repeat")
+    parser.add_argument("--first", type=int, default=0, help="resampling, attenuation, decompose: the first repeat")
     parser.add_argument("--table", choices=["gaussian", "mixture"], default="mixture",
                         help="resampling, reference: the table")
     parser.add_argument("--copies", type=int, default=20, help="resampling, reference: copies per method")

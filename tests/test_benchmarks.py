@@ -211,6 +211,27 @@ def test_attenuation_report_pairs_settings_with_the_default_and_the_normal_model
     assert "default minus the proper normal model, paired over 2 repeats: -0.0300 ± 0.0000" in text
 
 
+def test_decompose_report_pairs_the_flows_law_and_its_copies_with_the_complete_data_and_the_normal_model(tmp_path):
+    from benchmarks import uncertainty
+
+    def pooled(estimate):
+        return {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
+
+    records = [{"table": "gaussian", "repeat": r, "truth": 0.8, "copies": 20, "complete data": 0.80 + r * 0.02,
+                "flow's law": 0.78 + r * 0.02, "4 proposals a copy": pooled(0.76 + r * 0.02),
+                "32 proposals a copy": pooled(0.77 + r * 0.04)} for r in range(2)]
+    path = tmp_path / "decompose_gaussian.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in records))
+    reference = [{"repeat": r, "normal model (proper)": pooled(0.79 + r * 0.02)} for r in range(3)]
+    (tmp_path / "reference_gaussian.jsonl").write_text("".join(json.dumps(line) + "\n" for line in reference))
+    text = uncertainty.decompose_report(path)
+    # 32 proposals: errors -0.03 and +0.01; shifts from the 4-proposal copies +0.01 and +0.03.
+    assert "| 32 proposals a copy | 1.000 ± 0.000 | 0.200 | -0.0100 ± 0.0200 | +0.0200 ± 0.0100 | - |" in text
+    # The flow's law: 0.02 below the complete data's and 0.01 below the normal model's, both repeats.
+    assert "| flow's law | -0.0100 ± 0.0100 | -0.0200 ± 0.0000 | -0.0100 ± 0.0000 |" in text
+    assert "| 4 proposals a copy | -0.0300 ± 0.0100 | -0.0400 ± 0.0000 | -0.0300 ± 0.0000 |" in text
+
+
 def test_normal_data_augmentation_draws_proper_imputations_of_a_gaussian_table():
     from benchmarks import uncertainty
 
