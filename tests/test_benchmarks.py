@@ -191,19 +191,26 @@ def test_resampling_report_pairs_each_variant_with_one_models_estimate(tmp_path)
     assert "| bootstrap | 0.500 ± 0.354 | 0.200 | +0.0800 ± 0.1100 | +0.0300 ± 0.0100 | - |" in text
 
 
+def _pooled_interval(estimate):
+    """A stored pooled slope with its 90% interval, as the uncertainty studies record it."""
+    return {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
+
+
+def _write_records(path, records):
+    path.write_text("".join(json.dumps(line) + "\n" for line in records))
+
+
 def test_attenuation_report_pairs_settings_with_the_default_and_the_normal_model(tmp_path):
     from benchmarks import uncertainty
 
-    def pooled(estimate):
-        return {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
-
     records = [{"table": "gaussian", "repeat": r, "truth": 0.8, "copies": 20,
-                **{name: pooled(0.75 + r * 0.02 + k * 0.01) for k, name in enumerate(uncertainty.ATTENUATION_SETTINGS)}}
+                **{name: _pooled_interval(0.75 + r * 0.02 + k * 0.01)
+                   for k, name in enumerate(uncertainty.ATTENUATION_SETTINGS)}}
                for r in range(2)]
     path = tmp_path / "attenuation_gaussian.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in records))
-    reference = [{"repeat": r, "normal model (proper)": pooled(0.78 + r * 0.02)} for r in range(3)]
-    (tmp_path / "reference_gaussian.jsonl").write_text("".join(json.dumps(line) + "\n" for line in reference))
+    _write_records(path, records)
+    reference = [{"repeat": r, "normal model (proper)": _pooled_interval(0.78 + r * 0.02)} for r in range(3)]
+    _write_records(tmp_path / "reference_gaussian.jsonl", reference)
     text = uncertainty.attenuation_report(path)
     # default: errors -0.05 and -0.03, shifts from the normal model -0.03 both times
     assert "| default | 1.000 ± 0.000 | 0.200 | -0.0400 ± 0.0100 | +0.0000 ± 0.0000 | - |" in text
@@ -214,16 +221,13 @@ def test_attenuation_report_pairs_settings_with_the_default_and_the_normal_model
 def test_decompose_report_pairs_the_flows_law_and_its_copies_with_the_complete_data_and_the_normal_model(tmp_path):
     from benchmarks import uncertainty
 
-    def pooled(estimate):
-        return {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
-
     records = [{"table": "gaussian", "repeat": r, "truth": 0.8, "copies": 20, "complete data": 0.80 + r * 0.02,
-                "flow's law": 0.78 + r * 0.02, "4 proposals a copy": pooled(0.76 + r * 0.02),
-                "32 proposals a copy": pooled(0.77 + r * 0.04)} for r in range(2)]
+                "flow's law": 0.78 + r * 0.02, "4 proposals a copy": _pooled_interval(0.76 + r * 0.02),
+                "32 proposals a copy": _pooled_interval(0.77 + r * 0.04)} for r in range(2)]
     path = tmp_path / "decompose_gaussian.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in records))
-    reference = [{"repeat": r, "normal model (proper)": pooled(0.79 + r * 0.02)} for r in range(3)]
-    (tmp_path / "reference_gaussian.jsonl").write_text("".join(json.dumps(line) + "\n" for line in reference))
+    _write_records(path, records)
+    reference = [{"repeat": r, "normal model (proper)": _pooled_interval(0.79 + r * 0.02)} for r in range(3)]
+    _write_records(tmp_path / "reference_gaussian.jsonl", reference)
     text = uncertainty.decompose_report(path)
     # 32 proposals: errors -0.03 and +0.01; shifts from the 4-proposal copies +0.01 and +0.03.
     assert "| 32 proposals a copy | 1.000 ± 0.000 | 0.200 | -0.0100 ± 0.0200 | +0.0200 ± 0.0100 | - |" in text
