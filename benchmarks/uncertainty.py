@@ -13,6 +13,7 @@ Run from the repository root::
     python -m benchmarks.uncertainty reference --table gaussian --repeats 200   # what a correct model's MI gets
     python -m benchmarks.uncertainty attenuation --first 0 --repeats 20   # the slope's bias against training length
     python -m benchmarks.uncertainty decompose --first 0 --repeats 40     # the bias: the fitted law or its draws?
+    python -m benchmarks.uncertainty attenuation --settings-of variational --first 0 --repeats 40   # the law's bias
 
 ``diagnose``: the Rubin's-rules case of the suite (500-row AR(1) Gaussian, 6 columns, MAR 30%,
 repeat ``r`` seeded as the suite's): one default fit, then the flow's correlations (20,000
@@ -50,7 +51,9 @@ the Gaussian table, with its parameters' uncertainty); coverage and bias of the 
 each of :data:`ATTENUATION_SETTINGS`; 20 copies from one model each (``proper=False``: the
 proper copies' estimate is one model's, paired over 200 repeats), the pooled slope, epochs and
 seconds, appended per repeat; the report pairs every setting with the default and with the
-normal model of ``reference`` where its records exist. ``decompose``: the same repeats, one default
+normal model of ``reference`` where its records exist; each setting also records the slope of its
+flow's own law (see ``decompose``). ``--settings-of variational`` fits :data:`VARIATIONAL_SETTINGS`
+instead (``variational_gaussian.jsonl``). ``decompose``: the same repeats, one default
 fit each; the slope of the fitted flow's own law (50,000 unconditional draws), and the pooled slope of
 20 one-model copies resampled from 4 proposals a copy (the default) and from 32: each paired with the
 complete data's slope and with the proper normal model's, so that the bias splits into the fitted
@@ -417,10 +420,17 @@ def reference(table, repeats, copies, path):
 #: Training settings of ``attenuation``: does the flow's slope lose its attenuation when trained longer?
 ATTENUATION_SETTINGS = {"default": {}, "patience 24": {"n_iter_no_change": 24},
                         "300 epochs": {"early_stopping": False, "max_epochs": 300}}
+#: Settings of ``attenuation --settings variational``: is the fitted law's attenuation the variational
+#: bound's (a tighter bound with more training draws, a posterior with correlations) or the Lipschitz bound's?
+VARIATIONAL_SETTINGS = {"default": {}, "8 training draws": {"n_train_draws": 8},
+                        "3 reflections": {"n_reflections": 3}, "Lipschitz 0.97": {"lipschitz_coeff": 0.97}}
+SETTINGS = {"attenuation": ATTENUATION_SETTINGS, "variational": VARIATIONAL_SETTINGS}
 
 
-def attenuation(first, repeats, copies, path):
-    """Append a record per repeat not yet in ``path``: the one-model pooled slope under each training setting."""
+def attenuation(first, repeats, copies, path, settings=None):
+    """Append a record per repeat not yet in ``path``: under each training setting (``ATTENUATION_SETTINGS``
+    by default), the one-model pooled slope and the slope of the fitted flow's own law."""
+    settings = ATTENUATION_SETTINGS if settings is None else settings
     done = {line["repeat"] for line in _records(path)}
     for repeat in range(first, first + repeats):
         if repeat in done:
@@ -428,30 +438,38 @@ def attenuation(first, repeats, copies, path):
         X, mask, truth, _ = rubin_case("gaussian", repeat)
         X_missing = np.where(mask, np.nan, X)
         line = {"table": "gaussian", "repeat": repeat, "truth": truth, "copies": copies}
-        for name, settings in ATTENUATION_SETTINGS.items():
+        for name, kwargs in settings.items():
             start = time.perf_counter()
-            imputer = IVCNFImputer(random_state=repeat, **settings).fit(X_missing)
+            imputer = IVCNFImputer(random_state=repeat, **kwargs).fit(X_missing)
             line[name] = _pooled(imputer.sample_multiple_imputations(X_missing, copies, proper=False))
-            line[name].update(seconds=round(time.perf_counter() - start, 1), epochs=len(imputer.history_.train_loss))
+            line[name].update(seconds=round(time.perf_counter() - start, 1), epochs=len(imputer.history_.train_loss),
+                              law=_model_slope(imputer, FLOW_ROWS, repeat))
         with path.open("a") as f:
             f.write(json.dumps(line) + "\n")
         print(json.dumps(line), flush=True)
-    return attenuation_report(path)
+    return attenuation_report(path, settings)
 
 
-def attenuation_report(path, reference_path=None):
+def attenuation_report(path, settings=None, reference_path=None):
     """Coverage and bias per training setting; each setting's paired shift from the default and from the
-    proper normal model's estimate (``reference_gaussian.jsonl`` beside ``path``)."""
+    proper normal model's estimate (``reference_gaussian.jsonl`` beside ``path``), and that of its flow's
+    own law where stored."""
     lines = _records(path)
-    text = _coverage_table(lines, tuple(ATTENUATION_SETTINGS), one="default")
+    names = tuple(ATTENUATION_SETTINGS if settings is None else settings)
+    text = _coverage_table(lines, names, one="default")
     reference_path = reference_path or path.with_name("reference_gaussian.jsonl")
     if reference_path.exists():
         normal = {line["repeat"]: line["normal model (proper)"]["estimate"] for line in _records(reference_path)}
         paired = [line for line in lines if line["repeat"] in normal]
-        for name in ATTENUATION_SETTINGS:
+        for name in names:
             shift = np.array([line[name]["estimate"] - normal[line["repeat"]] for line in paired])
             text += (f"\n{name} minus the proper normal model, paired over {len(shift)} repeats: "
                      f"{shift.mean():+.4f} ± {_standard_error(shift):.4f}")
+            with_law = [line for line in paired if "law" in line[name]]
+            if with_law:
+                law = np.array([line[name]["law"] - normal[line["repeat"]] for line in with_law])
+                text += (f"; its flow's law: {law.mean():+.4f} ± {_standard_error(law):.4f} "
+                         f"over {len(law)}")
     return text
 
 
@@ -556,6 +574,8 @@ def main():
     parser.add_argument("--table", choices=["gaussian", "mixture"], default="mixture",
                         help="resampling, reference: the table")
     parser.add_argument("--copies", type=int, default=20, help="resampling, reference: copies per method")
+    parser.add_argument("--settings-of", choices=list(SETTINGS), default="attenuation",
+                        help="attenuation: ATTENUATION_SETTINGS, or VARIATIONAL_SETTINGS (variational_gaussian.jsonl)")
     parser.add_argument("--replicates", type=int, default=5, help="mc_error: transforms per setting")
     parser.add_argument("--settings", nargs="+", choices=list(MC_SETTINGS), default=None,
                         help="mc_error: these settings only (their records replace the stored ones of the same name)")
@@ -568,7 +588,8 @@ def main():
         print(resampling(args.table, args.first, args.repeats, args.copies, OUT / f"resampling_{args.table}.jsonl"))
         return
     if args.what == "attenuation":
-        print(attenuation(args.first, args.repeats, args.copies, OUT / "attenuation_gaussian.jsonl"))
+        print(attenuation(args.first, args.repeats, args.copies, OUT / f"{args.settings_of}_gaussian.jsonl",
+                          SETTINGS[args.settings_of]))
         return
     if args.what == "decompose":
         print(decompose(args.first, args.repeats, args.copies, OUT / "decompose_gaussian.jsonl"))

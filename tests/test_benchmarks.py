@@ -207,6 +207,7 @@ def test_attenuation_report_pairs_settings_with_the_default_and_the_normal_model
                 **{name: _pooled_interval(0.75 + r * 0.02 + k * 0.01)
                    for k, name in enumerate(uncertainty.ATTENUATION_SETTINGS)}}
                for r in range(2)]
+    records[1]["default"]["law"] = 0.76  # the flow's own law, stored by the newer records only
     path = tmp_path / "attenuation_gaussian.jsonl"
     _write_records(path, records)
     reference = [{"repeat": r, "normal model (proper)": _pooled_interval(0.78 + r * 0.02)} for r in range(3)]
@@ -215,7 +216,9 @@ def test_attenuation_report_pairs_settings_with_the_default_and_the_normal_model
     # default: errors -0.05 and -0.03, shifts from the normal model -0.03 both times
     assert "| default | 1.000 ± 0.000 | 0.200 | -0.0400 ± 0.0100 | +0.0000 ± 0.0000 | - |" in text
     assert "| patience 24 | 1.000 ± 0.000 | 0.200 | -0.0300 ± 0.0100 | +0.0100 ± 0.0000 | - |" in text
-    assert "default minus the proper normal model, paired over 2 repeats: -0.0300 ± 0.0000" in text
+    assert "default minus the proper normal model, paired over 2 repeats: -0.0300 ± 0.0000; its flow's law: " \
+           "-0.0400 ± nan over 1" in text
+    assert "patience 24 minus the proper normal model, paired over 2 repeats: -0.0200 ± 0.0000\n" in text
 
 
 def test_decompose_report_pairs_the_flows_law_and_its_copies_with_the_complete_data_and_the_normal_model(tmp_path):
