@@ -21,6 +21,8 @@ from .helpers import diabetes_with_holes
 #: float32 holds 24 bits; a batch of another size may round a sum differently: a few roundings
 #: of the flow's float32 arithmetic, on values of order one standard deviation.
 FLOAT32_NOISE = 1e-5
+#: 16 units in the last place of a float32, relative.
+FLOAT32_SCORE_ULPS = 16 * 2.0 ** -23
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,12 @@ def test_a_rows_imputation_does_not_depend_on_its_batch_mates(data, fitted):
     copies = fitted.sample_multiple_imputations(X_missing, 3, proper=False)
     np.testing.assert_allclose(fitted.sample_multiple_imputations(X_missing[idx], 3, proper=False) / sd,
                                copies[:, idx] / sd, rtol=0, atol=FLOAT32_NOISE)
+    # Scores too, to float32's resolution: BLAS kernels chosen by the batch's shape round a row's
+    # log-density differently by a few units in the last place (float32's epsilon is 1.2e-7).
+    scores = fitted.score_samples(X_missing)
+    np.testing.assert_allclose(fitted.score_samples(X_missing[idx]), scores[idx], rtol=FLOAT32_SCORE_ULPS, atol=0)
+    np.testing.assert_allclose(fitted.score_samples(X_missing[idx[:1]]), scores[idx[:1]], rtol=FLOAT32_SCORE_ULPS,
+                               atol=0)
 
 
 def test_equal_rows_get_equal_imputations_but_independent_copies(data, fitted):
