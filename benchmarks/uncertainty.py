@@ -86,6 +86,22 @@ def _records(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def _pending_cases(path, table, repeats):
+    """The Rubin cases of ``repeats`` not yet stored in ``path``: ``(repeat, X, X_missing, truth, law)``."""
+    done = {line["repeat"] for line in _records(path)}
+    for repeat in repeats:
+        if repeat not in done:
+            X, mask, truth, law = rubin_case(table, repeat)
+            yield repeat, X, np.where(mask, np.nan, X), truth, law
+
+
+def _append(path, line):
+    """Store one repeat's record (a rerun resumes after it) and print it."""
+    with path.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(json.dumps(line), flush=True)
+
+
 def _slope(table):
     coef, se, dof = ols(table[:, 1:3], table[:, 0])
     return coef[1], se[1], dof
@@ -346,13 +362,8 @@ def linear(repeats=4):
 
 def resampling(table, first, repeats, copies, path):
     """Append a record per repeat not yet in ``path``: pooled slopes of one model's and of each resampling's copies."""
-    done = {line["repeat"] for line in _records(path)}
     default = drawing.RESAMPLING
-    for repeat in range(first, first + repeats):
-        if repeat in done:
-            continue
-        X, mask, truth, _ = rubin_case(table, repeat)
-        X_missing = np.where(mask, np.nan, X)
+    for repeat, _, X_missing, truth, _ in _pending_cases(path, table, range(first, first + repeats)):
         imputer = IVCNFImputer(random_state=repeat).fit(X_missing)  # the suite's model (benchmarks.peers)
         line = {"table": table, "repeat": repeat, "truth": truth, "copies": copies,
                 "one model": _pooled(imputer.sample_multiple_imputations(X_missing, copies, proper=False))}
@@ -364,9 +375,7 @@ def resampling(table, first, repeats, copies, path):
                 line[name]["seconds"] = round(time.perf_counter() - start, 1)
         finally:
             drawing.RESAMPLING = default
-        with path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
-        print(json.dumps(line), flush=True)
+        _append(path, line)
     return resampling_report(path)
 
 
@@ -401,18 +410,11 @@ def gaussian_data_augmentation(X_missing, m, rng, burn_in=200, thin=20):
 def reference(table, repeats, copies, path):
     """Append a record per repeat not yet in ``path``: the slope pooled from the exact conditional's
     copies and from proper normal-model copies."""
-    done = {line["repeat"] for line in _records(path)}
-    for repeat in range(repeats):
-        if repeat in done:
-            continue
-        X, mask, truth, law = rubin_case(table, repeat)
-        X_missing = np.where(mask, np.nan, X)
+    for repeat, _, X_missing, truth, law in _pending_cases(path, table, range(repeats)):
         rng = np.random.default_rng(repeat)
-        line = {"table": table, "repeat": repeat, "truth": truth, "copies": copies,
-                "exact conditional": _pooled(law.oracle_sample(X_missing, copies, rng)),
-                "normal model (proper)": _pooled(gaussian_data_augmentation(X_missing, copies, rng))}
-        with path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        _append(path, {"table": table, "repeat": repeat, "truth": truth, "copies": copies,
+                       "exact conditional": _pooled(law.oracle_sample(X_missing, copies, rng)),
+                       "normal model (proper)": _pooled(gaussian_data_augmentation(X_missing, copies, rng))})
     lines = _records(path)
     return _coverage_table(lines, ("exact conditional", "normal model (proper)"))
 
@@ -420,7 +422,7 @@ def reference(table, repeats, copies, path):
 #: Training settings of ``attenuation``: does the flow's slope lose its attenuation when trained longer?
 ATTENUATION_SETTINGS = {"default": {}, "patience 24": {"n_iter_no_change": 24},
                         "300 epochs": {"early_stopping": False, "max_epochs": 300}}
-#: Settings of ``attenuation --settings variational``: is the fitted law's attenuation the variational
+#: Settings of ``attenuation --settings-of variational``: is the fitted law's attenuation the variational
 #: bound's (a tighter bound with more training draws, a posterior with correlations) or the Lipschitz bound's?
 VARIATIONAL_SETTINGS = {"default": {}, "8 training draws": {"n_train_draws": 8},
                         "3 reflections": {"n_reflections": 3}, "Lipschitz 0.97": {"lipschitz_coeff": 0.97}}
@@ -431,12 +433,7 @@ def attenuation(first, repeats, copies, path, settings=None):
     """Append a record per repeat not yet in ``path``: under each training setting (``ATTENUATION_SETTINGS``
     by default), the one-model pooled slope and the slope of the fitted flow's own law."""
     settings = ATTENUATION_SETTINGS if settings is None else settings
-    done = {line["repeat"] for line in _records(path)}
-    for repeat in range(first, first + repeats):
-        if repeat in done:
-            continue
-        X, mask, truth, _ = rubin_case("gaussian", repeat)
-        X_missing = np.where(mask, np.nan, X)
+    for repeat, _, X_missing, truth, _ in _pending_cases(path, "gaussian", range(first, first + repeats)):
         line = {"table": "gaussian", "repeat": repeat, "truth": truth, "copies": copies}
         for name, kwargs in settings.items():
             start = time.perf_counter()
@@ -444,9 +441,7 @@ def attenuation(first, repeats, copies, path, settings=None):
             line[name] = _pooled(imputer.sample_multiple_imputations(X_missing, copies, proper=False))
             line[name].update(seconds=round(time.perf_counter() - start, 1), epochs=len(imputer.history_.train_loss),
                               law=_model_slope(imputer, FLOW_ROWS, repeat))
-        with path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
-        print(json.dumps(line), flush=True)
+        _append(path, line)
     return attenuation_report(path, settings)
 
 
@@ -489,12 +484,7 @@ def _model_slope(imputer, rows, seed):
 def decompose(first, repeats, copies, path):
     """Append a record per repeat not yet in ``path``: where the one-model slope's bias arises, the
     fitted law or the drawing from it."""
-    done = {line["repeat"] for line in _records(path)}
-    for repeat in range(first, first + repeats):
-        if repeat in done:
-            continue
-        X, mask, truth, _ = rubin_case("gaussian", repeat)
-        X_missing = np.where(mask, np.nan, X)
+    for repeat, X, X_missing, truth, _ in _pending_cases(path, "gaussian", range(first, first + repeats)):
         start = time.perf_counter()
         imputer = IVCNFImputer(random_state=repeat).fit(X_missing)
         line = {"table": "gaussian", "repeat": repeat, "truth": truth, "copies": copies,
@@ -509,9 +499,7 @@ def decompose(first, repeats, copies, path):
                 line[name]["seconds"] = round(time.perf_counter() - start, 1)
             finally:
                 drawing.PROPOSALS_PER_IMPUTATION = default
-        with path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
-        print(json.dumps(line), flush=True)
+        _append(path, line)
     return decompose_report(path)
 
 
