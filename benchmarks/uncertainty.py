@@ -95,6 +95,11 @@ def _pending_cases(path, table, repeats):
             yield repeat, X, np.where(mask, np.nan, X), truth, law
 
 
+def _normal_model_estimates(reference_path):
+    """Each repeat's slope from proper normal-model copies, stored by ``reference``."""
+    return {line["repeat"]: line["normal model (proper)"]["estimate"] for line in _records(reference_path)}
+
+
 def _append(path, line):
     """Store one repeat's record (a rerun resumes after it) and print it."""
     with path.open("a") as f:
@@ -454,7 +459,7 @@ def attenuation_report(path, settings=None, reference_path=None):
     text = _coverage_table(lines, names, one="default")
     reference_path = reference_path or path.with_name("reference_gaussian.jsonl")
     if reference_path.exists():
-        normal = {line["repeat"]: line["normal model (proper)"]["estimate"] for line in _records(reference_path)}
+        normal = _normal_model_estimates(reference_path)
         paired = [line for line in lines if line["repeat"] in normal]
         for name in names:
             shift = np.array([line[name]["estimate"] - normal[line["repeat"]] for line in paired])
@@ -508,16 +513,16 @@ def decompose_report(path, reference_path=None):
     proper normal model's (``reference_gaussian.jsonl`` beside ``path``)."""
     lines = _records(path)
     reference_path = reference_path or path.with_name("reference_gaussian.jsonl")
-    normal = {line["repeat"]: line["normal model (proper)"]["estimate"] for line in _records(reference_path)}
+    normal = _normal_model_estimates(reference_path)
     names = [name for name in lines[0] if name.endswith("proposals a copy")]
     text = _coverage_table(lines, names, one=names[0])
     rows = ["", f"paired over {len(lines)} repeats (slope minus another estimate of the same sample)",
             "| estimate | minus the truth | minus the complete data's | minus the proper normal model's |",
             "|---|---|---|---|"]
+    paired = [i for i, line in enumerate(lines) if line["repeat"] in normal]
     for name in ["flow's law", *names]:
         estimate = np.array([line[name] if name == "flow's law" else line[name]["estimate"] for line in lines])
         shifts = [estimate - [line["truth"] for line in lines], estimate - [line["complete data"] for line in lines]]
-        paired = [i for i, line in enumerate(lines) if line["repeat"] in normal]
         shifts.append(estimate[paired] - [normal[lines[i]["repeat"]] for i in paired])
         rows.append(f"| {name} | " + " | ".join(f"{s.mean():+.4f} ± {_standard_error(s):.4f}" for s in shifts) + " |")
     return text + "\n".join(rows)
