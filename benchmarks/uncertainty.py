@@ -14,6 +14,7 @@ Run from the repository root::
     python -m benchmarks.uncertainty attenuation --first 0 --repeats 20   # the slope's bias against training length
     python -m benchmarks.uncertainty decompose --first 0 --repeats 40     # the bias: the fitted law or its draws?
     python -m benchmarks.uncertainty attenuation --settings-of variational --first 0 --repeats 40   # the law's bias
+    python -m benchmarks.uncertainty entry_coverage --table gaussian   # per-entry coverage with today's code
 
 ``diagnose``: the Rubin's-rules case of the suite (500-row AR(1) Gaussian, 6 columns, MAR 30%,
 repeat ``r`` seeded as the suite's): one default fit, then the flow's correlations (20,000
@@ -57,7 +58,12 @@ instead (``variational_gaussian.jsonl``). ``decompose``: the same repeats, one d
 fit each; the slope of the fitted flow's own law (50,000 unconditional draws), and the pooled slope of
 20 one-model copies resampled from 4 proposals a copy (the default) and from 32: each paired with the
 complete data's slope and with the proper normal model's, so that the bias splits into the fitted
-law's and the drawing's.
+law's and the drawing's. ``entry_coverage``: the accuracy grid's coverage cells of ``--table``
+(every mechanism, mask seeds 0-2) re-measured with today's code, as the suite's ``accuracy``
+section measures them (:func:`benchmarks.sections.accuracy`: a default fit, 50 one-model copies,
+20 proper copies, 1,000 draws of the exact conditional law), appended per case to
+``entry_coverage_<table>.jsonl`` without touching the suite's records (whose timings are the
+grid's); the report sets each cell against an exact sampler's expected coverage with as many draws.
 """
 
 import argparse
@@ -75,8 +81,9 @@ from skivcnf.conditional import conditional_mean, monte_carlo_error, pareto_smoo
 from skivcnf.pooling import pool_estimates
 
 from . import data, masks
+from .measure import exact_sampler_coverage
 from .report import _standard_error
-from .sections import ols, rubin_case
+from .sections import accuracy, ols, rubin_case
 
 OUT = Path(__file__).parent / "results" / "uncertainty"
 
@@ -558,14 +565,44 @@ def resampling_report(path):
     return _coverage_table(lines, ("one model", *drawing.RESAMPLINGS))
 
 
+def entry_coverage(table, path):
+    """Append a record per case of ``table`` (mechanism, mask seed) not yet in ``path``: the suite's
+    accuracy record of IVCNFImputer with its per-entry coverage; then :func:`entry_coverage_report`."""
+    done = {(line["mechanism"], line["seed"]) for line in _records(path)}
+    for mechanism in masks.MECHANISMS:
+        for seed in range(3):
+            if (mechanism, seed) not in done:
+                _append(path, accuracy(table, mechanism, seed, "IVCNFImputer"))
+    return entry_coverage_report(path)
+
+
+def entry_coverage_report(path):
+    """Per mechanism: mean coverage of one model's and of the proper copies' intervals, each against an
+    exact sampler's expected coverage with as many draws, and the oracle's (1,000 draws)."""
+    lines = [line for line in _records(path) if line.get("status") == "ok"]
+    rows = [f"| {lines[0]['table']} | one model, {lines[0]['n_imputations']} copies | proper, {lines[0]['n_proper']} "
+            "copies | oracle, 1,000 draws | seeds |", "|---|---|---|---|---|"]
+    exact_one, exact_proper = (exact_sampler_coverage(lines[0][k]) for k in ("n_imputations", "n_proper"))
+    for mechanism in masks.MECHANISMS:
+        cell = [line for line in lines if line["mechanism"] == mechanism]
+        if cell:
+            one, proper, oracle = (np.mean([line[k] for line in cell])
+                                   for k in ("coverage", "proper_coverage", "oracle_coverage"))
+            rows.append(f"| {mechanism} | {one:.3f} ({one - exact_one:+.3f}) | "
+                        f"{proper:.3f} ({proper - exact_proper:+.3f}) | {oracle:.3f} | {len(cell)} |")
+    return (f"Per-entry 90% coverage (in brackets: minus an exact sampler's expected coverage with as many draws, "
+            f"{exact_one:.3f} and {exact_proper:.3f})\n" + "\n".join(rows))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule",
-                                         "linear", "resampling", "reference", "attenuation", "decompose"])
+                                         "linear", "resampling", "reference", "attenuation", "decompose",
+                                         "entry_coverage"])
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--first", type=int, default=0, help="resampling, attenuation, decompose: the first repeat")
     parser.add_argument("--table", choices=["gaussian", "mixture"], default="mixture",
-                        help="resampling, reference: the table")
+                        help="resampling, reference, entry_coverage: the table")
     parser.add_argument("--copies", type=int, default=20, help="resampling, reference: copies per method")
     parser.add_argument("--settings-of", choices=list(SETTINGS), default="attenuation",
                         help="attenuation: ATTENUATION_SETTINGS, or VARIATIONAL_SETTINGS (variational_gaussian.jsonl)")
@@ -586,6 +623,9 @@ def main():
         return
     if args.what == "decompose":
         print(decompose(args.first, args.repeats, args.copies, OUT / "decompose_gaussian.jsonl"))
+        return
+    if args.what == "entry_coverage":
+        print(entry_coverage(args.table, OUT / f"entry_coverage_{args.table}.jsonl"))
         return
     if args.what == "reference":
         print(reference(args.table, args.repeats, args.copies, OUT / f"reference_{args.table}.jsonl"))

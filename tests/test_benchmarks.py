@@ -239,6 +239,22 @@ def test_decompose_report_pairs_the_flows_law_and_its_copies_with_the_complete_d
     assert "| 4 proposals a copy | -0.0300 ± 0.0100 | -0.0400 ± 0.0000 | -0.0300 ± 0.0000 |" in text
 
 
+def test_entry_coverage_report_sets_each_cell_against_an_exact_sampler_with_as_many_draws(tmp_path, monkeypatch):
+    from benchmarks import uncertainty
+
+    monkeypatch.setattr(uncertainty, "exact_sampler_coverage", {50: 0.866, 20: 0.815}.get)
+    records = [{"table": "gaussian", "mechanism": "MAR 30%", "seed": s, "status": "ok", "n_imputations": 50,
+                "n_proper": 20, "coverage": 0.83 + 0.02 * s, "proper_coverage": 0.80, "oracle_coverage": 0.9}
+               for s in range(2)]
+    records.append({"table": "gaussian", "mechanism": "MCAR 20%", "seed": 0, "status": "crashed"})
+    path = tmp_path / "entry_coverage_gaussian.jsonl"
+    _write_records(path, records)
+    text = uncertainty.entry_coverage_report(path)
+    # one model: mean 0.84, 0.026 below 0.866; proper copies 0.015 below 0.815; crashed cases left out
+    assert "| MAR 30% | 0.840 (-0.026) | 0.800 (-0.015) | 0.900 | 2 |" in text
+    assert "MCAR 20%" not in text
+
+
 def test_normal_data_augmentation_draws_proper_imputations_of_a_gaussian_table():
     from benchmarks import uncertainty
 
