@@ -15,6 +15,7 @@ Run from the repository root::
     python -m benchmarks.uncertainty decompose --first 0 --repeats 40     # the bias: the fitted law or its draws?
     python -m benchmarks.uncertainty attenuation --settings-of variational --first 0 --repeats 40   # the law's bias
     python -m benchmarks.uncertainty entry_coverage --table gaussian   # per-entry coverage with today's code
+    python -m benchmarks.uncertainty entry_width --table gaussian      # why one model's intervals are narrow
 
 ``diagnose``: the Rubin's-rules case of the suite (500-row AR(1) Gaussian, 6 columns, MAR 30%,
 repeat ``r`` seeded as the suite's): one default fit, then the flow's correlations (20,000
@@ -64,6 +65,10 @@ section measures them (:func:`benchmarks.sections.accuracy`: a default fit, 50 o
 20 proper copies, 1,000 draws of the exact conditional law), appended per case to
 ``entry_coverage_<table>.jsonl`` without touching the suite's records (whose timings are the
 grid's); the report sets each cell against an exact sampler's expected coverage with as many draws.
+``entry_width``: the MAR 30% cell of ``--table`` (mask seeds 0-2) fitted under each of
+:data:`WIDTH_SETTINGS`; per fit, the coverage and mean width of 50 one-model copies resampled from 4
+and from 16 proposals a copy, the point imputation's RMSE, and the flow's marginal standard
+deviations against the data's (geometric mean of the ratios, 50,000 unconditional draws).
 """
 
 import argparse
@@ -81,7 +86,7 @@ from skivcnf.conditional import conditional_mean, monte_carlo_error, pareto_smoo
 from skivcnf.pooling import pool_estimates
 
 from . import data, masks
-from .measure import exact_sampler_coverage
+from .measure import exact_sampler_coverage, interval_coverage
 from .report import _standard_error
 from .sections import accuracy, ols, rubin_case
 
@@ -594,15 +599,71 @@ def entry_coverage_report(path):
             f"{exact_one:.3f} and {exact_proper:.3f})\n" + "\n".join(rows))
 
 
+#: Fits of ``entry_width``: does a tighter bound or longer training change one model's interval widths?
+WIDTH_SETTINGS = {"default": {}, "8 training draws": {"n_train_draws": 8},
+                  "150 epochs": {"early_stopping": False, "max_epochs": 150}}
+
+
+def entry_width(table, path):
+    """Append a record per fit of ``table``'s MAR 30% cell (:data:`WIDTH_SETTINGS` x mask seeds 0-2) not yet
+    in ``path``: one model's per-entry coverage and width from 4 and 16 proposals a copy, and the flow's
+    marginal spread; then the means per setting."""
+    ds = data.load(table)
+    done = {(line["setting"], line["seed"]) for line in _records(path)}
+    default = drawing.PROPOSALS_PER_IMPUTATION
+    for seed in range(3):
+        mask = masks.make_mask("MAR 30%", ds.X, seed)
+        X_missing = np.where(mask, np.nan, ds.X)
+        for name, kwargs in WIDTH_SETTINGS.items():
+            if (name, seed) in done:
+                continue
+            start = time.perf_counter()
+            imputer = IVCNFImputer(random_state=seed, **kwargs).fit(X_missing)
+            line = {"table": table, "setting": name, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+                    "epochs": len(imputer.history_.train_loss),
+                    "rmse": float(np.sqrt(np.mean((imputer.transform(X_missing) - ds.X)[mask] ** 2)))}
+            try:
+                for proposals in (4, 16):
+                    drawing.PROPOSALS_PER_IMPUTATION = proposals
+                    copies = imputer.sample_multiple_imputations(X_missing, 50, proper=False)
+                    line[f"{proposals} proposals"] = dict(zip(("coverage", "width"),
+                                                              interval_coverage(ds.X, copies, mask), strict=True))
+            finally:
+                drawing.PROPOSALS_PER_IMPUTATION = default
+            with torch.no_grad():
+                y = imputer.flow_.sample(FLOW_ROWS, generator=torch.Generator().manual_seed(seed))
+            spread = imputer._layout().unstandardise(y.double().cpu().numpy()).std(axis=0) / ds.X.std(axis=0)
+            line["sd ratio"] = float(np.exp(np.mean(np.log(spread))))
+            _append(path, line)
+    return entry_width_report(path)
+
+
+def entry_width_report(path):
+    """Means over the stored fits per setting."""
+    lines = _records(path)
+    rows = ["| fit | epochs | seconds | coverage, 4 proposals | width | coverage, 16 proposals | width | RMSE | "
+            "flow's sd / data's | fits |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in WIDTH_SETTINGS:
+        fits = [line for line in lines if line["setting"] == name]
+        if fits:
+            mean = {k: np.mean([line[k] for line in fits]) for k in ("epochs", "seconds", "rmse", "sd ratio")}
+            cells = [np.mean([line[f"{p} proposals"][k] for line in fits])
+                     for p in (4, 16) for k in ("coverage", "width")]
+            rows.append(f"| {name} | {mean['epochs']:.0f} | {mean['seconds']:.1f} | "
+                        + " | ".join(f"{c:.3f}" for c in cells)
+                        + f" | {mean['rmse']:.4f} | {mean['sd ratio']:.3f} | {len(fits)} |")
+    return "\n".join(rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["diagnose", "weights", "invariance", "longer", "mc_error", "schedule",
                                          "linear", "resampling", "reference", "attenuation", "decompose",
-                                         "entry_coverage"])
+                                         "entry_coverage", "entry_width"])
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--first", type=int, default=0, help="resampling, attenuation, decompose: the first repeat")
     parser.add_argument("--table", choices=["gaussian", "mixture"], default="mixture",
-                        help="resampling, reference, entry_coverage: the table")
+                        help="resampling, reference, entry_coverage, entry_width: the table")
     parser.add_argument("--copies", type=int, default=20, help="resampling, reference: copies per method")
     parser.add_argument("--settings-of", choices=list(SETTINGS), default="attenuation",
                         help="attenuation: ATTENUATION_SETTINGS, or VARIATIONAL_SETTINGS (variational_gaussian.jsonl)")
@@ -623,6 +684,9 @@ def main():
         return
     if args.what == "decompose":
         print(decompose(args.first, args.repeats, args.copies, OUT / "decompose_gaussian.jsonl"))
+        return
+    if args.what == "entry_width":
+        print(entry_width(args.table, OUT / f"entry_width_{args.table}.jsonl"))
         return
     if args.what == "entry_coverage":
         print(entry_coverage(args.table, OUT / f"entry_coverage_{args.table}.jsonl"))

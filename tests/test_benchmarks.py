@@ -255,6 +255,22 @@ def test_entry_coverage_report_sets_each_cell_against_an_exact_sampler_with_as_m
     assert "MCAR 20%" not in text
 
 
+def test_entry_width_report_averages_each_setting_over_its_fits(tmp_path):
+    from benchmarks import uncertainty
+
+    def line(setting, seed, coverage):
+        return {"table": "gaussian", "setting": setting, "seed": seed, "seconds": 10.0 + seed, "epochs": 30 + 2 * seed,
+                "rmse": 0.5, "sd ratio": 0.96, "4 proposals": {"coverage": coverage, "width": 1.5},
+                "16 proposals": {"coverage": coverage + 0.01, "width": 1.6}}
+
+    path = tmp_path / "entry_width_gaussian.jsonl"
+    _write_records(path, [line("default", 0, 0.82), line("default", 1, 0.86), line("150 epochs", 0, 0.70)])
+    text = uncertainty.entry_width_report(path)
+    assert "| default | 31 | 10.5 | 0.840 | 1.500 | 0.850 | 1.600 | 0.5000 | 0.960 | 2 |" in text
+    assert "| 150 epochs | 30 | 10.0 | 0.700 | 1.500 | 0.710 | 1.600 | 0.5000 | 0.960 | 1 |" in text
+    assert "8 training draws" not in text
+
+
 def test_normal_data_augmentation_draws_proper_imputations_of_a_gaussian_table():
     from benchmarks import uncertainty
 
