@@ -641,7 +641,7 @@ def entry_width(table, path):
 def entry_width_report(path):
     """Means over the stored fits per setting."""
     lines = _records(path)
-    rows = ["| fit | epochs | seconds | coverage, 4 proposals | width | coverage, 16 proposals | width | RMSE | "
+    rows = ["| fit | epochs | fit seconds | coverage, 4 proposals | width | coverage, 16 proposals | width | RMSE | "
             "flow's sd / data's | fits |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in WIDTH_SETTINGS:
         fits = [line for line in lines if line["setting"] == name]
