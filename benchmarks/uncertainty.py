@@ -599,10 +599,12 @@ def entry_coverage_report(path):
             f"{exact_one:.3f} and {exact_proper:.3f})\n" + "\n".join(rows))
 
 
-#: Fits of ``entry_width``: does a tighter bound, an earlier or later stop, or longer training change
-#: one model's interval widths?
+#: Fits of ``entry_width``: does a tighter bound, an earlier or later stop, less capacity, the linear map
+#: or longer training change one model's interval widths?
 WIDTH_SETTINGS = {"default": {}, "8 training draws": {"n_train_draws": 8}, "patience 4": {"n_iter_no_change": 4},
-                  "patience 16": {"n_iter_no_change": 16}, "150 epochs": {"early_stopping": False, "max_epochs": 150}}
+                  "patience 16": {"n_iter_no_change": 16}, "hidden (32, 32)": {"hidden_layer_sizes": (32, 32)},
+                  "2 blocks": {"n_blocks": 2}, "no linear map": {"linear_layer": False},
+                  "150 epochs": {"early_stopping": False, "max_epochs": 150}}
 
 
 def entry_width(table, path):
