@@ -72,6 +72,7 @@ deviations against the data's (geometric mean of the ratios, 50,000 unconditiona
 """
 
 import argparse
+import contextlib
 import json
 import time
 import warnings
@@ -86,7 +87,7 @@ from skivcnf.conditional import conditional_mean, monte_carlo_error, pareto_smoo
 from skivcnf.pooling import pool_estimates
 
 from . import data, masks
-from .measure import exact_sampler_coverage, interval_coverage
+from .measure import exact_sampler_coverage, interval_coverage, rmse
 from .report import _standard_error
 from .sections import accuracy, ols, rubin_case
 
@@ -491,11 +492,26 @@ MANY_PROPOSALS = 32
 FLOW_ROWS = 50_000
 
 
-def _model_slope(imputer, rows, seed):
-    """The least-squares slope of the fitted flow's own law: ``rows`` unconditional draws, on the data's scale."""
+def _flow_law(imputer, rows, seed):
+    """``rows`` unconditional draws of the fitted flow, on the data's scale."""
     with torch.no_grad():
         y = imputer.flow_.sample(rows, generator=torch.Generator().manual_seed(seed))
-    return float(_slope(imputer._layout().unstandardise(y.double().cpu().numpy()))[0])
+    return imputer._layout().unstandardise(y.double().cpu().numpy())
+
+
+def _model_slope(imputer, rows, seed):
+    """The least-squares slope of the fitted flow's own law (:func:`_flow_law`)."""
+    return float(_slope(_flow_law(imputer, rows, seed))[0])
+
+
+@contextlib.contextmanager
+def _proposals_per_copy(proposals):
+    """``proper=False`` copies resample from ``proposals`` a copy inside the block (the module constant)."""
+    default, drawing.PROPOSALS_PER_IMPUTATION = drawing.PROPOSALS_PER_IMPUTATION, proposals
+    try:
+        yield
+    finally:
+        drawing.PROPOSALS_PER_IMPUTATION = default
 
 
 def decompose(first, repeats, copies, path):
@@ -509,13 +525,10 @@ def decompose(first, repeats, copies, path):
                 "complete data": float(_slope(X)[0]), "flow's law": _model_slope(imputer, FLOW_ROWS, repeat)}
         for proposals in (drawing.PROPOSALS_PER_IMPUTATION, MANY_PROPOSALS):
             name = f"{proposals} proposals a copy"
-            default, drawing.PROPOSALS_PER_IMPUTATION = drawing.PROPOSALS_PER_IMPUTATION, proposals
-            try:
+            with _proposals_per_copy(proposals):
                 start = time.perf_counter()
                 line[name] = _pooled(imputer.sample_multiple_imputations(X_missing, copies, proper=False))
                 line[name]["seconds"] = round(time.perf_counter() - start, 1)
-            finally:
-                drawing.PROPOSALS_PER_IMPUTATION = default
         _append(path, line)
     return decompose_report(path)
 
@@ -613,7 +626,6 @@ def entry_width(table, path):
     marginal spread; then the means per setting."""
     ds = data.load(table)
     done = {(line["setting"], line["seed"]) for line in _records(path)}
-    default = drawing.PROPOSALS_PER_IMPUTATION
     for seed in range(3):
         mask = masks.make_mask("MAR 30%", ds.X, seed)
         X_missing = np.where(mask, np.nan, ds.X)
@@ -624,18 +636,13 @@ def entry_width(table, path):
             imputer = IVCNFImputer(random_state=seed, **kwargs).fit(X_missing)
             line = {"table": table, "setting": name, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
                     "epochs": len(imputer.history_.train_loss),
-                    "rmse": float(np.sqrt(np.mean((imputer.transform(X_missing) - ds.X)[mask] ** 2)))}
-            try:
-                for proposals in (4, 16):
-                    drawing.PROPOSALS_PER_IMPUTATION = proposals
+                    "rmse": rmse(ds.X, imputer.transform(X_missing), mask)}
+            for proposals in (4, 16):
+                with _proposals_per_copy(proposals):
                     copies = imputer.sample_multiple_imputations(X_missing, 50, proper=False)
-                    line[f"{proposals} proposals"] = dict(zip(("coverage", "width"),
-                                                              interval_coverage(ds.X, copies, mask), strict=True))
-            finally:
-                drawing.PROPOSALS_PER_IMPUTATION = default
-            with torch.no_grad():
-                y = imputer.flow_.sample(FLOW_ROWS, generator=torch.Generator().manual_seed(seed))
-            spread = imputer._layout().unstandardise(y.double().cpu().numpy()).std(axis=0) / ds.X.std(axis=0)
+                line[f"{proposals} proposals"] = dict(zip(("coverage", "width"),
+                                                          interval_coverage(ds.X, copies, mask), strict=True))
+            spread = _flow_law(imputer, FLOW_ROWS, seed).std(axis=0) / ds.X.std(axis=0)
             line["sd ratio"] = float(np.exp(np.mean(np.log(spread))))
             _append(path, line)
     return entry_width_report(path)
