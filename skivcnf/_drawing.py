@@ -18,6 +18,7 @@ from .conditional import (
     SOBOL_MAX_DIMENSION,
     GaussianPosterior,
     RowNoise,
+    conditional_mean,
     draw_weights,
     fit_inference_network,
     fit_posterior,
@@ -25,14 +26,15 @@ from .conditional import (
     masked_bound,
     reliable_draws,
     sample_conditional,
+    shrunk_mean,
 )
 from .conditional.noise import distinct_keys
 from .flows import EXACT_LOGDET_MAX_FEATURES
 
 __all__ = ["ADAPTIVE", "ANTITHETIC", "BOOTSTRAP_EPOCHS", "GPU_DRAW_ROWS", "MAX_ROUNDS", "MC_TOLERANCE",
            "MIN_TRAINING_ROWS", "PROPOSALS_PER_IMPUTATION", "QUASI_RANDOM", "REFINEMENT_DRAWS", "RESAMPLING",
-           "RESAMPLINGS", "DrawingMixin", "bootstrap_copies", "draw_copies", "draw_record", "iter_draws",
-           "resample_rows", "snap_categories"]
+           "RESAMPLINGS", "SHRINK_TO_POSTERIOR", "DrawingMixin", "bootstrap_copies", "draw_copies", "draw_record",
+           "iter_draws", "point_imputations", "resample_rows", "snap_categories"]
 
 #: Draws per step of per-row refinement at ``transform`` (the paper's setting, 4.2.2).
 REFINEMENT_DRAWS = 8
@@ -42,6 +44,10 @@ MC_TOLERANCE = 0.05
 MAX_ROUNDS = 2
 #: Point estimates draw in antithetic pairs where ``n_draws`` is even (docs/benchmarks.md, "Uncertainty").
 ANTITHETIC = True
+#: A point imputation shrinks each entry's weighted mean toward the plain mean of the posterior's draws
+#: by the share of their gap that its Monte Carlo variance explains (:func:`~skivcnf.conditional.shrunk_mean`;
+#: docs/benchmarks.md, "Uncertainty"); else the weighted mean.
+SHRINK_TO_POSTERIOR = True
 #: Point estimates draw randomised quasi-Monte Carlo noise (each row's shifted Sobol sequence;
 #: docs/benchmarks.md, "Uncertainty"); copies, resampled by weight, keep independent proposals.
 QUASI_RANDOM = True
@@ -159,6 +165,18 @@ def draw_record(imputer, X, table, mask, n_draws, keys):
                                                          .cpu().numpy() for parts in zip(*batches, strict=True))
     values = np.stack([imputer._columns_out(table, mask, sample.astype(np.float64), X) for sample in samples])
     return ImputationDraws(values, weights.astype(np.float64), ess.astype(np.float64), converged, n_iter, method)
+
+
+def point_imputations(imputer, result, n_draws):
+    """Each row's point imputation (the flow's scale) from the :class:`~skivcnf.conditional.ReliableDraws`
+    of :func:`iter_draws` (``n_draws`` a row, then point-estimate settings): a categorical block's is
+    its categories' probabilities."""
+    draws = snap_categories(imputer, result.draws)
+    weighted = imputer.importance_weighting and draws.samples.shape[-1] <= EXACT_LOGDET_MAX_FEATURES
+    if not (SHRINK_TO_POSTERIOR and weighted):
+        return conditional_mean(draws)[0]
+    # iter_draws draws antithetic pairs for point estimates exactly when n_draws is even
+    return shrunk_mean(draws.samples, result.weights, result.first_weights, paired=ANTITHETIC and n_draws % 2 == 0)
 
 
 def snap_categories(imputer, draws):

@@ -12,14 +12,13 @@ from sklearn.exceptions import ConvergenceWarning
 from ._base import BaseFlowImputer
 from ._columns import grid_steps
 from ._distributed import is_rank_zero
-from ._drawing import MIN_TRAINING_ROWS, ROWS_PER_EPOCH, DrawingMixin, iter_draws, snap_categories
+from ._drawing import MIN_TRAINING_ROWS, ROWS_PER_EPOCH, DrawingMixin, iter_draws, point_imputations
 from ._images import build_image_modules, check_image_shape, image_layout, pixel_step
 from ._sklearn_compat import Interval, StrOptions, fit_context
 from ._utils import caller_stacklevel, one_warning_per_kind
 from .conditional import (
     EXACT_VALUE_LOGDETS,
     InferenceNetwork,
-    conditional_mean,
     fit_inference_network,
     row_keys,
 )
@@ -47,8 +46,9 @@ class IVCNFImputer(DrawingMixin, BaseFlowImputer):
     incomplete rows by the IVCNF bound (no complete row is needed; rows with nothing
     missing contribute their exact likelihood). ``transform`` draws ``n_draws``
     completions of each row (latent draws from the posterior, the equality constraint
-    solved for the missing entries) and returns their importance-weighted mean; observed
-    entries are returned unchanged, bit for bit.
+    solved for the missing entries) and returns their importance-weighted mean, shrunk toward
+    the posterior's plain mean where its Monte Carlo noise dominates; observed entries are
+    returned unchanged, bit for bit.
 
     Parameters
     ----------
@@ -364,7 +364,9 @@ class IVCNFImputer(DrawingMixin, BaseFlowImputer):
     @one_warning_per_kind
     def transform(self, X):
         """Impute every missing entry of ``X`` by the importance-weighted mean of its conditional
-        draws; observed entries are returned unchanged.
+        draws, shrunk toward the posterior's plain mean by the share of their gap that the weighted
+        mean's Monte Carlo variance explains (:func:`~skivcnf.conditional.shrunk_mean`); observed
+        entries are returned unchanged.
 
         Each row draws ``n_draws``, from its own random stream (so its imputation does not
         depend on the rows it comes with); draws beyond the trained range get no weight, the
@@ -384,7 +386,6 @@ class IVCNFImputer(DrawingMixin, BaseFlowImputer):
         if self._has_hidden_modelled(mask):
             batches = iter_draws(self, X, self.n_draws, self._row_keys("transform", X),
                                  "their missing entries are the training means")
-            # A categorical block's weighted mean of one-hot draws is its categories' probabilities.
-            values = np.concatenate([conditional_mean(snap_categories(self, result.draws))[0].cpu().double().numpy()
+            values = np.concatenate([point_imputations(self, result, self.n_draws).cpu().double().numpy()
                                      for result, _ in batches])
         return self._completed(table, mask, values, X)

@@ -271,6 +271,33 @@ def test_entry_width_report_averages_each_setting_over_its_fits(tmp_path):
     assert "8 training draws" not in text
 
 
+def test_point_estimates_report_averages_cells_and_lists_each_digits_rate(tmp_path):
+    from benchmarks import point_estimates
+
+    def cell(table, seed, weighted, shrunk):
+        return {"table": table, "mechanism": "MCAR 20%", "seed": seed, "fit_seconds": 5.0, "weighted": weighted,
+                "plain": 0.9, "shrunk": shrunk}
+
+    def scored(accuracy):
+        return {"accuracy": accuracy, "rmse": 0.25}
+
+    tables, digits = tmp_path / "point_tables.jsonl", tmp_path / "point_digits.jsonl"
+    _write_records(tables, [cell("wine", 0, 0.70, 0.69), cell("wine", 1, 0.80, 0.79), cell("mixture", 0, 0.5, 0.5)])
+    _write_records(digits, [{"rate": 0.9, "epochs": 44, "fit_seconds": 292.0, "weighted": scored(0.36),
+                             "plain": scored(0.41), "shrunk": scored(0.39), "weighted, another stream": scored(0.35),
+                             "weighted, mean of the two streams": scored(0.375), "weighted monte carlo sd": 0.04,
+                             "imputed sd": 0.29, "complete-data classifier": {"weighted": 0.3, "plain": 0.33,
+                                                                              "shrunk": 0.32}}])
+    text = point_estimates.report(tables, digits)
+    assert "| wine | MCAR 20% | 0.7500 | 0.9000 | 0.7400 | 0.9867 | 2 |" in text
+    assert "| mixture | MCAR 20% | 0.5000 | 0.9000 | 0.5000 | 1.0000 | 1 |" in text
+    ratio = np.exp(np.mean(np.log([0.74 / 0.75, 1.0])))
+    assert f"geometric mean {ratio:.4f}, range 0.9867-1.0000" in text
+    assert "Digits, 90% missing (44 epochs, fit 292 s)" in text
+    assert "| shrunk | 0.390 | 0.2500 | 0.320 |" in text
+    assert "| weighted, another stream | 0.350 | 0.2500 | - |" in text
+
+
 def test_normal_data_augmentation_draws_proper_imputations_of_a_gaussian_table():
     from benchmarks import uncertainty
 

@@ -7,7 +7,14 @@ whose conditional laws are known in closed form.
 import numpy as np
 import torch
 
-from skivcnf.conditional import RowNoise, conditional_mean, monte_carlo_error, prior_parameters, reliable_draws
+from skivcnf.conditional import (
+    RowNoise,
+    conditional_mean,
+    monte_carlo_error,
+    prior_parameters,
+    reliable_draws,
+    shrunk_mean,
+)
 
 from .helpers import affine_gaussian, gaussian_conditional, make_flow
 
@@ -103,6 +110,50 @@ def test_paired_monte_carlo_error_treats_each_antithetic_pair_as_one_draw():
     expected = np.sqrt(sum(t ** 2 for t in pair_terms))
     assert torch.allclose(monte_carlo_error(samples, weights, hidden, paired=True),
                           torch.tensor([expected], dtype=torch.float64))
+
+
+def test_shrunk_mean_moves_a_noisy_weighted_mean_toward_the_posteriors_mean():
+    # 4 draws of 2 rows, 3 features: feature 0 observed (every draw agrees), 1 and 2 hidden.
+    samples = torch.tensor([[[0.5, 1.0, 2.0], [1.0, 0.0, 0.0]],
+                            [[0.5, 3.0, 2.2], [1.0, 4.0, 1.0]],
+                            [[0.5, 2.0, 5.0], [1.0, 2.0, 2.0]],
+                            [[0.5, 6.0, 1.0], [1.0, 1.0, 3.0]]], dtype=torch.float64)
+    weights = torch.tensor([[0.1, 0.25], [0.2, 0.25], [0.3, 0.25], [0.4, 0.25]], dtype=torch.float64)
+    # row 0: the posterior's own draws are the first two; row 1 has none (keeps its weighted mean)
+    first = torch.tensor([[0.5, 0.0], [0.5, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    out = shrunk_mean(samples, weights, first)
+    weighted = (weights.unsqueeze(-1) * samples).sum(dim=0)
+    assert torch.equal(out[:, 0], samples[0, :, 0])  # observed entries exactly
+    assert torch.allclose(out[1], weighted[1])
+    for j in (1, 2):
+        variance = float((weights[:, 0] ** 2 * (samples[:, 0, j] - weighted[0, j]) ** 2).sum())
+        plain = float(samples[:2, 0, j].mean())
+        share = min(1.0, variance / (plain - float(weighted[0, j])) ** 2)
+        expected = float(weighted[0, j]) + share * (plain - float(weighted[0, j]))
+        assert abs(float(out[0, j]) - expected) < 1e-12, (j, float(out[0, j]), expected)
+    # feature 1: the gap (2.0 - 3.7)^2 exceeds the variance, a partial move; feature 2: all the way
+    assert 0 < (float(out[0, 1]) - float(weighted[0, 1])) / (2.0 - float(weighted[0, 1])) < 1
+    assert abs(float(out[0, 2]) - 2.1) < 1e-12
+
+
+def test_shrunk_mean_of_reliable_draws_stays_within_a_standard_error_of_the_weighted_mean(generator):
+    flow, y, params = setting(generator)
+    mean, cov = affine_gaussian(flow)
+    for n in (16, 2000):
+        result = reliable_draws(flow, y, HIDDEN, params, n, RowNoise(KEYS), antithetic=True)
+        point = shrunk_mean(result.draws.samples, result.weights, result.first_weights, paired=True)
+        weighted, _ = conditional_mean(result.draws)
+        assert torch.equal(point[~HIDDEN], y[~HIDDEN])
+        # |a (m_q - m_w)| = min(|gap|, v / |gap|) <= sqrt(v): the move is at most the entry's standard error,
+        # and the row's reported error is its entries' largest.
+        move = (point - weighted).abs().amax(dim=-1)
+        assert bool((move <= result.mc_error + 1e-12).all()), (move, result.mc_error)
+        assert torch.allclose(result.first_weights.sum(dim=0), torch.ones(4, dtype=torch.float64))
+        assert bool((result.first_weights[n:] == 0).all())
+    for row in range(4):
+        cond_mean, _, _ = gaussian_conditional(mean, cov, y[row], HIDDEN[row])
+        err = (point[row, HIDDEN[row]] - cond_mean).abs().max()
+        assert err < 6 * result.mc_error[row] + 1e-12, (row, err, result.mc_error[row])
 
 
 def test_antithetic_pairs_cancel_what_is_linear_in_the_noise(generator):

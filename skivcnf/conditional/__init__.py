@@ -36,7 +36,7 @@ from .posteriors import (
     prior_parameters,
     rsample,
 )
-from .reliable import ReliableDraws, monte_carlo_error, reliable_draws
+from .reliable import ReliableDraws, monte_carlo_error, reliable_draws, shrunk_mean
 from .sampling import (
     ConditionalDraws,
     conditional_mean,
@@ -91,6 +91,7 @@ __all__ = [
     "monte_carlo_error",
     "pareto_smoothed_log_weights",
     "reliable_draws",
+    "shrunk_mean",
     "row_keys",
     "sobol_uniform",
     "prior_parameters",

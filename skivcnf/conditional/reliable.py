@@ -14,9 +14,16 @@ the data (a blow-up). :func:`reliable_draws` guards each row:
    against the mixture of the row's proposals (adaptive multiple importance sampling);
 4. rows still above 0.7 are flagged (``unreliable``) and keep their smoothed weights.
    Falling back to equal weights on the posterior's draws (the plain posterior mean) was
-   measured and not kept: it was less accurate (docs/benchmarks.md, "Uncertainty");
+   measured and not kept: it was less accurate (docs/benchmarks.md, "Uncertainty"); the point
+   estimate's shrinkage below is its graded form, per entry;
 5. rows whose solved draws all left ``bounds`` get those draws clipped into the bounds, with
    equal weights (``clipped``): measured better than the training means on outlying rows.
+
+A point estimate from such draws (:func:`shrunk_mean`) moves each entry's weighted mean toward
+the plain mean of the posterior's first-round draws by the share of their squared difference
+that the weighted mean's Monte Carlo variance accounts for: where the weights are too uneven
+for their mean to be precise (many hidden entries), the posterior's mean, biased but far less
+noisy, takes over; elsewhere the weighted mean stays (docs/benchmarks.md, "Uncertainty").
 """
 
 import math
@@ -28,7 +35,7 @@ from .posteriors import GaussianParameters, log_density, marginal_variance
 from .sampling import ConditionalDraws, sample_conditional
 from .smoothing import PARETO_K_THRESHOLD, pareto_smoothed_log_weights
 
-__all__ = ["ReliableDraws", "monte_carlo_error", "reliable_draws"]
+__all__ = ["ReliableDraws", "monte_carlo_error", "reliable_draws", "shrunk_mean"]
 
 
 class ReliableDraws(NamedTuple):
@@ -59,6 +66,9 @@ class ReliableDraws(NamedTuple):
         Rows whose solved draws all left ``bounds``: their hidden entries are clipped into
         the bounds and weighted equally (the posterior's draws, at the nearest values the flow
         was trained on).
+    first_weights : Tensor (n_samples, batch)
+        Equal weights on the first round's usable draws (the posterior's own draws), 0 elsewhere;
+        all 0 for a row with none.
     """
 
     draws: ConditionalDraws
@@ -69,6 +79,19 @@ class ReliableDraws(NamedTuple):
     n_draws: torch.Tensor
     usable: torch.Tensor
     clipped: torch.Tensor
+    first_weights: torch.Tensor
+
+
+def _unit_terms(samples, weights, paired):
+    """Each independent unit's (draw's, or antithetic pair's) term ``sum_k w_k (x_k - mean)`` of a
+    self-normalised weighted mean's error, and the mean: (units, batch, d) and (batch, d)."""
+    w = weights.unsqueeze(-1)
+    used = w > 0
+    mean = torch.where(used, w * samples, 0.0).sum(dim=0)
+    terms = torch.where(used, w * (samples - mean), 0.0)
+    if paired:
+        terms = terms.reshape(-1, 2, *terms.shape[1:]).sum(dim=1)
+    return terms, mean
 
 
 def monte_carlo_error(samples, weights, hidden, paired=False):
@@ -90,13 +113,46 @@ def monte_carlo_error(samples, weights, hidden, paired=False):
         ``max_j sqrt(sum_u (sum_{k in u} w_k (x_kj - mean_j))^2)`` over units ``u`` (draws, or
         pairs); 0 for a row with nothing hidden.
     """
-    w = weights.unsqueeze(-1)
-    used = w > 0
-    mean = torch.where(used, w * samples, 0.0).sum(dim=0)
-    terms = torch.where(used, w * (samples - mean), 0.0)
-    if paired:
-        terms = terms.reshape(-1, 2, *terms.shape[1:]).sum(dim=1)
+    terms, _ = _unit_terms(samples, weights, paired)
     return torch.where(hidden, terms.pow(2).sum(dim=0), 0.0).amax(dim=-1).sqrt()
+
+
+def shrunk_mean(samples, weights, first_weights, paired=False):
+    """Point completion per row: each hidden entry's weighted mean, shrunk toward the plain mean of
+    the posterior's draws by the share of their squared difference its Monte Carlo variance explains.
+
+    With ``m_w`` the self-normalised weighted mean (consistent, Monte Carlo variance ``v``, the
+    delta-method estimate of :func:`monte_carlo_error`) and ``m_q`` the plain mean of the
+    posterior's draws (biased by ``b``, nearly noiseless), ``m_w + a (m_q - m_w)`` has the least
+    squared error at ``a = v / (v + b^2)``; ``(m_q - m_w)^2`` estimates ``v + b^2``, so
+    ``a = min(1, v / (m_q - m_w)^2)`` (the positive-part plug-in). ``a`` vanishes as the draws grow:
+    the estimate stays consistent for the flow's conditional mean.
+
+    Parameters
+    ----------
+    samples : Tensor (n_samples, batch, d)
+    weights : Tensor (n_samples, batch)
+        Normalised importance weights over draws.
+    first_weights : Tensor (n_samples, batch)
+        Normalised equal weights on the posterior's own draws, 0 elsewhere (all 0 for a row
+        without any: it keeps its weighted mean).
+    paired : bool, default=False
+        Draws ``2k`` and ``2k + 1`` are an antithetic pair (see :func:`monte_carlo_error`).
+
+    Returns
+    -------
+    Tensor (batch, d)
+        Entries on which every draw agrees (observed entries above all) exactly as in the draws.
+    """
+    terms, weighted = _unit_terms(samples, weights, paired)
+    variance = terms.pow(2).sum(dim=0)
+    f = first_weights.unsqueeze(-1)
+    plain = torch.where(f > 0, f * samples, 0.0).sum(dim=0)
+    gap = (plain - weighted).pow(2)
+    share = torch.where(gap > 0, (variance / torch.where(gap > 0, gap, 1.0)).clamp(max=1.0), 0.0)
+    share = torch.where((first_weights.sum(dim=0) > 0).unsqueeze(-1), share, 0.0)
+    first = samples[0]
+    return torch.where((samples == first).all(dim=0), first, weighted + share * (plain - weighted))
 
 
 def _usable(draws, hidden, bounds):
@@ -326,8 +382,11 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
     if bool(clipped.any()):
         draws, weights = _clip_into_bounds(draws, hidden, bounds, weights, clipped)
         error = monte_carlo_error(draws.samples, weights, hidden, antithetic)
+    in_first_round = torch.arange(draws.samples.shape[0], device=y.device) < n_samples
+    first = (_usable(draws, hidden, bounds) & in_first_round[:, None]).to(weights.dtype)
+    first = first / first.sum(dim=0).clamp_min(1)
     return ReliableDraws(draws._replace(log_weight=torch.log(weights)), weights, k_hat, error, uneven, n_draws,
-                         usable, clipped)
+                         usable, clipped, first)
 
 
 def _clip_into_bounds(draws, hidden, bounds, weights, rows):
