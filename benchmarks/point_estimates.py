@@ -5,6 +5,7 @@ mean", one thread. Run from the repository root::
 
     python -m benchmarks.point_estimates tables                 # the grid's cells, RMSE of each estimator
     python -m benchmarks.point_estimates digits --rate 0.9      # the suite's digits protocol: accuracy too
+    python -m benchmarks.point_estimates digits_peers --rate 0.9   # the same for the mean and MICE
     python -m benchmarks.point_estimates report                 # the tables of the docs
 
 Each fit is the default imputer's; its point imputations are then computed three ways from one
@@ -17,7 +18,8 @@ protocol (:func:`benchmarks.sections.digits_protocol`: its mask, model seed and 
 scores the classifier trained on each estimator's training imputations on its test imputations,
 and repeats the weighted mean from another random stream, whose difference from the first gives
 each entry's Monte Carlo error; one record per rate in ``point_digits.jsonl``. A rerun skips
-stored records.
+stored records. ``digits_peers``: the mean's and MICE's imputations (the suite's peers) under the
+same protocol, scored the same two ways (``point_digits_peers.jsonl``).
 """
 
 import argparse
@@ -45,6 +47,14 @@ CELLS = [("breast_cancer", "MCAR 20%", 3), ("mixture", "MCAR 20%", 3), ("nonline
          ("diabetes", "MAR 30%", 1), ("diabetes", "MCAR 50%", 1), ("gaussian", "MAR 30%", 1),
          ("mixture", "MNAR 30%", 1), ("nonlinear", "MAR 30%", 1)]
 ESTIMATORS = ("weighted", "plain", "shrunk")
+
+
+def _digits_masked(rate):
+    """The suite's digits split and masks at ``rate`` (:func:`benchmarks.sections.digits_protocol`, seed 0)."""
+    X_train, X_test, y_train, y_test = sections.digits_split()
+    rng = np.random.default_rng([0, int(rate * 100)])
+    m_train, m_test = masks.mcar(X_train, rate, rng), masks.mcar(X_test, rate, rng)
+    return X_train, X_test, y_train, y_test, m_train, m_test
 
 
 def _records(path):
@@ -95,9 +105,7 @@ def digits(rate, path=OUT / "point_digits.jsonl"):
     """The suite's digits protocol at ``rate``: each estimator's classifier accuracy and test RMSE."""
     if any(line["rate"] == rate for line in _records(path)):
         return
-    X_train, X_test, y_train, y_test = sections.digits_split()
-    rng = np.random.default_rng([0, int(rate * 100)])  # as sections.digits_protocol, seed 0
-    m_train, m_test = masks.mcar(X_train, rate, rng), masks.mcar(X_test, rate, rng)
+    X_train, X_test, y_train, y_test, m_train, m_test = _digits_masked(rate)
     train, test = np.where(m_train, np.nan, X_train), np.where(m_test, np.nan, X_test)
     imputer = sections._build_imputer("IVCNFImputer", 0, False)
     start = time.perf_counter()
@@ -128,7 +136,27 @@ def digits(rate, path=OUT / "point_digits.jsonl"):
     _append(path, line)
 
 
-def report(tables_path=OUT / "point_tables.jsonl", digits_path=OUT / "point_digits.jsonl"):
+def digits_peers(rate, path=OUT / "point_digits_peers.jsonl"):
+    """The suite's mean and MICE peers under :func:`digits`' protocol: accuracy, test RMSE, and the
+    accuracy of a classifier fitted on complete digits."""
+    X_train, X_test, y_train, y_test, m_train, m_test = _digits_masked(rate)
+    train, test = np.where(m_train, np.nan, X_train), np.where(m_test, np.nan, X_test)
+    complete = LogisticRegression(max_iter=2000).fit(X_train, y_train)
+    done = {(line["rate"], line["imputer"]) for line in _records(path)}
+    for name in ("mean", "MICE"):
+        if (rate, name) in done:
+            continue
+        model = sections._build_imputer(name, 0, False)
+        train_out = model.fit_transform(train)
+        test_out = model.transform(test)
+        accuracy = LogisticRegression(max_iter=2000).fit(train_out, y_train).score(test_out, y_test)
+        _append(path, {"rate": rate, "imputer": name, "accuracy": float(accuracy),
+                       "rmse": rmse(X_test, test_out, m_test),
+                       "complete-data classifier": float(complete.score(test_out, y_test))})
+
+
+def report(tables_path=OUT / "point_tables.jsonl", digits_path=OUT / "point_digits.jsonl",
+           peers_path=OUT / "point_digits_peers.jsonl"):
     """The docs' tables: RMSE per cell (means over mask seeds) and the digits rates."""
     lines = _records(tables_path)
     rows = ["| table | missingness | weighted (before) | plain | shrunk (default) | shrunk / weighted | seeds |",
@@ -152,6 +180,10 @@ def report(tables_path=OUT / "point_tables.jsonl", digits_path=OUT / "point_digi
             complete = line["complete-data classifier"].get(name)
             rows.append(f"| {name} | {line[name]['accuracy']:.3f} | {line[name]['rmse']:.4f} | "
                         + (f"{complete:.3f} |" if complete is not None else "- |"))
+        for peer in _records(peers_path):
+            if peer["rate"] == line["rate"]:
+                rows.append(f"| {peer['imputer']} (peer) | {peer['accuracy']:.3f} | {peer['rmse']:.4f} | "
+                            f"{peer['complete-data classifier']:.3f} |")
         rows.append(f"\nMonte Carlo sd of a weighted test entry {line['weighted monte carlo sd']:.4f} "
                     f"(the imputed entries' sd {line['imputed sd']:.4f}).")
     return "\n".join(rows)
@@ -159,7 +191,7 @@ def report(tables_path=OUT / "point_tables.jsonl", digits_path=OUT / "point_digi
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["tables", "digits", "report"])
+    parser.add_argument("what", choices=["tables", "digits", "digits_peers", "report"])
     parser.add_argument("--rate", type=float, default=0.9)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -168,6 +200,8 @@ def main():
         tables()
     elif args.what == "digits":
         digits(args.rate)
+    elif args.what == "digits_peers":
+        digits_peers(args.rate)
     print(report())
 
 

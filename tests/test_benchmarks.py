@@ -288,7 +288,10 @@ def test_point_estimates_report_averages_cells_and_lists_each_digits_rate(tmp_pa
                              "weighted, mean of the two streams": scored(0.375), "weighted monte carlo sd": 0.04,
                              "imputed sd": 0.29, "complete-data classifier": {"weighted": 0.3, "plain": 0.33,
                                                                               "shrunk": 0.32}}])
-    text = point_estimates.report(tables, digits)
+    peers = tmp_path / "point_digits_peers.jsonl"
+    _write_records(peers, [{"rate": 0.9, "imputer": "MICE", "accuracy": 0.406, "rmse": 0.2749,
+                            "complete-data classifier": 0.286}])
+    text = point_estimates.report(tables, digits, peers)
     assert "| wine | MCAR 20% | 0.7500 | 0.9000 | 0.7400 | 0.9867 | 2 |" in text
     assert "| mixture | MCAR 20% | 0.5000 | 0.9000 | 0.5000 | 1.0000 | 1 |" in text
     ratio = np.exp(np.mean(np.log([0.74 / 0.75, 1.0])))
@@ -296,6 +299,7 @@ def test_point_estimates_report_averages_cells_and_lists_each_digits_rate(tmp_pa
     assert "Digits, 90% missing (44 epochs, fit 292 s)" in text
     assert "| shrunk | 0.390 | 0.2500 | 0.320 |" in text
     assert "| weighted, another stream | 0.350 | 0.2500 | - |" in text
+    assert "| MICE (peer) | 0.406 | 0.2749 | 0.286 |" in text
 
 
 def test_normal_data_augmentation_draws_proper_imputations_of_a_gaussian_table():
