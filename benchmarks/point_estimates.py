@@ -23,7 +23,6 @@ same protocol, scored the same two ways (``point_digits_peers.jsonl``).
 """
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
@@ -33,12 +32,13 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from skivcnf import IVCNFImputer
-from skivcnf._drawing import iter_draws, snap_categories
+from skivcnf._drawing import iter_draws, point_imputations, snap_categories
 from skivcnf._utils import RandomStreams
-from skivcnf.conditional import conditional_mean, shrunk_mean
+from skivcnf.conditional import conditional_mean
 
 from . import data, masks, sections
 from .measure import rmse
+from .uncertainty import _append, _records
 
 OUT = Path(__file__).parent / "results" / "uncertainty"
 #: (table, mechanism, mask seeds) of ``tables``.
@@ -49,36 +49,16 @@ CELLS = [("breast_cancer", "MCAR 20%", 3), ("mixture", "MCAR 20%", 3), ("nonline
 ESTIMATORS = ("weighted", "plain", "shrunk")
 
 
-def _digits_masked(rate):
-    """The suite's digits split and masks at ``rate`` (:func:`benchmarks.sections.digits_protocol`, seed 0)."""
-    X_train, X_test, y_train, y_test = sections.digits_split()
-    rng = np.random.default_rng([0, int(rate * 100)])
-    m_train, m_test = masks.mcar(X_train, rate, rng), masks.mcar(X_test, rate, rng)
-    return X_train, X_test, y_train, y_test, m_train, m_test
-
-
-def _records(path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _append(path, line):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(line) + "\n")
-    print(json.dumps(line), flush=True)
-
-
 def estimates(imputer, X):
     """``X`` completed by each of :data:`ESTIMATORS`, from one set of ``transform``'s draws."""
     X, table, mask = imputer._validate_input(X, reset=False)
     parts = {name: [] for name in ESTIMATORS}
-    paired = imputer.n_draws % 2 == 0
     for result, _ in iter_draws(imputer, X, imputer.n_draws, imputer._row_keys("transform", X), "the means"):
         draws = snap_categories(imputer, result.draws)
         parts["weighted"].append(conditional_mean(draws)[0])
         plain = draws._replace(log_weight=torch.log(result.first_weights))
         parts["plain"].append(conditional_mean(plain)[0])
-        parts["shrunk"].append(shrunk_mean(draws.samples, result.weights, result.first_weights, paired=paired))
+        parts["shrunk"].append(point_imputations(imputer, result, imputer.n_draws))  # transform's own
     return {name: imputer._completed(table, mask, torch.cat(p).cpu().double().numpy(), X)
             for name, p in parts.items()}
 
@@ -105,7 +85,8 @@ def digits(rate, path=OUT / "point_digits.jsonl"):
     """The suite's digits protocol at ``rate``: each estimator's classifier accuracy and test RMSE."""
     if any(line["rate"] == rate for line in _records(path)):
         return
-    X_train, X_test, y_train, y_test, m_train, m_test = _digits_masked(rate)
+    X_train, X_test, y_train, y_test = sections.digits_split()
+    m_train, m_test = sections.digits_masks(X_train, X_test, rate)
     train, test = np.where(m_train, np.nan, X_train), np.where(m_test, np.nan, X_test)
     imputer = sections._build_imputer("IVCNFImputer", 0, False)
     start = time.perf_counter()
@@ -139,7 +120,8 @@ def digits(rate, path=OUT / "point_digits.jsonl"):
 def digits_peers(rate, path=OUT / "point_digits_peers.jsonl"):
     """The suite's mean and MICE peers under :func:`digits`' protocol: accuracy, test RMSE, and the
     accuracy of a classifier fitted on complete digits."""
-    X_train, X_test, y_train, y_test, m_train, m_test = _digits_masked(rate)
+    X_train, X_test, y_train, y_test = sections.digits_split()
+    m_train, m_test = sections.digits_masks(X_train, X_test, rate)
     train, test = np.where(m_train, np.nan, X_train), np.where(m_test, np.nan, X_test)
     complete = LogisticRegression(max_iter=2000).fit(X_train, y_train)
     done = {(line["rate"], line["imputer"]) for line in _records(path)}

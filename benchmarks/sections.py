@@ -189,10 +189,15 @@ def digits_split(quick=False):
     return train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
 
 
+def digits_masks(X_train, X_test, rate, seed=0):
+    """The protocol's MCAR masks of the training and test splits at ``rate``."""
+    rng = np.random.default_rng([seed, int(rate * 100)])
+    return masks.mcar(X_train, rate, rng), masks.mcar(X_test, rate, rng)
+
+
 def digits_protocol(rate, imputer, seed=0, quick=False):
     X_train, X_test, y_train, y_test = digits_split(quick)
-    rng = np.random.default_rng([seed, int(rate * 100)])
-    m_train, m_test = masks.mcar(X_train, rate, rng), masks.mcar(X_test, rate, rng)
+    m_train, m_test = digits_masks(X_train, X_test, rate, seed)
     train_missing, test_missing = np.where(m_train, np.nan, X_train), np.where(m_test, np.nan, X_test)
     inductive = peers.PEERS[imputer].inductive
     record = {"rate": rate, "imputer": imputer, "seed": seed, "inductive": inductive}

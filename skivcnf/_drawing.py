@@ -172,8 +172,7 @@ def point_imputations(imputer, result, n_draws):
     of :func:`iter_draws` (``n_draws`` a row, then point-estimate settings): a categorical block's is
     its categories' probabilities."""
     draws = snap_categories(imputer, result.draws)
-    weighted = imputer.importance_weighting and draws.samples.shape[-1] <= EXACT_LOGDET_MAX_FEATURES
-    if not (SHRINK_TO_POSTERIOR and weighted):
+    if not SHRINK_TO_POSTERIOR:
         return conditional_mean(draws)[0]
     # iter_draws draws antithetic pairs for point estimates exactly when n_draws is even
     return shrunk_mean(draws.samples, result.weights, result.first_weights, paired=ANTITHETIC and n_draws % 2 == 0)

@@ -150,6 +150,11 @@ def test_shrunk_mean_of_reliable_draws_stays_within_a_standard_error_of_the_weig
         assert bool((move <= result.mc_error + 1e-12).all()), (move, result.mc_error)
         assert torch.allclose(result.first_weights.sum(dim=0), torch.ones(4, dtype=torch.float64))
         assert bool((result.first_weights[n:] == 0).all())
+    # Unweighted draws have no weighted mean to shrink: the point estimate is their plain mean.
+    plain = reliable_draws(flow, y, HIDDEN, params, 16, RowNoise(KEYS), weighted=False, antithetic=True)
+    assert bool((plain.first_weights == 0).all())
+    assert torch.equal(shrunk_mean(plain.draws.samples, plain.weights, plain.first_weights, paired=True),
+                       conditional_mean(plain.draws)[0])
     for row in range(4):
         cond_mean, _, _ = gaussian_conditional(mean, cov, y[row], HIDDEN[row])
         err = (point[row, HIDDEN[row]] - cond_mean).abs().max()

@@ -68,7 +68,7 @@ class ReliableDraws(NamedTuple):
         was trained on).
     first_weights : Tensor (n_samples, batch)
         Equal weights on the first round's usable draws (the posterior's own draws), 0 elsewhere;
-        all 0 for a row with none.
+        all 0 for a row with none, and for every row when the draws are unweighted.
     """
 
     draws: ConditionalDraws
@@ -382,8 +382,9 @@ def reliable_draws(flow, y, hidden, params, n_samples, noise, *, weighted=True, 
     if bool(clipped.any()):
         draws, weights = _clip_into_bounds(draws, hidden, bounds, weights, clipped)
         error = monte_carlo_error(draws.samples, weights, hidden, antithetic)
+    # Unweighted draws have no weighted mean to shrink: no first-round weights.
     in_first_round = torch.arange(draws.samples.shape[0], device=y.device) < n_samples
-    first = (_usable(draws, hidden, bounds) & in_first_round[:, None]).to(weights.dtype)
+    first = (_usable(draws, hidden, bounds) & in_first_round[:, None] & weighted).to(weights.dtype)
     first = first / first.sum(dim=0).clamp_min(1)
     return ReliableDraws(draws._replace(log_weight=torch.log(weights)), weights, k_hat, error, uneven, n_draws,
                          usable, clipped, first)
