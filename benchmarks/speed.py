@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m benchmarks.speed chord                 # the chord start of the constraint solves
     python -m benchmarks.speed chord-centre          # the chord start from the draws' centre, or not
+    python -m benchmarks.speed chord-draws           # the chord start or Newton alone, by draws per row
     python -m benchmarks.speed compile               # torch.compile of the flow's Jacobian against eager
     python -m benchmarks.speed draws                 # draws per row at transform: time and RMSE
     python -m benchmarks.speed training '{"learning_rate": 5e-3}'   # a training setting, 3 mask seeds
@@ -78,6 +79,45 @@ def chord(table="breast_cancer", rate=None, epochs=20, rows=256, n_draws=64):
                       "seconds": round(time.perf_counter() - start, 2),
                       "newton_iterations": round(float(draws.n_iter.float().mean()), 2),
                       "solved": float(draws.converged.float().mean())})
+    return lines
+
+
+def chord_draws(table="breast_cancer", repeats=2, epochs=(20, None), batch=64, rate=None,
+                draw_counts=(1, 2, 4, 8, 16, 64)):
+    """The chord start against Newton from the initial guess, by draws per row: after a fit of
+    20 epochs and one trained to early stopping (default settings, mask seed 0), seconds to
+    solve 1-64 draws of every row in batches of ``batch`` rows (training's), no weights, the
+    fastest of ``repeats``; and the Newton iterations per draw after the start."""
+    from unittest import mock
+
+    from skivcnf.conditional import solvers
+
+    _, _, X_missing = _masked(table, rate=rate)
+    lines = []
+    for max_epochs in epochs:
+        settings = dict(max_epochs=max_epochs, early_stopping=False) if max_epochs else {}
+        imputer = IVCNFImputer(random_state=0, **settings).fit(X_missing)
+        z = torch.as_tensor(imputer._layout().standardise(X_missing), dtype=torch.float32)
+        hidden = torch.isnan(z)
+        with torch.no_grad():
+            params = imputer.posterior_(torch.where(hidden, 0.0, z), hidden)
+        for n_draws in draw_counts:
+            line = {"table": table, "rate": rate, "epochs": len(imputer.history_.train_loss), "n_draws": n_draws}
+            for name, threshold in {"chord": 1, "newton": 10**9}.items():
+                best, iterations = float("inf"), []
+                for _ in range(repeats):
+                    start, iterations = time.perf_counter(), []
+                    with mock.patch.object(solvers, "CHORD_MIN_DRAWS", threshold):
+                        for rows in torch.arange(len(z)).split(batch):
+                            batch_params = type(params)(*(None if p is None else p[rows] for p in params))
+                            draws = sample_conditional(imputer.flow_, z[rows], hidden[rows], batch_params,
+                                                       n_samples=n_draws, generator=torch.Generator().manual_seed(0),
+                                                       weights=False, antithetic=n_draws > 1)
+                            iterations.append(draws.n_iter.float().mean())
+                    best = min(best, time.perf_counter() - start)
+                line[f"seconds {name}"] = round(best, 3)
+                line[f"newton iterations {name}"] = round(float(torch.stack(iterations).mean()), 2)
+            lines.append(line)
     return lines
 
 
@@ -665,7 +705,7 @@ def _settings(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads", "grid", "grid-report",
-                                         "transform-levers", "logdet", "peak", "chord-centre", "compile",
+                                         "transform-levers", "logdet", "peak", "chord-centre", "chord-draws", "compile",
                                          "step-scale", "fallback", "transform-grid", "transform-grid-report",
                                          "transform-time"])
     parser.add_argument("settings", nargs="*", default=["{}"],
@@ -706,6 +746,9 @@ def main(argv=None):
     elif args.what == "chord-centre":
         lines = [line for table in ([args.table] if args.table else ["breast_cancer", "nonlinear", "wine"])
                  for line in chord_centre(table)]
+    elif args.what == "chord-draws":
+        lines = [line for table in ([args.table] if args.table else ["breast_cancer", "nonlinear", "wine"])
+                 for line in chord_draws(table)]
     elif args.what == "compile":
         lines = compiled()
     elif args.what == "step-scale":

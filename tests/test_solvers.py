@@ -199,19 +199,30 @@ def test_chord_start_shares_one_block_per_row_and_newton_agrees(problem):
     hidden = hidden.clone()
     hidden[:, 0] = True  # every row has something hidden
     gen = torch.Generator().manual_seed(9)
-    targets = torch.randn(4, *y.shape, generator=gen, dtype=torch.float64)
+    n = solvers.CHORD_MIN_DRAWS
+    targets = torch.randn(n, *y.shape, generator=gen, dtype=torch.float64)
     start = chord_start(flow, torch.where(hidden, 0.0, y), hidden, targets)
-    assert torch.equal(start[:, ~hidden], y[~hidden].expand(4, -1))  # observed entries untouched
+    assert torch.equal(start[:, ~hidden], y[~hidden].expand(n, -1))  # observed entries untouched
     flat = lambda t: t.reshape(-1, y.shape[1])  # noqa: E731
     options = SolverOptions(tol=1e-11)
-    cold = solve_constraint(flow, flat(torch.where(hidden, 0.0, y).expand(4, -1, -1)), flat(hidden.expand(4, -1, -1)),
+    cold = solve_constraint(flow, flat(torch.where(hidden, 0.0, y).expand(n, -1, -1)), flat(hidden.expand(n, -1, -1)),
                             flat(targets), options=options)
-    warm = solve_constraint(flow, flat(start), flat(hidden.expand(4, -1, -1)), flat(targets), options=options)
+    warm = solve_constraint(flow, flat(start), flat(hidden.expand(n, -1, -1)), flat(targets), options=options)
     assert bool(cold.converged.all()) and bool(warm.converged.all())
     # The same unique solution (the constraint has one per draw); the chord start leaves
     # Newton much less to do.
     torch.testing.assert_close(warm.solution, cold.solution, atol=1e-9, rtol=0)
     assert warm.n_iter.float().mean() < cold.n_iter.float().mean() - 1  # measured: 3.5 against 4.9
+
+
+def test_chord_start_skipped_below_its_draw_count(problem, monkeypatch):
+    # With few draws a row the shared block does not pay for the chord iterations: the guess is
+    # returned as it is, and the block is never formed.
+    flow, y, hidden, x_target = problem
+    monkeypatch.setattr(solvers, "hidden_jacobian", lambda *args: pytest.fail("the block was formed"))
+    n = solvers.CHORD_MIN_DRAWS - 1
+    start = chord_start(flow, y, hidden, x_target.expand(n, -1, -1))
+    assert torch.equal(start, y.expand(n, -1, -1))
 
 
 def test_chord_start_off_returns_the_guess(problem):

@@ -94,7 +94,8 @@ class SolverOptions:
         factorisation per row, not per draw), so each iteration costs a forward pass. With
         ``CHORD_CENTRE_MIN_DRAWS`` draws or more the block is formed at the completion of the
         draws' mean, which takes as many iterations at most first (for one draw per row).
-        0 turns the warm start off. Measured in docs/benchmarks.md.
+        Below ``CHORD_MIN_DRAWS`` draws per row (training's 2) there is no chord start: Newton
+        alone was faster there. 0 turns the warm start off. Measured in docs/benchmarks.md.
 
     Examples
     --------

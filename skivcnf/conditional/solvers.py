@@ -31,7 +31,7 @@ from ..flows import EXACT_LOGDET_MAX_FEATURES
 from .hidden_block import from_compact, hidden_jacobian, solve_hidden_block, to_compact
 from .solver_options import SOLVERS, ConstraintSolution, SolverOptions
 
-__all__ = ["CHORD_CENTRE_MIN_DRAWS", "chord_start", "solve_constraint", "resolve_chain"]
+__all__ = ["CHORD_MIN_DRAWS", "CHORD_CENTRE_MIN_DRAWS", "chord_start", "solve_constraint", "resolve_chain"]
 
 # ---------------------------------------------------------------------- Newton
 
@@ -145,6 +145,10 @@ _SOLVER_FUNCTIONS = {
 #: A draw's chord iterations go on only while each shrinks its largest residual at least by
 #: this factor (slower than that, Newton is the better use of the time).
 _CHORD_MIN_CONTRACTION = 0.8
+#: Below this many draws per row the chord start is skipped and Newton starts from the guess:
+#: the row's shared block then serves too few draws to pay for the chord iterations (training's
+#: 2 draws a row; docs/benchmarks.md, "Speed").
+CHORD_MIN_DRAWS = 16
 #: From this many draws per row, the chord start first moves each row to the solution of its
 #: draws' mean and shares the hidden block there (docs/benchmarks.md, "Speed").
 CHORD_CENTRE_MIN_DRAWS = 8
@@ -162,6 +166,10 @@ def chord_start(flow, y, hidden, x_target, options=None):
     at least. Newton then finishes the draws left above tolerance (0 iterations for those
     already solved). Iterations stop when every draw is solved or stalled, or after
     ``options.chord_max_iter``.
+
+    With fewer than :data:`CHORD_MIN_DRAWS` draws per row the guess is returned as it is and
+    Newton starts from it: measured on trained flows, the shared block pays for its chord
+    iterations only from about 16 draws a row (a training step draws 2).
 
     With :data:`CHORD_CENTRE_MIN_DRAWS` draws per row or more, the row is first moved by the
     same iterations to the completion of its draws' mean latent, and the shared block is
@@ -191,14 +199,16 @@ def chord_start(flow, y, hidden, x_target, options=None):
     >>> flow = ResidualFlow(3, n_blocks=1, hidden_features=(8,), generator=torch.Generator().manual_seed(0)).double()
     >>> y = torch.tensor([[0.5, 0.0, -1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     >>> hidden = torch.tensor([[False, True, False], [False, True, True]])
-    >>> x_target = 0.3 * torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    >>> x_target = 0.3 * torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     >>> from skivcnf.conditional import chord_start
     >>> start = chord_start(flow, y, hidden, x_target)
-    >>> residual = torch.where(hidden, flow(start.reshape(-1, 3)).reshape(4, 2, 3) - x_target, 0.0)
-    >>> bool(residual.abs().max() < 1e-6), torch.equal(start[:, ~hidden], y[~hidden].expand(4, -1))
+    >>> residual = torch.where(hidden, flow(start.reshape(-1, 3)).reshape(16, 2, 3) - x_target, 0.0)
+    >>> bool(residual.abs().max() < 1e-6), torch.equal(start[:, ~hidden], y[~hidden].expand(16, -1))
     (True, True)
     """
     options = options if options is not None else SolverOptions()
+    if x_target.shape[0] < CHORD_MIN_DRAWS:
+        return y.expand(x_target.shape).clone()
     if x_target.shape[0] >= CHORD_CENTRE_MIN_DRAWS:
         y = _chord(flow, y, hidden, x_target.mean(dim=0, keepdim=True), options)[0]
     return _chord(flow, y, hidden, x_target, options)
