@@ -5,6 +5,8 @@ Run from the repository root::
     python -m benchmarks.speed chord                 # the chord start of the constraint solves
     python -m benchmarks.speed chord-centre          # the chord start from the draws' centre, or not
     python -m benchmarks.speed chord-draws           # the chord start or Newton alone, by draws per row
+    python -m benchmarks.speed fit-time '{}' --table digits --rate 0.5 --epochs 30   # one fit's seconds
+    python -m benchmarks.speed extra-rounds          # rows drawing 1, 2 and 4 times n_draws at transform
     python -m benchmarks.speed compile               # torch.compile of the flow's Jacobian against eager
     python -m benchmarks.speed draws                 # draws per row at transform: time and RMSE
     python -m benchmarks.speed training '{"learning_rate": 5e-3}'   # a training setting, 3 mask seeds
@@ -121,11 +123,61 @@ def chord_draws(table="breast_cancer", repeats=2, epochs=(20, None), batch=64, r
     return lines
 
 
+def fit_time(settings, table="breast_cancer", rate=None, epochs=30):
+    """Seconds of one fit of ``epochs`` epochs without early stopping (mask seed 0) and its last
+    training loss. Keys ``"skivcnf.module.NAME"`` of ``settings`` set module constants (as in ``training``)."""
+    _, _, X_missing = _masked(table, rate=rate)
+    imputer = IVCNFImputer(random_state=0, max_epochs=epochs, early_stopping=False, **_estimator_settings(settings))
+    start = time.perf_counter()
+    imputer.fit(X_missing)
+    return [{"table": table, "rate": rate, "settings": settings, "epochs": epochs,
+             "fit_seconds": round(time.perf_counter() - start, 1),
+             "final_train_loss": round(float(imputer.history_.train_loss[-1]), 4)}]
+
+
+def extra_rounds(cases=((1_000, 10), (10_000, 10)), rows=2_000):
+    """How many rows draw ``n_draws``, twice and four times as many at ``transform`` (the reliable
+    draws' extra rounds): a default fit of the suite's scaling table (AR(1) Gaussian, 20% MCAR),
+    then the first ``rows`` rows transformed."""
+    from unittest import mock
+
+    from skivcnf import _drawing
+
+    real, counts, lines = _drawing.reliable_draws, [], []
+
+    def counting(*args, **kwargs):
+        result = real(*args, **kwargs)
+        counts.append(result.n_draws.cpu())
+        return result
+
+    for n, d in cases:
+        X = data.correlated_gaussian(n, d, seed=n + d).X
+        X_missing = np.where(masks.mcar(X, 0.2, np.random.default_rng(0)), np.nan, X)
+        imputer = IVCNFImputer(random_state=0).fit(X_missing)
+        counts.clear()
+        with mock.patch.object(_drawing, "reliable_draws", counting):
+            imputer.transform(X_missing[:rows])
+        values, numbers = torch.cat(counts).unique(return_counts=True)
+        lines.append({"rows": n, "columns": d, "epochs": len(imputer.history_.train_loss),
+                      "rows_per_draw_count": dict(zip(values.tolist(), numbers.tolist(), strict=True))})
+    return lines
+
+
 def chord_centre(table="breast_cancer", repeats=2):
     """The chord start from the completion of each row's mean draw against from the initial guess:
     after one default fit (mask seed 0), seconds to solve 4-64 draws of every row (no weights),
     then whole ``transform`` calls, alternated ``repeats`` times (the fastest is kept), with the
-    RMSE and the largest change of an imputed entry (column standard deviations)."""
+    RMSE and the largest change of an imputed entry (column standard deviations). As measured
+    before ``CHORD_MIN_DRAWS``: the chord start at every draw count."""
+    from unittest import mock
+
+    from skivcnf.conditional import solvers
+
+    with mock.patch.object(solvers, "CHORD_MIN_DRAWS", 1):
+        return _chord_centre(table, repeats)
+
+
+def _chord_centre(table, repeats):
     from unittest import mock
 
     from skivcnf.conditional import solvers
@@ -705,13 +757,15 @@ def _settings(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["chord", "draws", "training", "compare", "threads", "grid", "grid-report",
-                                         "transform-levers", "logdet", "peak", "chord-centre", "chord-draws", "compile",
-                                         "step-scale", "fallback", "transform-grid", "transform-grid-report",
-                                         "transform-time"])
+                                         "transform-levers", "logdet", "peak", "chord-centre", "chord-draws",
+                                         "fit-time", "extra-rounds", "compile", "step-scale", "fallback",
+                                         "transform-grid", "transform-grid-report", "transform-time"])
     parser.add_argument("settings", nargs="*", default=["{}"],
                         help="training, grid: IVCNFImputer settings, a dict literal; compare: a git revision; "
                              "grid-report: labels; transform-grid: module-constant settings, JSON dicts")
     parser.add_argument("--table", default=None)
+    parser.add_argument("--rate", type=float, default=None, help="fit-time: MCAR rate (20%% by default)")
+    parser.add_argument("--epochs", type=int, default=30, help="fit-time: epochs")
     parser.add_argument("--mechanism", default="MNAR 30%", help="step-scale: the grid's mechanism")
     parser.add_argument("--label", default="defaults", help="grid: the output file's label")
     parser.add_argument("--tables", nargs="+", choices=data.TABLES, default=None,
@@ -749,6 +803,10 @@ def main(argv=None):
     elif args.what == "chord-draws":
         lines = [line for table in ([args.table] if args.table else ["breast_cancer", "nonlinear", "wine"])
                  for line in chord_draws(table)]
+    elif args.what == "fit-time":
+        lines = fit_time(_settings(args.settings[0]), args.table or "breast_cancer", args.rate, args.epochs)
+    elif args.what == "extra-rounds":
+        lines = extra_rounds()
     elif args.what == "compile":
         lines = compiled()
     elif args.what == "step-scale":

@@ -116,7 +116,7 @@ def test_elbo_is_differentiable_in_posterior_parameters(generator):
     with torch.no_grad():
         x_hidden, log_q = rsample(posterior(), HIDDEN, 4, generator)
     x = x_hidden.reshape(-1, 4).requires_grad_()
-    start = draw_guesses(flow, y, HIDDEN, x_hidden)  # bound_terms' chord start: the same solutions
+    start = draw_guesses(flow, y, HIDDEN, x_hidden)  # bound_terms' guesses: the same solutions
     log_w, _ = bound_integrand(flow, y.repeat(4, 1), HIDDEN.repeat(4, 1), x, log_q.reshape(-1), warm_start=start)
     log_w.sum().backward()
     expected = torch.where(HIDDEN, x.grad.reshape(4, 3, 4).mean(0), 0.0)

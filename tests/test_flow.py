@@ -203,6 +203,42 @@ def test_inverse_linearization_is_the_inverse_jacobian(generator, linear):
     torch.testing.assert_close(flow.linearize_inverse(y, n_terms=1).jvp(v), rough.detach(), atol=1e-12, rtol=0)
 
 
+def test_cached_weights_computed_once_and_held_per_thread(generator, monkeypatch):
+    # A nested context does not walk the modules again; another thread sharing the model (as
+    # skivcnf.dask's partitions do) keeps torch's cache open with its own context, so the first
+    # thread's exit does not drop the weights from under it.
+    import threading
+
+    flow = ResidualFlow(3, n_blocks=2, hidden_features=(8,), generator=generator).double()
+    norms = []
+    real = torch.linalg.matrix_norm
+    monkeypatch.setattr(torch.linalg, "matrix_norm", lambda *a, **k: norms.append(1) or real(*a, **k))
+    y = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    expected = flow(y).detach()
+    norms.clear()
+    entered, leave, seen = threading.Event(), threading.Event(), {}
+
+    def other_thread():
+        with flow.cached_weights(differentiable=False):
+            entered.set()
+            leave.wait(10)
+            seen["norms"], seen["out"] = len(norms), flow(y)
+
+    with flow.cached_weights(differentiable=False):
+        first = len(norms)
+        with flow.cached_weights(differentiable=False):
+            out = flow(y)
+        assert len(norms) == first > 0  # nested: no spectral norm computed again
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        assert entered.wait(10)
+    leave.set()  # the main thread's context has exited; the other thread's cache must hold
+    thread.join(10)
+    assert seen["norms"] == first  # still cached after the main thread's exit: none recomputed
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(seen["out"], expected, rtol=0, atol=0)
+
+
 def test_cached_weights_without_their_graph_are_reused_by_nested_caches(generator):
     flow = ResidualFlow(3, n_blocks=2, hidden_features=(8,), generator=generator).double()
     linear = flow.blocks[0].net[0]

@@ -92,10 +92,11 @@ class SolverOptions:
         Chord iterations at most of :func:`~.solvers.chord_start`, the warm start of the
         draws of one row: they share one hidden block of the row (one Jacobian and one LU
         factorisation per row, not per draw), so each iteration costs a forward pass. With
-        ``CHORD_CENTRE_MIN_DRAWS`` draws or more the block is formed at the completion of the
-        draws' mean, which takes as many iterations at most first (for one draw per row).
-        Below ``CHORD_MIN_DRAWS`` draws per row (training's 2) there is no chord start: Newton
-        alone was faster there. 0 turns the warm start off. Measured in docs/benchmarks.md.
+        ``CHORD_CENTRE_MIN_DRAWS`` draws or more (and at least ``CHORD_MIN_DRAWS``) the block
+        is formed at the completion of the draws' mean, which takes as many iterations at
+        most first (for one draw per row). Below ``CHORD_MIN_DRAWS`` draws per row
+        (training's 2) there is no chord start: Newton alone was faster there. 0 turns the
+        warm start off. Measured in docs/benchmarks.md.
 
     Examples
     --------

@@ -150,7 +150,9 @@ _CHORD_MIN_CONTRACTION = 0.8
 #: 2 draws a row; docs/benchmarks.md, "Speed").
 CHORD_MIN_DRAWS = 16
 #: From this many draws per row, the chord start first moves each row to the solution of its
-#: draws' mean and shares the hidden block there (docs/benchmarks.md, "Speed").
+#: draws' mean and shares the hidden block there (docs/benchmarks.md, "Speed"). Below
+#: ``CHORD_MIN_DRAWS`` there is no chord start at all, so the centre takes effect from
+#: ``max(CHORD_CENTRE_MIN_DRAWS, CHORD_MIN_DRAWS)`` draws.
 CHORD_CENTRE_MIN_DRAWS = 8
 
 
@@ -171,7 +173,8 @@ def chord_start(flow, y, hidden, x_target, options=None):
     Newton starts from it: measured on trained flows, the shared block pays for its chord
     iterations only from about 16 draws a row (a training step draws 2).
 
-    With :data:`CHORD_CENTRE_MIN_DRAWS` draws per row or more, the row is first moved by the
+    With :data:`CHORD_CENTRE_MIN_DRAWS` draws per row or more (and at least
+    :data:`CHORD_MIN_DRAWS`), the row is first moved by the
     same iterations to the completion of its draws' mean latent, and the shared block is
     formed again there: the draws of a posterior lie around that point, where the block is
     closer to each draw's own than at the initial guess, so the chord converges in fewer
