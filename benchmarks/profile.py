@@ -38,7 +38,8 @@ OUT = Path(__file__).parent / "results" / "profile"
 #: of its functions (the implicit-gradient solve is taken out of the backward pass). The
 #: held-out evaluation of early stopping is timed apart, as "validation".
 PHASES = [
-    ("constraint solve", [("conditional/solvers.py", "solve_constraint"), ("conditional/solvers.py", "chord_start")]),
+    ("constraint solve", [("conditional/solvers.py", "solve_constraint"),
+                          ("conditional/warm_starts.py", "chord_start")]),
     ("implicit-gradient solve (backward)", [("conditional/implicit.py", "backward")]),
     ("Jacobian and log-determinants", [("conditional/hidden_block.py", "log_prob_and_hidden_jacobian")]),
     ("posterior network", [("conditional/posteriors.py", "forward")]),

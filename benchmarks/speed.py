@@ -92,7 +92,7 @@ def chord_draws(table="breast_cancer", repeats=2, epochs=(20, None), batch=64, r
     fastest of ``repeats``; and the Newton iterations per draw after the start."""
     from unittest import mock
 
-    from skivcnf.conditional import solvers
+    from skivcnf.conditional import warm_starts
 
     _, _, X_missing = _masked(table, rate=rate)
     lines = []
@@ -109,7 +109,7 @@ def chord_draws(table="breast_cancer", repeats=2, epochs=(20, None), batch=64, r
                 best, iterations = float("inf"), []
                 for _ in range(repeats):
                     start, iterations = time.perf_counter(), []
-                    with mock.patch.object(solvers, "CHORD_MIN_DRAWS", threshold):
+                    with mock.patch.object(warm_starts, "CHORD_MIN_DRAWS", threshold):
                         for rows in torch.arange(len(z)).split(batch):
                             batch_params = type(params)(*(None if p is None else p[rows] for p in params))
                             draws = sample_conditional(imputer.flow_, z[rows], hidden[rows], batch_params,
@@ -171,29 +171,29 @@ def chord_centre(table="breast_cancer", repeats=2):
     before ``CHORD_MIN_DRAWS``: the chord start at every draw count."""
     from unittest import mock
 
-    from skivcnf.conditional import solvers
+    from skivcnf.conditional import warm_starts
 
-    with mock.patch.object(solvers, "CHORD_MIN_DRAWS", 1):
+    with mock.patch.object(warm_starts, "CHORD_MIN_DRAWS", 1):
         return _chord_centre(table, repeats)
 
 
 def _chord_centre(table, repeats):
     from unittest import mock
 
-    from skivcnf.conditional import solvers
+    from skivcnf.conditional import warm_starts
 
     X, mask, X_missing = _masked(table)
     imputer = IVCNFImputer(random_state=0).fit(X_missing)
     z = torch.as_tensor(imputer._layout().standardise(X_missing), dtype=torch.float32)
     hidden = torch.isnan(z)
     params = imputer.posterior_(torch.where(hidden, 0.0, z), hidden)
-    settings = {"centred": solvers.CHORD_CENTRE_MIN_DRAWS, "from the guess": 10**9}
+    settings = {"centred": warm_starts.CHORD_CENTRE_MIN_DRAWS, "from the guess": 10**9}
     lines = []
     for n_draws in (4, 8, 16, 32, 64):
         seconds = defaultdict(list)
         for _ in range(repeats):
             for name, threshold in settings.items():
-                with mock.patch.object(solvers, "CHORD_CENTRE_MIN_DRAWS", min(threshold, n_draws)
+                with mock.patch.object(warm_starts, "CHORD_CENTRE_MIN_DRAWS", min(threshold, n_draws)
                                        if name == "centred" else threshold):
                     start = time.perf_counter()
                     sample_conditional(imputer.flow_, z, hidden, params, n_samples=n_draws,
@@ -204,7 +204,7 @@ def _chord_centre(table, repeats):
     outputs, seconds = {}, defaultdict(list)
     for _ in range(repeats):
         for name, threshold in settings.items():
-            with mock.patch.object(solvers, "CHORD_CENTRE_MIN_DRAWS", threshold):
+            with mock.patch.object(warm_starts, "CHORD_CENTRE_MIN_DRAWS", threshold):
                 start = time.perf_counter()
                 outputs[name] = imputer.transform(X_missing)
                 seconds[name].append(time.perf_counter() - start)

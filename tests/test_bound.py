@@ -13,7 +13,7 @@ from skivcnf.conditional.bound import (
     masked_bound,
 )
 from skivcnf.conditional.posteriors import GaussianPosterior, prior_parameters, rsample
-from skivcnf.conditional.solvers import draw_guesses
+from skivcnf.conditional.warm_starts import draw_guesses
 
 from .helpers import affine_gaussian, gaussian_conditional, make_flow
 

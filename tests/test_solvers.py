@@ -3,8 +3,9 @@ import warnings
 import pytest
 import torch
 
-from skivcnf.conditional import SOLVERS, SolverOptions, solve_constraint, solve_hidden_block, solvers
-from skivcnf.conditional.solvers import chord_start, resolve_chain
+from skivcnf.conditional import SOLVERS, SolverOptions, solve_constraint, solve_hidden_block, warm_starts
+from skivcnf.conditional.solvers import resolve_chain
+from skivcnf.conditional.warm_starts import chord_start
 from skivcnf.exceptions import ConstraintWarning
 
 
@@ -199,7 +200,7 @@ def test_chord_start_shares_one_block_per_row_and_newton_agrees(problem):
     hidden = hidden.clone()
     hidden[:, 0] = True  # every row has something hidden
     gen = torch.Generator().manual_seed(9)
-    n = solvers.CHORD_MIN_DRAWS
+    n = warm_starts.CHORD_MIN_DRAWS
     targets = torch.randn(n, *y.shape, generator=gen, dtype=torch.float64)
     start = chord_start(flow, torch.where(hidden, 0.0, y), hidden, targets)
     assert torch.equal(start[:, ~hidden], y[~hidden].expand(n, -1))  # observed entries untouched
@@ -215,19 +216,20 @@ def test_chord_start_shares_one_block_per_row_and_newton_agrees(problem):
     assert warm.n_iter.float().mean() < cold.n_iter.float().mean() - 1  # measured: 3.5 against 4.9
 
 
-def test_chord_start_skipped_below_its_draw_count(problem, monkeypatch):
+def test_draw_guesses_skip_the_chord_start_below_its_draw_count(problem, monkeypatch):
     # With few draws a row the shared block does not pay for the chord iterations: the guess is
     # returned as it is, and the block is never formed.
     flow, y, hidden, x_target = problem
-    monkeypatch.setattr(solvers, "hidden_jacobian", lambda *args: pytest.fail("the block was formed"))
-    n = solvers.CHORD_MIN_DRAWS - 1
-    start = chord_start(flow, y, hidden, x_target.expand(n, -1, -1))
-    assert torch.equal(start, y.expand(n, -1, -1))
+    monkeypatch.setattr(warm_starts, "hidden_jacobian", lambda *args: pytest.fail("the block was formed"))
+    n = warm_starts.CHORD_MIN_DRAWS - 1
+    guess = warm_starts.draw_guesses(flow, y, hidden, x_target.expand(n, -1, -1))
+    expected = torch.where(hidden & ~torch.isfinite(y), 0.0, y).expand(n, -1, -1).reshape(-1, y.shape[1])
+    assert torch.equal(guess, expected)
 
 
 def test_chord_start_off_returns_the_guess(problem):
     flow, y, hidden, x_target = problem
-    n = solvers.CHORD_MIN_DRAWS  # enough draws for the chord start, which chord_max_iter=0 turns off
+    n = warm_starts.CHORD_MIN_DRAWS  # enough draws for the chord start, which chord_max_iter=0 turns off
     start = chord_start(flow, y, hidden, x_target.expand(n, -1, -1), SolverOptions(chord_max_iter=0))
     assert torch.equal(start, y.expand(n, -1, -1))
 
@@ -250,9 +252,9 @@ def test_chord_start_from_the_draws_centre_leaves_less_residual_in_as_many_steps
         return torch.where(hidden, flow(start.reshape(-1, y.shape[1])).reshape(start.shape) - targets, 0.0
                            ).abs().amax(dim=-1)
 
-    assert solvers.CHORD_CENTRE_MIN_DRAWS <= 32
+    assert warm_starts.CHORD_CENTRE_MIN_DRAWS <= 32
     centred = largest_residuals(3)  # 3 steps to the centre (one draw a row), then 3 for every draw
-    monkeypatch.setattr(solvers, "CHORD_CENTRE_MIN_DRAWS", 10**9)
+    monkeypatch.setattr(warm_starts, "CHORD_CENTRE_MIN_DRAWS", 10**9)
     plain = largest_residuals(6)  # as many steps, every one for every draw
     # measured: median largest residual 0.020 against 0.48 (docs/benchmarks.md, "Speed")
     assert centred.median() < 0.2 * plain.median()

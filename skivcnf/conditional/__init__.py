@@ -47,8 +47,9 @@ from .sampling import (
 )
 from .smoothing import PARETO_K_THRESHOLD, pareto_smoothed_log_weights
 from .solver_options import SOLVERS, ConstraintSolution, SolverOptions, default_constraint_tolerance
-from .solvers import chord_start, resolve_chain, solve_constraint
+from .solvers import resolve_chain, solve_constraint
 from .supervised import ClassificationTask, ClassifierHead, draw_class_probabilities
+from .warm_starts import chord_start
 
 __all__ = [
     "EXACT_VALUE_LOGDETS",

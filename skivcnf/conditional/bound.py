@@ -39,7 +39,8 @@ from .implicit import HiddenBlockAtSolution, attach_implicit_gradients
 from .noise import standard_normal
 from .posteriors import rsample
 from .solver_options import SolverOptions
-from .solvers import draw_guesses, solve_constraint
+from .solvers import solve_constraint
+from .warm_starts import draw_guesses
 
 __all__ = [
     "EXACT_VALUE_LOGDETS",

@@ -14,7 +14,8 @@ from ..flows import EXACT_LOGDET_MAX_FEATURES
 from .hidden_block import log_prob_and_hidden_jacobian
 from .noise import uniform
 from .posteriors import prior_parameters, rsample
-from .solvers import draw_guesses, solve_constraint
+from .solvers import solve_constraint
+from .warm_starts import draw_guesses
 
 __all__ = [
     "ConditionalDraws",

@@ -89,7 +89,7 @@ class SolverOptions:
     inverse_max_iter : int, default=1000
         Iteration cap of each block's fixed-point inversion inside Algorithm 2.
     chord_max_iter : int, default=16
-        Chord iterations at most of :func:`~.solvers.chord_start`, the warm start of the
+        Chord iterations at most of :func:`~.warm_starts.chord_start`, the warm start of the
         draws of one row: they share one hidden block of the row (one Jacobian and one LU
         factorisation per row, not per draw), so each iteration costs a forward pass. With
         ``CHORD_CENTRE_MIN_DRAWS`` draws or more (and at least ``CHORD_MIN_DRAWS``) the block

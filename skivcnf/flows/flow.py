@@ -30,7 +30,12 @@ _LOG_2PI = math.log(2.0 * math.pi)
 #: weights are in torch's parametrization cache until that thread's outermost context exits).
 #: Per thread because threads share one model (``skivcnf.dask`` runs partitions in threads):
 #: each keeps its own ``parametrize.cached()`` open, as before.
-_CACHING = threading.local()
+class _CachingFlows(threading.local):
+    def __init__(self):
+        self.ids = set()
+
+
+_CACHING = _CachingFlows()
 
 
 class FlowInverse(NamedTuple):
@@ -238,7 +243,7 @@ class ResidualFlow(FlowJacobians, nn.Module):
         differentiates with respect to the weights (drawing completions; gradients with
         respect to the inputs still flow).
         """
-        active = _CACHING.__dict__.setdefault("ids", set())
+        active = _CACHING.ids
         if id(self) in active:
             # Nested in this thread: the outer context's weights are cached already; walking
             # the modules again cost 1-2% of a breast cancer fit (paired runs).
